@@ -1,0 +1,338 @@
+"""Checkpoint names <-> our parameter names, and reading and writing checkpoint files.
+
+The released checkpoints use transformers' names (``text_model.roberta.encoder.layer.3.attention.self.query.weight``,
+``vision_model.pre_layrnorm.weight``). Our towers use short names and a fused q/k/v projection; this module is the
+only place that knows both. Loading is strict: every checkpoint tensor is used exactly once or is on the ignore
+list, and every parameter of the model is filled, with errors that name the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Checkpoint name -> our name, relative to each tower. "{}" stands for a layer index. A target (name, i) is the
+# i-th of the three row blocks (q, k, v) of a fused projection.
+WeightMap = dict[str, "str | tuple[str, int]"]
+
+
+def _linear(src: str, dst: str | tuple[str, int]) -> WeightMap:
+    """The weight and bias entries of one linear or layer-norm module."""
+    if isinstance(dst, tuple):
+        return {f"{src}.{p}": (f"{dst[0]}.{p}", dst[1]) for p in ("weight", "bias")}
+    return {f"{src}.{p}": f"{dst}.{p}" for p in ("weight", "bias")}
+
+
+TEXT_WEIGHTS: WeightMap = {
+    "roberta.embeddings.word_embeddings.weight": "embeddings.token.weight",
+    "roberta.embeddings.position_embeddings.weight": "embeddings.position.weight",
+    "roberta.embeddings.token_type_embeddings.weight": "embeddings.token_type.weight",
+    **_linear("roberta.embeddings.LayerNorm", "embeddings.norm"),
+    **_linear("roberta.encoder.layer.{}.attention.self.query", ("layers.{}.attn.qkv", 0)),
+    **_linear("roberta.encoder.layer.{}.attention.self.key", ("layers.{}.attn.qkv", 1)),
+    **_linear("roberta.encoder.layer.{}.attention.self.value", ("layers.{}.attn.qkv", 2)),
+    **_linear("roberta.encoder.layer.{}.attention.output.dense", "layers.{}.attn.out"),
+    **_linear("roberta.encoder.layer.{}.attention.output.LayerNorm", "layers.{}.attn_norm"),
+    **_linear("roberta.encoder.layer.{}.intermediate.dense", "layers.{}.mlp.fc1"),
+    **_linear("roberta.encoder.layer.{}.output.dense", "layers.{}.mlp.fc2"),
+    **_linear("roberta.encoder.layer.{}.output.LayerNorm", "layers.{}.mlp_norm"),
+    **_linear("pre_LN", "final_norm"),
+    **_linear("transformation", "transformation"),
+}
+
+VISION_WEIGHTS: WeightMap = {
+    "embeddings.class_embedding": "embeddings.class_embedding",
+    "embeddings.patch_embedding.weight": "embeddings.patch.weight",
+    "embeddings.position_embedding.weight": "embeddings.position.weight",
+    **_linear("pre_layrnorm", "pre_norm"),
+    **_linear("encoder.layers.{}.layer_norm1", "layers.{}.attn_norm"),
+    **_linear("encoder.layers.{}.self_attn.q_proj", ("layers.{}.attn.qkv", 0)),
+    **_linear("encoder.layers.{}.self_attn.k_proj", ("layers.{}.attn.qkv", 1)),
+    **_linear("encoder.layers.{}.self_attn.v_proj", ("layers.{}.attn.qkv", 2)),
+    **_linear("encoder.layers.{}.self_attn.out_proj", "layers.{}.attn.out"),
+    **_linear("encoder.layers.{}.layer_norm2", "layers.{}.mlp_norm"),
+    **_linear("encoder.layers.{}.mlp.fc1", "layers.{}.mlp.fc1"),
+    **_linear("encoder.layers.{}.mlp.fc2", "layers.{}.mlp.fc2"),
+    **_linear("post_layernorm", "post_norm"),
+}
+
+def _prefix(prefix: str, weights: WeightMap) -> WeightMap:
+    return {
+        prefix + src: (prefix + dst if isinstance(dst, str) else (prefix + dst[0], dst[1]))
+        for src, dst in weights.items()
+    }
+
+
+MODEL_WEIGHTS: WeightMap = {
+    **_prefix("text_model.", TEXT_WEIGHTS),
+    **_prefix("vision_model.", VISION_WEIGHTS),
+    "text_projection.weight": "text_projection.weight",
+    "visual_projection.weight": "visual_projection.weight",
+    "logit_scale": "logit_scale",
+}
+
+# Tensors checkpoints may carry that no model here uses: position-id / token-type buffers saved by older
+# transformers, and the RoBERTa pooler of the original XLM-R, which AltCLIP replaced by the CLS transformation.
+IGNORED = re.compile(r"(^|\.)(position_ids|token_type_ids)$|(^|\.)roberta\.pooler\.")
+
+# Other spellings of the same tensors, rewritten before lookup. transformers 5 writes the vision layers as
+# `vision_model.encoder.layer.N` and a standalone text tower's as `roberta.encoder.layers.N`.
+ALIASES = (
+    (re.compile(r"^(vision_model\.)?encoder\.layer\.(\d+)\."), r"\1encoder.layers.\2."),
+    (re.compile(r"(^|\.)roberta\.encoder\.layers\.(\d+)\."), r"\1roberta.encoder.layer.\2."),
+)
+
+_INDEX = re.compile(r"\.(\d+)\.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model: missing, unexpected or wrong-shaped tensors."""
+
+
+def canonical_name(key: str) -> str:
+    for pattern, replacement in ALIASES:
+        key = pattern.sub(replacement, key)
+    return key
+
+
+def _template(key: str) -> tuple[str, str | None]:
+    """`a.3.b` -> (`a.{}.b`, "3")."""
+    m = _INDEX.search(key)
+    if m is None:
+        return key, None
+    return key[: m.start()] + ".{}." + key[m.end() :], m.group(1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+class TensorFiles:
+    """The tensors of one checkpoint across its shards, in safetensors or legacy PyTorch pickle format.
+
+    safetensors files are opened lazily: a tensor is read only when asked for, so a tower taken out of a full
+    checkpoint reads only its own part.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike]):
+        self._safe: dict[str, object] = {}  # key -> safe_open handle
+        self._loaded: dict[str, torch.Tensor] = {}  # key -> tensor of a pickle file
+        for path in map(Path, paths):
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                handle = safe_open(str(path), framework="pt", device="cpu")
+                self._safe.update(dict.fromkeys(handle.keys(), handle))
+            else:
+                self._loaded.update(_load_pickle(path))
+
+    def keys(self) -> list[str]:
+        return [*self._safe, *self._loaded]
+
+    def get(self, key: str) -> torch.Tensor:
+        if key in self._loaded:
+            return self._loaded[key]
+        return self._safe[key].get_tensor(key)  # type: ignore[attr-defined]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if key in self._loaded:
+            return tuple(self._loaded[key].shape)
+        return tuple(self._safe[key].get_slice(key).get_shape())  # type: ignore[attr-defined]
+
+    def dtype(self, key: str) -> torch.dtype | None:
+        if key in self._loaded:
+            return self._loaded[key].dtype
+        return _SAFETENSORS_DTYPES.get(self._safe[key].get_slice(key).get_dtype())  # type: ignore[attr-defined]
+
+    def float_dtype(self) -> torch.dtype | None:
+        """The dtype of the first floating-point tensor: what the weights were saved in."""
+        for key in self.keys():
+            dtype = self.dtype(key)
+            if dtype is not None and dtype.is_floating_point:
+                return dtype
+        return None
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A legacy ``pytorch_model.bin``: loaded with ``weights_only=True`` (no arbitrary code), memory-mapped."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # files saved before PyTorch 1.6 (not zip-based) cannot be memory-mapped
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return state
+
+
+def load_weights(
+    model: nn.Module,
+    files: TensorFiles,
+    weight_map: WeightMap,
+    *,
+    prefix: str = "",
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    source: str = "checkpoint",
+) -> None:
+    """Fills ``model`` (built on the meta device) from ``files`` through ``weight_map``, strictly.
+
+    Only checkpoint keys under ``prefix`` are read (a tower taken out of a full AltCLIP checkpoint); the prefix is
+    stripped before lookup.
+    """
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts: dict[str, dict[int, str]] = {}  # our name -> {block index: checkpoint key}
+    unexpected: list[str] = []
+    wrong_shape: list[str] = []
+    for key in files.keys():
+        if not key.startswith(prefix):
+            continue
+        name = canonical_name(key[len(prefix) :])
+        if IGNORED.search(name):
+            continue
+        template, index = _template(name)
+        target = weight_map.get(template)
+        if target is None:
+            unexpected.append(key)
+            continue
+        ours, block = (target, 0) if isinstance(target, str) else target
+        if index is not None:
+            ours = ours.replace("{}", index)
+        if ours not in expected:  # e.g. a layer index beyond the model's depth
+            unexpected.append(key)
+            continue
+        want = expected[ours]
+        if not isinstance(target, str):
+            want = (want[0] // 3, *want[1:])
+        found = files.shape(key)
+        if found != want:
+            wrong_shape.append(f"{key}: expected {want}, found {found}")
+        if block in parts.setdefault(ours, {}):
+            unexpected.append(f"{key} (duplicate of {parts[ours][block]})")
+            continue
+        parts[ours][block] = key
+
+    names = checkpoint_names(weight_map)
+    missing = [
+        prefix + src for ours in expected for i, src in enumerate(names(ours)) if i not in parts.get(ours, {})
+    ]
+    if missing or unexpected or wrong_shape:
+        raise CheckpointError(_mismatch_message(source, model, missing, unexpected, wrong_shape))
+
+    state = {}
+    for ours, blocks in parts.items():
+        tensors = [files.get(blocks[i]) for i in sorted(blocks)]
+        tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        state[ours] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def _mismatch_message(source: str, model: nn.Module, missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    def listing(items: list[str]) -> str:
+        return "; ".join(items[:10]) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
+
+    lines = [f"{source} does not fit {type(model).__name__} with this config:"]
+    if wrong:
+        lines.append("  wrong shape: " + listing(wrong))
+    if missing:
+        lines.append("  missing: " + listing(missing))
+    if unexpected:
+        lines.append("  unexpected: " + listing(unexpected))
+    return "\n".join(lines)
+
+
+def checkpoint_names(weight_map: WeightMap):
+    """A function mapping one of our parameter names to its checkpoint name(s), q/k/v order for fused ones."""
+    inverse: dict[str, list[tuple[int, str]]] = {}
+    for src, dst in weight_map.items():
+        ours, block = (dst, 0) if isinstance(dst, str) else dst
+        inverse.setdefault(ours, []).append((block, src))
+
+    def names(ours: str) -> list[str]:
+        template, index = _template(ours)
+        return [src.replace("{}", index or "") for _, src in sorted(inverse[template])]
+
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writing
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+BIN_WEIGHTS = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+WEIGHT_FILES = [SAFE_INDEX, SAFE_WEIGHTS, BIN_INDEX, BIN_WEIGHTS]
+
+
+def to_checkpoint(model: nn.Module, weight_map: WeightMap) -> dict[str, torch.Tensor]:
+    """The model's state under checkpoint names, fused projections split back into q, k and v."""
+    names = checkpoint_names(weight_map)
+    out: dict[str, torch.Tensor] = {}
+    for ours, tensor in model.state_dict().items():
+        srcs = names(ours)
+        blocks = tensor.chunk(len(srcs), dim=0) if len(srcs) > 1 else (tensor,)
+        for src, block in zip(srcs, blocks):
+            out[src] = block.detach().contiguous().clone() if len(srcs) > 1 else block.detach().contiguous()
+    return out
+
+
+def parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"Cannot read size {size!r}; use bytes or a string like '2GB'")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def save_tensors(state: dict[str, torch.Tensor], directory: Path, max_shard_size: int | str = "10GB") -> list[Path]:
+    """Writes ``state`` as ``model.safetensors``, or as shards plus ``model.safetensors.index.json``."""
+    from safetensors.torch import save_file
+
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensor
+        size += nbytes
+    for stale in (SAFE_WEIGHTS, SAFE_INDEX, *(p.name for p in directory.glob("model-*-of-*.safetensors"))):
+        (directory / stale).unlink(missing_ok=True)
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / SAFE_WEIGHTS), metadata={"format": "pt"})
+        return [directory / SAFE_WEIGHTS]
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards, 1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in shard})
+        paths.append(directory / name)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return paths
+
+
+def shard_files(index_path: Path) -> list[Path]:
+    """The shard files named by a ``*.index.json``, next to it."""
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index_path} is not a valid checkpoint index: {e}") from None
+    return [index_path.parent / name for name in dict.fromkeys(weight_map.values())]

@@ -1,0 +1,105 @@
+"""Finding checkpoint files: in a local folder, or on the Hugging Face Hub through its cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class CheckpointNotFoundError(OSError):
+    """A checkpoint, or a file it needs, could not be found locally or downloaded."""
+
+
+def is_local(name_or_path: str | os.PathLike) -> bool:
+    return Path(name_or_path).exists()
+
+
+def _download_help(repo_id: str) -> str:
+    return (
+        f"To use a local copy instead, download it where the Hub is reachable "
+        f"(`huggingface-cli download {repo_id} --local-dir ./{repo_id.split('/')[-1]}`), copy that folder here and "
+        f"pass its path (for example `from_pretrained('./{repo_id.split('/')[-1]}')` or `ALTCLIP_MODEL=./"
+        f"{repo_id.split('/')[-1]}`). A folder needs config.json and model.safetensors or pytorch_model.bin; "
+        f"for text it also needs tokenizer.json or sentencepiece.bpe.model."
+    )
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike, filename: str, *, revision: str | None = None, required: bool = True
+) -> Path | None:
+    """The local path of ``filename`` of a checkpoint, downloading it into the Hub cache when needed.
+
+    ``name_or_path`` is a folder, a file (returned as is when it is ``filename`` itself), or a Hub model id.
+    Returns None for a file that does not exist when ``required`` is False.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        if path.name == filename:
+            return path
+        path = path.parent
+    if path.is_dir():
+        candidate = path / filename
+        if candidate.is_file():
+            return candidate
+        if required:
+            raise CheckpointNotFoundError(f"{path} has no {filename}")
+        return None
+    return _hub_file(str(name_or_path), filename, revision=revision, required=required)
+
+
+def _hub_file(repo_id: str, filename: str, *, revision: str | None, required: bool) -> Path | None:
+    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
+        raise CheckpointNotFoundError(
+            f"{repo_id!r} is neither an existing local path nor a Hugging Face Hub model id (like 'BAAI/AltCLIP')"
+        )
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except GatedRepoError as e:
+        raise CheckpointNotFoundError(f"{repo_id} is gated on the Hugging Face Hub; log in with access: {e}") from None
+    except RepositoryNotFoundError:
+        raise CheckpointNotFoundError(
+            f"No model {repo_id!r} on the Hugging Face Hub (or it is private), and no local folder of that name"
+        ) from None
+    except RevisionNotFoundError:
+        raise CheckpointNotFoundError(f"{repo_id} has no revision {revision!r}") from None
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: test it first
+        # Offline (HF_HUB_OFFLINE=1) or the Hub is unreachable, and the file is not in the cache.
+        if not required:
+            return None
+        raise CheckpointNotFoundError(
+            f"Could not download {filename} of {repo_id}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is "
+            f"set) and the file is not in the local cache. " + _download_help(repo_id)
+        ) from None
+    except EntryNotFoundError:
+        if required:
+            raise CheckpointNotFoundError(f"{repo_id} has no file {filename}") from None
+        return None
+    except OSError as e:  # network errors that huggingface_hub does not wrap
+        raise CheckpointNotFoundError(
+            f"Could not download {filename} of {repo_id}: {e}. " + _download_help(repo_id)
+        ) from None
+
+
+def resolve_first(
+    name_or_path: str | os.PathLike, filenames: list[str], *, revision: str | None = None, what: str = "files"
+) -> Path:
+    """The first of ``filenames`` the checkpoint has; an error naming them all when it has none."""
+    for name in filenames:
+        found = resolve_file(name_or_path, name, revision=revision, required=False)
+        if found is not None:
+            return found
+    if is_local(name_or_path):
+        raise CheckpointNotFoundError(f"{name_or_path} has no {what}: looked for {', '.join(filenames)}")
+    raise CheckpointNotFoundError(
+        f"Could not find {what} of {name_or_path} ({', '.join(filenames)}): not on the Hub, or the Hub is "
+        f"unreachable and they are not in the local cache. " + _download_help(str(name_or_path))
+    )

@@ -1,0 +1,161 @@
+"""Building blocks both towers share: activations, attention with a fused q/k/v projection, the MLP, and the
+loop over layers that collects hidden states and attention maps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "quick_gelu": quick_gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"Unsupported hidden_act {name!r}; supported: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. q, k and v come from one fused projection: one matrix multiply instead of three.
+
+    Uses ``scaled_dot_product_attention`` unless the attention probabilities are asked for, then the explicit
+    ("eager") computation, which also applies dropout and a head mask to the probabilities.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)  # (B, nh, T, T)
+            if mask is not None:
+                scores = scores + mask
+            weights = F.dropout(scores.softmax(-1, dtype=torch.float32).to(q.dtype), p, self.training)
+            if head_mask is not None:
+                weights = weights * head_mask
+            y = torch.matmul(weights, v)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            if head_mask is not None:  # probs * m @ v == m * (probs @ v) for a per-head scalar m
+                y = y * head_mask
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
+        return self.out(y), weights
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, the dtype's minimum where padded.
+
+    None when nothing is padded, which lets SDPA pick its fastest kernel.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+def expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, num_heads: int) -> list[torch.Tensor | None]:
+    """A (heads,) or (layers, heads) 1/0 mask -> one (1, heads, 1, 1) multiplier per layer."""
+    if head_mask is None:
+        return [None] * num_layers
+    if head_mask.dim() == 1:
+        head_mask = head_mask.expand(num_layers, -1)
+    if head_mask.shape != (num_layers, num_heads):
+        raise ValueError(
+            f"head_mask must have shape ({num_heads},) or ({num_layers}, {num_heads}), got {tuple(head_mask.shape)}"
+        )
+    return [m.view(1, num_heads, 1, 1) for m in head_mask]
+
+
+def run_layers(
+    layers: Sequence[nn.Module],
+    x: torch.Tensor,
+    mask: torch.Tensor | None,
+    head_masks: Sequence[torch.Tensor | None],
+    *,
+    output_hidden_states: bool,
+    output_attentions: bool,
+    gradient_checkpointing: bool,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+    """Runs ``x`` through ``layers``; returns the output, the hidden states (input first) and attention maps."""
+    hidden_states: list[torch.Tensor] = []
+    attentions: list[torch.Tensor] = []
+    for layer, head_mask in zip(layers, head_masks):
+        if output_hidden_states:
+            hidden_states.append(x)
+        if gradient_checkpointing and torch.is_grad_enabled():
+            x, weights = checkpoint(layer, x, mask, head_mask, output_attentions, use_reentrant=False)
+        else:
+            x, weights = layer(x, mask, head_mask, output_attentions)
+        if output_attentions:
+            attentions.append(weights)
+    if output_hidden_states:
+        hidden_states.append(x)
+    return (
+        x,
+        tuple(hidden_states) if output_hidden_states else None,
+        tuple(attentions) if output_attentions else None,
+    )
+
+
+def init_linear(module: nn.Linear, std: float) -> None:
+    nn.init.normal_(module.weight, std=std)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def init_layer_norm(module: nn.LayerNorm) -> None:
+    nn.init.ones_(module.weight)
+    nn.init.zeros_(module.bias)
+
+
+
+def checks_enabled() -> bool:
+    """Whether to run the input checks that read tensor values. They would break a torch.compile graph or a CUDA
+    graph capture, so those skip them."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

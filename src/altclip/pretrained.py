@@ -1,0 +1,163 @@
+"""``from_pretrained`` / ``save_pretrained`` shared by the towers and the whole model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from altclip import checkpoint as ckpt
+from altclip.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
+from altclip.hub import resolve_file, resolve_first
+
+M = TypeVar("M", bound="PreTrainedModel")
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    """A torch dtype, "auto", or None, from a dtype or its name ("bfloat16", "torch.float16", "fp32", ...)."""
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    name = str(dtype).removeprefix("torch.").lower()
+    if name not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; use one of float32, float16, bfloat16 or 'auto'")
+    return _DTYPES[name]
+
+
+class PreTrainedModel(nn.Module):
+    """A model built from a config that loads and saves Hugging Face checkpoint folders.
+
+    Subclasses set ``config_class`` and ``weight_map`` (checkpoint name -> parameter name, see ``checkpoint.py``)
+    and, for a tower, ``checkpoint_prefix``: where its tensors live inside a full AltCLIP checkpoint.
+    """
+
+    config_class: ClassVar[type[_Config]]
+    weight_map: ClassVar[ckpt.WeightMap]
+    checkpoint_prefix: ClassVar[str] = ""
+
+    def __init__(self, config: _Config):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.gradient_checkpointing = False
+
+    def init_weights(self) -> None:
+        """Random initialisation, as transformers does it for this architecture."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them (training only)."""
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                module.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                module.gradient_checkpointing = False
+
+    # -----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        name_or_path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        config: _Config | None = None,
+        revision: str | None = None,
+    ) -> M:
+        """Loads a checkpoint folder or Hugging Face Hub model id (downloaded into the Hub cache).
+
+        dtype: a torch dtype (or its name) to cast the weights to, "auto" for the dtype they were saved in, or
+            None for float32, the exact path.
+        device: where the weights go (default CPU).
+        config: overrides the checkpoint's config.json.
+
+        Reads model.safetensors, sharded model.safetensors.index.json, or legacy pytorch_model.bin. The model is
+        built without initialising its weights and filled from the checkpoint; any missing, unexpected or
+        wrong-shaped tensor is an error naming the key. The model is returned in eval mode.
+        """
+        raw = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))
+        if config is None:
+            config = cls.config_class.from_hf_dict(raw, source=f"{name_or_path}/{CONFIG_NAME}")
+        files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
+
+        dtype = parse_dtype(dtype)
+        if dtype == "auto":
+            saved = raw.get("dtype") or raw.get("torch_dtype")
+            dtype = parse_dtype(saved) if saved not in (None, "auto") else (files.float_dtype() or torch.float32)
+        with torch.device("meta"):
+            model = cls(config)  # type: ignore[arg-type]
+        # A tower can be read out of a full AltCLIP checkpoint; a standalone vision tower saved by transformers 4
+        # keeps the `vision_model.` prefix, one saved by transformers 5 drops it.
+        prefix = ""
+        if cls.checkpoint_prefix and (
+            raw.get("model_type") == AltCLIPConfig.model_type
+            or any(k.startswith(cls.checkpoint_prefix) for k in files.keys())
+        ):
+            prefix = cls.checkpoint_prefix
+        ckpt.load_weights(
+            model,
+            files,
+            cls.weight_map,
+            prefix=prefix,
+            dtype=dtype or torch.float32,
+            device=device,
+            source=f"Checkpoint {name_or_path}",
+        )
+        return model.eval()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "10GB") -> Path:
+        """Writes config.json and safetensors weights under the checkpoint names transformers reads."""
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        if isinstance(config, AltCLIPConfig):
+            config = _with(config, dtype=str(self.dtype).removeprefix("torch."))
+        config.save_pretrained(path)
+        ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
+        return path
+
+
+def _with(config: AltCLIPConfig, **changes: Any) -> AltCLIPConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:
+    """The weight files of a checkpoint: safetensors first, then legacy pickles; shards through their index."""
+    found = resolve_first(name_or_path, ckpt.WEIGHT_FILES, revision=revision, what="model weights")
+    if not found.name.endswith(".index.json"):
+        return [found]
+    return [
+        resolve_file(name_or_path, shard.name, revision=revision)  # type: ignore[misc]
+        for shard in ckpt.shard_files(found)
+    ]

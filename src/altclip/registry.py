@@ -1,0 +1,120 @@
+"""The checkpoints we know, their shapes, and a writer of random-weight checkpoints of any of those shapes.
+
+Random checkpoints let benchmarks, tests and demos run where no weights can be downloaded: they have the real
+architecture and size, and they load through exactly the same code as the released weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_XLMR_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+_VIT_L14 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, patch_size=14)
+_VIT_H14 = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120, patch_size=14)
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    name: str  # Hugging Face Hub id, or a shape name for random checkpoints ("tiny")
+    description: str
+    languages: tuple[str, ...]  # ISO 639-1 codes of the languages it was trained on
+    text: dict
+    vision: dict
+    projection_dim: int
+    released: bool = True  # False for shapes that exist only as random checkpoints
+
+    def config(self) -> AltCLIPConfig:
+        return AltCLIPConfig(
+            text_config=AltCLIPTextConfig(**self.text),
+            vision_config=AltCLIPVisionConfig(**self.vision),
+            projection_dim=self.projection_dim,
+        )
+
+
+KNOWN_MODELS: dict[str, KnownModel] = {
+    m.name: m
+    for m in (
+        KnownModel(
+            "BAAI/AltCLIP",
+            "Bilingual (English, Chinese) AltCLIP: XLM-R large text tower, CLIP ViT-L/14 image tower",
+            ("en", "zh"),
+            text=dict(_XLMR_LARGE, project_dim=768),
+            vision=dict(_VIT_L14),
+            projection_dim=768,
+        ),
+        KnownModel(
+            "BAAI/AltCLIP-m9",
+            "AltCLIP in 9 languages; same shape as BAAI/AltCLIP",
+            ("en", "zh", "es", "fr", "ru", "ar", "ja", "ko", "it"),
+            text=dict(_XLMR_LARGE, project_dim=768),
+            vision=dict(_VIT_L14),
+            projection_dim=768,
+        ),
+        KnownModel(
+            "BAAI/AltCLIP-m18",
+            "AltCLIP in 18 languages, with an OpenCLIP ViT-H/14 image tower",
+            ("en", "zh", "ja", "th", "ko", "hi", "uk", "ar", "tr", "vi", "pl", "nl", "pt", "it", "es", "de", "fr", "ru"),
+            text=dict(_XLMR_LARGE, project_dim=1024),
+            vision=dict(_VIT_H14),
+            projection_dim=1024,
+        ),
+        KnownModel(
+            "tiny",
+            "A tiny random model of the AltCLIP architecture, for tests and demos without downloads",
+            ("en", "zh"),
+            text=dict(
+                vocab_size=2000,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                max_position_embeddings=514,
+                project_dim=24,
+            ),
+            vision=dict(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224,
+                patch_size=32,
+            ),
+            projection_dim=16,
+            released=False,
+        ),
+    )
+}
+
+
+def known_model(name: str) -> KnownModel:
+    if name not in KNOWN_MODELS:
+        raise KeyError(f"Unknown model {name!r}; known: {', '.join(KNOWN_MODELS)}")
+    return KNOWN_MODELS[name]
+
+
+def random_model(shape: str | AltCLIPConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """An ``AltCLIPModel`` with random weights of a registered shape (or of a config), initialised as transformers
+    initialises it, reproducibly from ``seed``."""
+    from altclip.model import AltCLIPModel
+
+    config = shape if isinstance(shape, AltCLIPConfig) else known_model(shape).config()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = AltCLIPModel(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.to(dtype).eval()
+
+
+def write_random_checkpoint(
+    shape: str | AltCLIPConfig, path: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Writes a random-weight checkpoint folder (config.json, model.safetensors) of a registered shape."""
+    model = random_model(shape, seed=seed, dtype=dtype)
+    return model.save_pretrained(path)

@@ -1,0 +1,248 @@
+"""The text tower: XLM-RoBERTa with AltCLIP's ``pre_LN`` and ``transformation`` on top.
+
+Post-norm transformer layers (as in BERT/RoBERTa), learned absolute positions numbered from the padding index
+as fairseq does, and the CLS state mapped to the width of the CLIP text state it was distilled from.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from altclip import checkpoint as ckpt
+from altclip.config import AltCLIPTextConfig
+from altclip.layers import (
+    MLP,
+    Attention,
+    checks_enabled,
+    expand_head_mask,
+    init_layer_norm,
+    init_linear,
+    padding_mask,
+    run_layers,
+)
+from altclip.outputs import TextModelOutput
+from altclip.pretrained import PreTrainedModel
+
+
+class TextEmbeddings(nn.Module):
+    def __init__(self, config: AltCLIPTextConfig):
+        super().__init__()
+        self.pad = config.pad_token_id
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def position_ids(self, input_ids: torch.Tensor | None, length: int, device: torch.device) -> torch.Tensor:
+        """RoBERTa positions: real tokens count up from pad + 1, padding tokens stay at the padding index."""
+        if input_ids is None:  # embeddings given directly: no way to tell padding, so number every position
+            return torch.arange(self.pad + 1, self.pad + 1 + length, device=device)[None]
+        real = input_ids.ne(self.pad).int()
+        return (torch.cumsum(real, dim=1) * real).long() + self.pad  # (B, T)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> torch.Tensor:
+        x = self.token(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids, x.shape[1], x.device)
+        x = x + (self.token_type.weight[0] if token_type_ids is None else self.token_type(token_type_ids))
+        x = x + self.position(position_ids)
+        return self.dropout(self.norm(x))
+
+
+class TextLayer(nn.Module):
+    """Post-norm: x = norm(x + attn(x)); x = norm(x + mlp(x))."""
+
+    def __init__(self, config: AltCLIPTextConfig):
+        super().__init__()
+        self.attn = Attention(config.hidden_size, config.num_attention_heads, config.attention_probs_dropout_prob)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(x, mask, head_mask, need_weights)
+        x = self.attn_norm(x + self.dropout(y))
+        x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        return x, weights
+
+
+class AltCLIPTextModel(PreTrainedModel):
+    """The AltCLIP text encoder. ``pooler_output`` is the CLS token after ``pre_LN`` and ``transformation``."""
+
+    config_class = AltCLIPTextConfig
+    weight_map = ckpt.TEXT_WEIGHTS
+    checkpoint_prefix = "text_model."
+
+    def __init__(self, config: AltCLIPTextConfig):
+        super().__init__(config)
+        if config.position_embedding_type != "absolute":
+            raise NotImplementedError(
+                f"position_embedding_type={config.position_embedding_type!r} is not supported: no released AltCLIP "
+                "checkpoint uses relative position embeddings (transformers 5 dropped them too); use 'absolute'"
+            )
+        self.embeddings = TextEmbeddings(config)
+        self.layers = nn.ModuleList(TextLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # "pre_LN" in checkpoints
+        self.transformation = nn.Linear(config.hidden_size, config.project_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init_linear(module, std)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                init_layer_norm(module)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.token
+
+    def encode(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
+        """The XLM-R encoder alone: last layer output (B, T, hidden), hidden states, attentions."""
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
+        mask = padding_mask(attention_mask, x.dtype)
+        head_masks = expand_head_mask(
+            None if head_mask is None else head_mask.to(x.dtype), len(self.layers), self.config.num_attention_heads
+        )
+        return run_layers(
+            self.layers,
+            x,
+            mask,
+            head_masks,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            gradient_checkpointing=self.gradient_checkpointing and self.training,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> TextModelOutput | tuple:
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        h, hidden_states, attentions = self.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            head_mask,
+            inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        projected = self.transformation(self.final_norm(h))  # (B, T, project_dim)
+        cls = projected[:, 0]
+        out = TextModelOutput(
+            last_hidden_state=projected,
+            pooler_output=cls,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            projection_state=cls,
+        )
+        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+
+    def conditioning_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, project_dim) ``transformation`` of every token's last hidden state, *without* ``pre_LN``: the
+        per-token states AltDiffusion's UNet cross-attends to."""
+        h, _, _ = self.encode(input_ids, attention_mask)
+        return self.transformation(h)
+
+    def _check_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+    ) -> None:
+        """Clear errors for inputs that would otherwise fail deep inside (an index error in an embedding)."""
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds")
+        if input_ids is not None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, sequence), got {tuple(input_ids.shape)}")
+            if input_ids.dtype.is_floating_point:
+                raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+            shape = tuple(input_ids.shape)
+        else:
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"inputs_embeds must have shape (batch, sequence, {config.hidden_size}), "
+                    f"got {tuple(inputs_embeds.shape)}"  # type: ignore[union-attr]
+                )
+            shape = tuple(inputs_embeds.shape[:2])  # type: ignore[union-attr]
+        if shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"Empty batch: input of shape {shape}")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and tuple(t.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids {shape}")
+        if not checks_enabled():
+            return
+        if input_ids is not None:
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= config.vocab_size:
+                raise ValueError(
+                    f"input_ids hold token id {high if high >= config.vocab_size else low}, outside this model's "
+                    f"vocabulary of {config.vocab_size} tokens (ids 0..{config.vocab_size - 1}); was the text "
+                    "tokenized with another model's tokenizer?"
+                )
+        limit = config.max_position_embeddings - config.pad_token_id - 1
+        if position_ids is None and shape[1] > limit:
+            raise ValueError(
+                f"Sequence of {shape[1]} tokens is longer than this model's limit of {limit} tokens (including <s> "
+                "and </s>); truncate it, as the tokenizer does by default (truncation=True, max_length="
+                f"{limit})"
+            )
+        if position_ids is not None and (
+            int(position_ids.min()) < 0 or int(position_ids.max()) >= config.max_position_embeddings
+        ):
+            raise ValueError(f"position_ids must lie in 0..{config.max_position_embeddings - 1}")
+        if token_type_ids is not None and (
+            int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size
+        ):
+            raise ValueError(f"token_type_ids must lie in 0..{config.type_vocab_size - 1}")
+
