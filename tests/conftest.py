@@ -41,7 +41,9 @@ def reference_model(text=TINY_TEXT, vision=TINY_VISION, projection_dim=TINY_PROJ
     """A random transformers.AltCLIPModel (the oracle) in eval mode."""
     import transformers
 
-    config = transformers.AltCLIPConfig(text_config=dict(text), vision_config=dict(vision), projection_dim=projection_dim)
+    config = transformers.AltCLIPConfig(
+        text_config=dict(text), vision_config=dict(vision), projection_dim=projection_dim
+    )
     torch.manual_seed(seed)
     model = transformers.AltCLIPModel(config).eval()
     perturb_(model, seed)

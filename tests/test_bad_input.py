@@ -26,12 +26,16 @@ def test_sequence_longer_than_position_table(model):
     limit = TINY_TEXT["max_position_embeddings"] - 2
     ok = torch.full((1, limit), 5)
     model.get_text_features(input_ids=ok)  # exactly at the limit is fine
-    with pytest.raises(ValueError, match=rf"Sequence of {limit + 1} tokens is longer than this model's limit of {limit}"):
+    with pytest.raises(
+        ValueError, match=rf"Sequence of {limit + 1} tokens is longer than this model's limit of {limit}"
+    ):
         model.get_text_features(input_ids=torch.full((1, limit + 1), 5))
 
 
 def test_wrong_image_size(model):
-    with pytest.raises(ValueError, match=r"Input image size \(32\*30\) doesn't match model \(30\*30\).*interpolate_pos_encoding"):
+    with pytest.raises(
+        ValueError, match=r"Input image size \(32\*30\) doesn't match model \(30\*30\).*interpolate_pos_encoding"
+    ):
         model.get_image_features(pixel_values=torch.zeros(1, 3, 32, 30))
 
 

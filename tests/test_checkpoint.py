@@ -15,7 +15,6 @@ from altclip import (
     AltCLIPTextConfig,
     AltCLIPTextModel,
     AltCLIPVisionConfig,
-    AltCLIPVisionModel,
     CheckpointError,
     CheckpointNotFoundError,
 )
@@ -53,7 +52,9 @@ def test_sharded_round_trip(tmp_path, ref_checkpoint, text_ids, pixels):
     assert len(shards) > 2 and (tmp_path / "model.safetensors.index.json").exists()
     again = AltCLIPModel.from_pretrained(tmp_path)
     ref = load_reference(tmp_path)
-    for a, b, c in zip(outputs(again, text_ids, pixels), outputs(ours, text_ids, pixels), outputs(ref, text_ids, pixels)):
+    for a, b, c in zip(
+        outputs(again, text_ids, pixels), outputs(ours, text_ids, pixels), outputs(ref, text_ids, pixels)
+    ):
         assert torch.equal(a, b)
         assert_close(a, c, "sharded, transformers")
 
@@ -168,7 +169,12 @@ BAAI_STYLE_CONFIG = {
         "project_dim": 768,
         "vocab_size": 250002,
     },
-    "text_config_dict": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16, "num_hidden_layers": 24},
+    "text_config_dict": {
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_attention_heads": 16,
+        "num_hidden_layers": 24,
+    },
     "torch_dtype": "float32",
     "transformers_version": None,
     "vision_config": {
@@ -215,8 +221,18 @@ def test_config_round_trip_and_defaults(tmp_path):
     assert AltCLIPConfig.from_dict(config.to_dict()) == config
     # The documented defaults.
     text, vision, full = AltCLIPTextConfig(), AltCLIPVisionConfig(), AltCLIPConfig()
-    assert (text.vocab_size, text.hidden_size, text.max_position_embeddings, text.project_dim) == (250002, 1024, 514, 768)
-    assert (vision.hidden_size, vision.patch_size, vision.projection_dim, vision.hidden_act) == (768, 32, 512, "quick_gelu")
+    assert (text.vocab_size, text.hidden_size, text.max_position_embeddings, text.project_dim) == (
+        250002,
+        1024,
+        514,
+        768,
+    )
+    assert (vision.hidden_size, vision.patch_size, vision.projection_dim, vision.hidden_act) == (
+        768,
+        32,
+        512,
+        "quick_gelu",
+    )
     assert (full.projection_dim, full.logit_scale_init_value) == (768, 2.6592)
     with pytest.raises(ValueError, match="model_type 'bert'"):
         AltCLIPConfig.from_hf_dict({"model_type": "bert"})
@@ -266,4 +282,8 @@ def test_random_checkpoint_is_reproducible_and_loads_in_transformers(tmp_path, t
     ref = load_reference(tmp_path)
     ids, mask = text_ids
     with torch.no_grad():
-        assert_close(a.get_text_features(ids, mask), ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, "tiny")
+        assert_close(
+            a.get_text_features(ids, mask),
+            ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+            "tiny",
+        )

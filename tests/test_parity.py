@@ -124,8 +124,14 @@ def test_inputs_embeds_position_and_token_type_ids(models, text_ids):
     with torch.no_grad():
         embeds = ref.text_model.get_input_embeddings()(ids)
         pairs = [
-            (ours.text_model(inputs_embeds=embeds, attention_mask=mask), ref.text_model(inputs_embeds=embeds, attention_mask=mask)),
-            (ours.text_model(ids, mask, token_type_ids=token_types), ref.text_model(ids, mask, token_type_ids=token_types)),
+            (
+                ours.text_model(inputs_embeds=embeds, attention_mask=mask),
+                ref.text_model(inputs_embeds=embeds, attention_mask=mask),
+            ),
+            (
+                ours.text_model(ids, mask, token_type_ids=token_types),
+                ref.text_model(ids, mask, token_type_ids=token_types),
+            ),
             (ours.text_model(ids, mask, position_ids=positions), ref.text_model(ids, mask, position_ids=positions)),
         ]
     for i, (a, b) in enumerate(pairs):

@@ -62,6 +62,7 @@ VISION_WEIGHTS: WeightMap = {
     **_linear("post_layernorm", "post_norm"),
 }
 
+
 def _prefix(prefix: str, weights: WeightMap) -> WeightMap:
     return {
         prefix + src: (prefix + dst if isinstance(dst, str) else (prefix + dst[0], dst[1]))
@@ -223,9 +224,7 @@ def load_weights(
         parts[ours][block] = key
 
     names = checkpoint_names(weight_map)
-    missing = [
-        prefix + src for ours in expected for i, src in enumerate(names(ours)) if i not in parts.get(ours, {})
-    ]
+    missing = [prefix + src for ours in expected for i, src in enumerate(names(ours)) if i not in parts.get(ours, {})]
     if missing or unexpected or wrong_shape:
         raise CheckpointError(_mismatch_message(source, model, missing, unexpected, wrong_shape))
 
@@ -237,7 +236,9 @@ def load_weights(
     model.load_state_dict(state, strict=True, assign=True)
 
 
-def _mismatch_message(source: str, model: nn.Module, missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+def _mismatch_message(
+    source: str, model: nn.Module, missing: list[str], unexpected: list[str], wrong: list[str]
+) -> str:
     def listing(items: list[str]) -> str:
         return "; ".join(items[:10]) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
 

@@ -8,7 +8,6 @@ such as ``direct_kd``, ``num_layers`` or generation settings) are ignored, never
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ class _Config:
     return_dict: bool = True  # False makes forward return plain tuples
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "_Config":
+    def from_dict(cls, data: dict[str, Any]) -> _Config:
         known = {f.name for f in fields(cls)}
         unused = sorted(k for k in data if k not in known and k != "model_type")
         if unused:
@@ -56,7 +55,7 @@ class _Config:
         return path / CONFIG_NAME
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> "_Config":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> _Config:
         """Reads ``config.json`` from a local folder, a file, or a Hugging Face Hub model id."""
         from altclip.hub import resolve_file
 
@@ -64,7 +63,7 @@ class _Config:
         return cls.from_hf_dict(data, source=str(name_or_path))
 
     @classmethod
-    def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "_Config":
+    def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> _Config:
         """Builds this config from a Hugging Face config dict, taking its part out of a full AltCLIP config."""
         model_type = data.get("model_type", cls.model_type)
         if model_type == cls.model_type:
@@ -160,11 +159,11 @@ class AltCLIPConfig(_Config):
     @classmethod
     def from_text_vision_configs(
         cls, text_config: AltCLIPTextConfig, vision_config: AltCLIPVisionConfig, **kwargs: Any
-    ) -> "AltCLIPConfig":
+    ) -> AltCLIPConfig:
         return cls(text_config=copy.deepcopy(text_config), vision_config=copy.deepcopy(vision_config), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "AltCLIPConfig":
+    def from_dict(cls, data: dict[str, Any]) -> AltCLIPConfig:
         data = dict(data)
         # Configs written by transformers < 4.27 (BAAI/AltCLIP among them) carry `*_config_dict` entries whose values
         # override those of `*_config`; transformers applies them the same way.
@@ -205,8 +204,3 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 CONFIG_CLASSES: dict[str, type[_Config]] = {
     c.model_type: c for c in (AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig)
 }
-
-
-def replace(config: _Config, **changes: Any) -> _Config:
-    """A copy of ``config`` with some fields changed (``dataclasses.replace`` that re-validates)."""
-    return dataclasses.replace(config, **changes)

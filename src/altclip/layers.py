@@ -152,7 +152,6 @@ def init_layer_norm(module: nn.LayerNorm) -> None:
     nn.init.zeros_(module.bias)
 
 
-
 def checks_enabled() -> bool:
     """Whether to run the input checks that read tensor values. They would break a torch.compile graph or a CUDA
     graph capture, so those skip them."""

@@ -7,8 +7,9 @@ transformers, fields that are None are left out of the tuple view.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -140,16 +141,10 @@ class PreTrainedModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         config = self.config
         if isinstance(config, AltCLIPConfig):
-            config = _with(config, dtype=str(self.dtype).removeprefix("torch."))
+            config = dataclasses.replace(config, dtype=str(self.dtype).removeprefix("torch."))
         config.save_pretrained(path)
         ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
         return path
-
-
-def _with(config: AltCLIPConfig, **changes: Any) -> AltCLIPConfig:
-    import dataclasses
-
-    return dataclasses.replace(config, **changes)
 
 
 def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:

@@ -62,7 +62,26 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         KnownModel(
             "BAAI/AltCLIP-m18",
             "AltCLIP in 18 languages, with an OpenCLIP ViT-H/14 image tower",
-            ("en", "zh", "ja", "th", "ko", "hi", "uk", "ar", "tr", "vi", "pl", "nl", "pt", "it", "es", "de", "fr", "ru"),
+            (
+                "en",
+                "zh",
+                "ja",
+                "th",
+                "ko",
+                "hi",
+                "uk",
+                "ar",
+                "tr",
+                "vi",
+                "pl",
+                "nl",
+                "pt",
+                "it",
+                "es",
+                "de",
+                "fr",
+                "ru",
+            ),
             text=dict(_XLMR_LARGE, project_dim=1024),
             vision=dict(_VIT_H14),
             projection_dim=1024,
@@ -81,7 +100,11 @@ KNOWN_MODELS: dict[str, KnownModel] = {
                 project_dim=24,
             ),
             vision=dict(
-                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=224,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                image_size=224,
                 patch_size=32,
             ),
             projection_dim=16,
@@ -115,6 +138,16 @@ def random_model(shape: str | AltCLIPConfig, *, seed: int = 0, dtype: torch.dtyp
 def write_random_checkpoint(
     shape: str | AltCLIPConfig, path: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Writes a random-weight checkpoint folder (config.json, model.safetensors) of a registered shape."""
+    """Writes a complete random-weight checkpoint folder of a registered shape (or a config): config.json,
+    model.safetensors, a tokenizer trained on the package's multilingual captions, and preprocessor_config.json.
+    It loads with ``altclip.load`` and with transformers like a released checkpoint."""
+    from altclip.image_processing import CLIPImageProcessor
+    from altclip.tokenizer import caption_corpus, train_tokenizer
+
     model = random_model(shape, seed=seed, dtype=dtype)
-    return model.save_pretrained(path)
+    path = model.save_pretrained(path)
+    vocab_size = min(model.config.text_config.vocab_size, 4000)
+    train_tokenizer([caption for _, caption in caption_corpus()], vocab_size).save_pretrained(path)
+    size = model.config.vision_config.image_size
+    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    return path

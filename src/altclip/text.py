@@ -30,7 +30,9 @@ class TextEmbeddings(nn.Module):
         super().__init__()
         self.pad = config.pad_token_id
         self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -182,9 +184,7 @@ class AltCLIPTextModel(PreTrainedModel):
         )
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
-    def conditioning_states(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def conditioning_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, project_dim) ``transformation`` of every token's last hidden state, *without* ``pre_LN``: the
         per-token states AltDiffusion's UNet cross-attends to."""
         h, _, _ = self.encode(input_ids, attention_mask)
@@ -245,4 +245,3 @@ class AltCLIPTextModel(PreTrainedModel):
             int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size
         ):
             raise ValueError(f"token_type_ids must lie in 0..{config.type_vocab_size - 1}")
-

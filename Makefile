@@ -1,0 +1,30 @@
+# A newcomer runs two commands: `make demo` (the main job) and `make test`. Each sets up its own virtual
+# environment on first use: .venv for the demo, .venv-test for the tests.
+
+PYTHON ?= python3
+# The CPU build of PyTorch. On a machine with a GPU, install the torch build you want instead (TORCH=torch).
+TORCH ?= torch==2.13.0
+PIP_FLAGS ?= -q --disable-pip-version-check
+
+.PHONY: demo test clean
+
+.venv/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv
+	.venv/bin/pip install $(PIP_FLAGS) "$(TORCH)"
+	.venv/bin/pip install $(PIP_FLAGS) -e .
+	touch $@
+
+.venv-test/.installed: pyproject.toml
+	$(PYTHON) -m venv .venv-test
+	.venv-test/bin/pip install $(PIP_FLAGS) "$(TORCH)"
+	.venv-test/bin/pip install $(PIP_FLAGS) -e ".[dev]"
+	touch $@
+
+demo: .venv/.installed
+	.venv/bin/altclip demo examples/photos
+
+test: .venv-test/.installed
+	.venv-test/bin/python -m pytest
+
+clean:
+	rm -rf .venv .venv-test

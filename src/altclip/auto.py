@@ -1,0 +1,71 @@
+"""Auto classes that pick the right class from a checkpoint's ``model_type``, as transformers' do."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from altclip.config import CONFIG_CLASSES, CONFIG_NAME, _Config, read_config_file
+from altclip.hub import resolve_file
+from altclip.pretrained import PreTrainedModel
+
+
+def _model_classes() -> dict[str, type[PreTrainedModel]]:
+    from altclip.model import AltCLIPModel
+    from altclip.text import AltCLIPTextModel
+    from altclip.vision import AltCLIPVisionModel
+
+    return {"altclip": AltCLIPModel, "altclip_text_model": AltCLIPTextModel, "altclip_vision_model": AltCLIPVisionModel}
+
+
+def _model_type(name_or_path: str | os.PathLike, revision: str | None) -> str:
+    data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))  # type: ignore[arg-type]
+    model_type = data.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(
+            f"{name_or_path} is a {model_type!r} checkpoint; this package loads AltCLIP checkpoints only "
+            f"(model_type {', '.join(CONFIG_CLASSES)})"
+        )
+    return model_type
+
+
+class AutoConfig:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None) -> _Config:
+        return CONFIG_CLASSES[_model_type(name_or_path, revision)].from_pretrained(name_or_path, revision=revision)
+
+
+class AutoModel:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+        """Same arguments as ``AltCLIPModel.from_pretrained``; returns the class the checkpoint's config names."""
+        cls = _model_classes()[_model_type(name_or_path, kwargs.get("revision"))]
+        return cls.from_pretrained(name_or_path, **kwargs)
+
+    @staticmethod
+    def from_config(config: _Config) -> PreTrainedModel:
+        return _model_classes()[config.model_type](config)
+
+
+class AutoProcessor:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+        from altclip.processor import AltCLIPProcessor
+
+        return AltCLIPProcessor.from_pretrained(name_or_path, **kwargs)
+
+
+class AutoTokenizer:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+        from altclip.tokenizer import XLMRobertaTokenizer
+
+        return XLMRobertaTokenizer.from_pretrained(name_or_path, **kwargs)
+
+
+class AutoImageProcessor:
+    @staticmethod
+    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+        from altclip.image_processing import CLIPImageProcessor
+
+        return CLIPImageProcessor.from_pretrained(name_or_path, **kwargs)

@@ -1,0 +1,271 @@
+"""CLIP image preprocessing, equal to transformers' ``CLIPImageProcessor`` on its PIL path.
+
+RGB (transparency composited onto white), shortest edge resized to 224 with PIL's bicubic filter, centre crop
+to 224x224, scaled to [0, 1], normalised with OpenAI's mean and std. Inputs may be paths, bytes, URLs, PIL
+images, numpy arrays or torch tensors. Images that would cost unreasonable time or memory (huge pixel counts,
+absurd aspect ratios) are refused with an error naming the image, before they are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from altclip.batch import BatchFeature
+from altclip.registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
+
+
+class ImageError(ValueError):
+    """An input image could not be used; the message names which one and why."""
+
+
+ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class CLIPImageProcessor:
+    do_resize: bool = True
+    size: dict = field(default_factory=lambda: {"shortest_edge": 224})
+    resample: int = BICUBIC
+    do_center_crop: bool = True
+    crop_size: dict = field(default_factory=lambda: {"height": 224, "width": 224})
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    image_mean: Sequence[float] = OPENAI_CLIP_MEAN
+    image_std: Sequence[float] = OPENAI_CLIP_STD
+    do_convert_rgb: bool = True
+    # Our limits, checked before decoding. Pillow's own decompression-bomb guard stays on as well.
+    max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+    max_aspect_ratio: float = 50.0  # 1x20000 would become 224x4,480,000 pixels before the crop
+    allow_urls: bool = True  # fetch http(s) URLs given as inputs (never enabled by the server)
+
+    def __post_init__(self) -> None:
+        # Older configs (BAAI/AltCLIP's) give sizes as one int.
+        if isinstance(self.size, int):
+            self.size = {"shortest_edge": self.size}
+        if isinstance(self.crop_size, int):
+            self.crop_size = {"height": self.crop_size, "width": self.crop_size}
+        if not ("shortest_edge" in self.size or {"height", "width"} <= set(self.size)):
+            raise ValueError(f"size must give 'shortest_edge' or 'height' and 'width', got {self.size}")
+
+    # -----------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CLIPImageProcessor:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["image_mean"], out["image_std"] = list(self.image_mean), list(self.image_std)
+        for ours in ("max_pixels", "max_aspect_ratio", "allow_urls"):
+            del out[ours]
+        return {**out, "image_processor_type": "CLIPImageProcessor", "processor_class": "AltCLIPProcessor"}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> CLIPImageProcessor:
+        from altclip.hub import resolve_file
+
+        path = resolve_file(name_or_path, PREPROCESSOR_FILE, revision=revision)
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[union-attr]
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        path = Path(save_directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / PREPROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    # -----------------------------------------------------------------------------------------------------------
+
+    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> BatchFeature:
+        """``pixel_values`` (B, 3, H, W) float32 for one image or a list of them."""
+        batch = images if isinstance(images, (list, tuple)) else [images]
+        if not batch:
+            raise ImageError("No images given")
+        pixels = self.normalize(np.stack([self.prepare(image, index=i) for i, image in enumerate(batch)]))
+        if return_tensors == "pt":
+            return BatchFeature(pixel_values=torch.from_numpy(pixels))
+        return BatchFeature(pixel_values=pixels if return_tensors == "np" else list(pixels))
+
+    def preprocess(self, image: ImageInput, index: int = 0) -> np.ndarray:
+        """One image -> (3, H, W) float32 array."""
+        return self.normalize(self.prepare(image, index=index)[None])[0]
+
+    def prepare(self, image: ImageInput, index: int = 0) -> np.ndarray:
+        """The geometric half of preprocessing: load, RGB, resize, crop -> (H, W, 3) uint8. Cheap to send between
+        processes (a quarter of the float32 pixels); ``normalize`` finishes the job for a whole batch."""
+        pil = self.load(image, index=index)
+        try:
+            return self.resize_and_crop(pil)
+        except (OSError, SyntaxError, ValueError) as e:  # a truncated file fails only when its pixels are decoded
+            raise ImageError(f"Image {index}{_describe(image)} could not be decoded: {e}") from None
+
+    def resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        if self.do_convert_rgb:
+            image = convert_rgb(image)
+        if self.do_resize:
+            image = image.resize(self.output_size(image.size), resample=self.resample)
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if self.do_center_crop:
+            array = center_crop(array, self.crop_size["height"], self.crop_size["width"])
+        return array
+
+    def normalize(self, arrays: np.ndarray) -> np.ndarray:
+        """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised, in transformers' order
+        of operations (rescale in float64, then float32 arithmetic)."""
+        x = arrays.astype(np.float64) * self.rescale_factor if self.do_rescale else arrays.astype(np.float64)
+        x = x.astype(np.float32)
+        if self.do_normalize:
+            x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def load(self, image: ImageInput, index: int = 0) -> Image.Image:
+        """Opens any supported input as a PIL image, checked against the size limits before it is decoded.
+
+        EXIF orientation is applied to files, bytes and URLs, which we decode ourselves; a PIL image is taken as
+        the caller decoded it.
+        """
+        name = _describe(image)
+        try:
+            if isinstance(image, Image.Image):
+                pil = image
+            elif isinstance(image, (np.ndarray, torch.Tensor)):
+                pil = array_to_pil(image)
+            else:
+                pil = self._open(image)
+            self.check_size(pil.size)
+            if not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
+                pil = _exif_transpose(pil)
+        except ImageError as e:
+            raise ImageError(f"Image {index}{name}: {e}") from None
+        except PermissionError as e:
+            raise ImageError(f"Image {index}{name} could not be read: {e}") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+            # Pillow signals malformed files with OSError, SyntaxError or UnidentifiedImageError.
+            raise ImageError(f"Image {index}{name} is not a readable image: {e}") from None
+        return pil
+
+    def _open(self, image: Any) -> Image.Image:
+        """Opens a file, bytes or URL lazily: the header is read, the pixels are not decoded yet."""
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return Image.open(io.BytesIO(bytes(image)))
+        if isinstance(image, str) and image.startswith(("http://", "https://")):
+            if not self.allow_urls:
+                raise ImageError("URLs are not accepted here")
+            return Image.open(io.BytesIO(_fetch(image)))
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.is_file():
+                raise ImageError("no such file" if not path.exists() else "not a regular file")
+            return Image.open(path)
+        raise ImageError(f"unsupported input type {type(image).__name__}")
+
+    def check_size(self, size: tuple[int, int]) -> None:
+        width, height = size
+        if width < 1 or height < 1:
+            raise ImageError(f"empty image ({width}x{height})")
+        if width * height > self.max_pixels:
+            raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {self.max_pixels:,}")
+        if max(width, height) / min(width, height) > self.max_aspect_ratio:
+            raise ImageError(f"aspect ratio of {width}x{height} is over the limit of {self.max_aspect_ratio:g}:1")
+
+    def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) after the resize: shortest edge to ``size['shortest_edge']``, or a fixed size."""
+        width, height = size
+        if "shortest_edge" not in self.size:
+            return self.size["width"], self.size["height"]
+        target = self.size["shortest_edge"]
+        if width <= height:
+            return target, int(target * height / width)
+        return int(target * width / height), target
+
+
+def convert_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with any transparency composited onto white (as transformers does)."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) centre crop; an image smaller than the crop is padded with zeros around it."""
+    h, w = array.shape[:2]
+    top, left = (h - height) // 2, (w - width) // 2
+    if top >= 0 and left >= 0:
+        return array[top : top + height, left : left + width]
+    out = np.zeros((max(h, height), max(w, width), array.shape[2]), dtype=array.dtype)
+    pad_top, pad_left = -(-(out.shape[0] - h) // 2), -(-(out.shape[1] - w) // 2)
+    out[pad_top : pad_top + h, pad_left : pad_left + w] = array
+    top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
+    return out[top : top + height, left : left + width]
+
+
+def array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
+    """A numpy array or tensor (HW, HWC or CHW; uint8, or float in [0, 1]) as a PIL image."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ImageError(f"array of shape {array.shape} is not an image (HW, HWC or CHW with 1, 3 or 4 channels)")
+    if array.size == 0:
+        raise ImageError(f"empty image (shape {array.shape})")
+    if array.dtype != np.uint8:
+        if not np.isfinite(array).all():
+            raise ImageError("array holds NaN or infinite values")
+        if array.dtype.kind == "f" and array.min() >= 0 and array.max() <= 1:
+            array = array * 255  # floats in [0, 1], as transformers reads them
+        if array.min() < 0 or array.max() > 255:
+            raise ImageError(f"values in [{array.min()}, {array.max()}], expected uint8 or floats in [0, 1]")
+        array = array.astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def _exif_transpose(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # a malformed EXIF block should not lose the image
+        return image
+
+
+def _describe(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return f" ({os.fspath(image)})"
+    return ""
+
+
+MAX_DOWNLOAD_BYTES = 50 * 2**20
+
+
+def _fetch(url: str, timeout: float = 20.0) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        data = response.read(MAX_DOWNLOAD_BYTES + 1)
+    if len(data) > MAX_DOWNLOAD_BYTES:
+        raise ImageError(f"download is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
+    return data
+
+
+def load_image(image: ImageInput) -> Image.Image:
+    """Opens an image input (path, bytes, URL, array, PIL image) with the default limits."""
+    return CLIPImageProcessor().load(image)

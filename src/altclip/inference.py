@@ -1,0 +1,115 @@
+"""Batched embedding and zero-shot classification on top of a model and its processor.
+
+The pipeline, the command line, the index and the server all embed through these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from altclip.model import AltCLIPModel
+from altclip.processor import AltCLIPProcessor
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: AltCLIPModel,
+    processor: AltCLIPProcessor,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """(N, projection_dim) float32 text embeddings on the model's device. Texts are batched by length, so
+    little work goes into padding, and returned in the order given."""
+    if not texts:
+        raise ValueError("No texts given")
+    encoded = processor.tokenizer(list(texts))["input_ids"]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    out = torch.empty(len(texts), model.config.projection_dim, device=model.device)
+    pad = processor.tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for row, i in enumerate(chunk):
+            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+        ids = ids.to(model.device)
+        out[chunk] = model.get_text_features(input_ids=ids, attention_mask=ids.ne(pad).long()).float()
+    return F.normalize(out, dim=-1) if normalize else out
+
+
+@torch.inference_mode()
+def embed_images(
+    model: AltCLIPModel,
+    processor: AltCLIPProcessor,
+    images: Sequence[Any],
+    *,
+    batch_size: int = 32,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """(N, projection_dim) float32 image embeddings on the model's device."""
+    if not images:
+        raise ValueError("No images given")
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        pixels = np.stack([processor.image_processor.preprocess(im, index=start + i) for i, im in enumerate(batch)])
+        out.append(embed_pixels(model, torch.from_numpy(pixels)))
+    embeds = torch.cat(out)
+    return F.normalize(embeds, dim=-1) if normalize else embeds
+
+
+@torch.inference_mode()
+def embed_pixels(model: AltCLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Unnormalised float32 image embeddings of preprocessed pixels."""
+    pixel_values = pixel_values.to(model.device, model.dtype)
+    return model.get_image_features(pixel_values=pixel_values).float()
+
+
+def zero_shot_classifier(
+    model: AltCLIPModel,
+    processor: AltCLIPProcessor,
+    labels: Sequence[str],
+    templates: Sequence[str] | Sequence[Sequence[str]] = ("{}",),
+    *,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """(labels, projection_dim) unit-norm classifier: each label written into every template, embedded, the
+    embeddings averaged and renormalised (a prompt ensemble). ``templates`` is one list for all labels or one
+    list per label (labels in different languages)."""
+    labels = _check_labels(labels)
+    per_label = [templates] * len(labels) if templates and isinstance(templates[0], str) else templates
+    if len(per_label) != len(labels) or any(len(t) == 0 for t in per_label):
+        raise ValueError("Give one non-empty template list, or one per label")
+    prompts = [template.format(label) for label, ts in zip(labels, per_label) for template in ts]
+    embeds = embed_texts(model, processor, prompts, batch_size=batch_size)
+    rows, start = [], 0
+    for ts in per_label:
+        rows.append(embeds[start : start + len(ts)].mean(0))
+        start += len(ts)
+    return F.normalize(torch.stack(rows), dim=-1)
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    if isinstance(labels, str):
+        labels = [labels]
+    labels = list(labels)
+    if not labels:
+        raise ValueError("candidate_labels is empty: give at least one label")
+    for i, label in enumerate(labels):
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"Label {i} is empty or not a string: {label!r}")
+    return labels
+
+
+@torch.inference_mode()
+def classify(model: AltCLIPModel, image_embeds: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
+    """(images, labels) probabilities from unit-norm image embeddings and a zero-shot classifier."""
+    logits = model.logit_scale.exp().float() * F.normalize(image_embeds, dim=-1) @ classifier.t()
+    return logits.softmax(dim=-1)
