@@ -153,23 +153,24 @@ def test_config_forms(tmp_path, ref):
 def test_batch_error_names_the_item(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"this is not an image")
-    with pytest.raises(ImageError, match=r"Image 1 \(.*broken\.jpg\) is not a readable image"):
+    with pytest.raises(ImageError, match=r"Image 1 \(.*broken\.jpg\): not a readable image") as e:
         CLIPImageProcessor()([PHOTOS[0], bad, PHOTOS[1]])
+    assert e.value.index == 1 and e.value.reason.startswith("not a readable image")
 
 
 def test_truncated_file(tmp_path):
     data = PHOTOS[0].read_bytes()
     path = tmp_path / "truncated.jpg"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match=r"Image 0 \(.*truncated\.jpg\) .*(truncated|could not)"):
+    with pytest.raises(ImageError, match=r"Image 0 \(.*truncated\.jpg\): .*(truncated|could not)"):
         CLIPImageProcessor()(path)
 
 
 @pytest.mark.parametrize(
     "value, message",
     [
-        (b"\x89PNG\r\n\x1a\n garbage", "is not a readable image"),
-        (b"", "is not a readable image"),
+        (b"\x89PNG\r\n\x1a\n garbage", "not a readable image"),
+        (b"", "not a readable image"),
         (np.zeros((0, 10, 3), np.uint8), "empty image"),
         (np.zeros((10, 10, 5), np.uint8), "is not an image"),
         (np.full((10, 10), 300.0), r"values in \[300.0, 300.0\]"),

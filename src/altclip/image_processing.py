@@ -28,7 +28,11 @@ BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
 class ImageError(ValueError):
-    """An input image could not be used; the message names which one and why."""
+    """An input image could not be used. ``reason`` says why; the message also names which image."""
+
+    def __init__(self, reason: str, index: int | None = None, source: str = ""):
+        self.reason, self.index, self.source = reason, index, source
+        super().__init__(reason if index is None else f"Image {index}{_describe(source)}: {reason}")
 
 
 ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | np.ndarray | torch.Tensor
@@ -111,7 +115,7 @@ class CLIPImageProcessor:
         try:
             return self.resize_and_crop(pil)
         except (OSError, SyntaxError, ValueError) as e:  # a truncated file fails only when its pixels are decoded
-            raise ImageError(f"Image {index}{_describe(image)} could not be decoded: {e}") from None
+            raise ImageError(f"could not be decoded: {e}", index, _source(image)) from None
 
     def resize_and_crop(self, image: Image.Image) -> np.ndarray:
         if self.do_convert_rgb:
@@ -140,7 +144,6 @@ class CLIPImageProcessor:
         EXIF orientation is applied to files, bytes and URLs, which we decode ourselves; a PIL image is taken as
         the caller decoded it.
         """
-        name = _describe(image)
         try:
             if isinstance(image, Image.Image):
                 pil = image
@@ -152,12 +155,12 @@ class CLIPImageProcessor:
             if not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
                 pil = _exif_transpose(pil)
         except ImageError as e:
-            raise ImageError(f"Image {index}{name}: {e}") from None
+            raise ImageError(e.reason, index, _source(image)) from None
         except PermissionError as e:
-            raise ImageError(f"Image {index}{name} could not be read: {e}") from None
+            raise ImageError(f"could not be read: {e.strerror}", index, _source(image)) from None
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
             # Pillow signals malformed files with OSError, SyntaxError or UnidentifiedImageError.
-            raise ImageError(f"Image {index}{name} is not a readable image: {e}") from None
+            raise ImageError(f"not a readable image ({e})", index, _source(image)) from None
         return pil
 
     def _open(self, image: Any) -> Image.Image:
@@ -247,10 +250,13 @@ def _exif_transpose(image: Image.Image) -> Image.Image:
         return image
 
 
-def _describe(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return f" ({os.fspath(image)})"
-    return ""
+def _source(image: Any) -> str:
+    """A path or URL input as text, for error messages; "" for other inputs."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
+
+
+def _describe(source: str) -> str:
+    return f" ({source})" if source else ""
 
 
 MAX_DOWNLOAD_BYTES = 50 * 2**20

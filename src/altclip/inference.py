@@ -113,3 +113,29 @@ def classify(model: AltCLIPModel, image_embeds: torch.Tensor, classifier: torch.
     """(images, labels) probabilities from unit-norm image embeddings and a zero-shot classifier."""
     logits = model.logit_scale.exp().float() * F.normalize(image_embeds, dim=-1) @ classifier.t()
     return logits.softmax(dim=-1)
+
+
+class Embedder:
+    """A model and its processor turned into unit-norm float32 numpy embeddings: what the index, the command
+    line and the server use. ``name`` identifies the model in an index (a Hub id or a checkpoint path)."""
+
+    def __init__(self, model: AltCLIPModel, processor: AltCLIPProcessor, name: str, batch_size: int = 32):
+        self.model = model.eval()
+        self.processor = processor
+        self.name = name
+        self.dim = model.config.projection_dim
+        self.batch_size = batch_size
+
+    def prepare(self, image: Any) -> np.ndarray:
+        """Decode, resize and crop one image to (H, W, 3) uint8; thread-safe, for decoding workers."""
+        return self.processor.image_processor.prepare(image)
+
+    def embed_prepared(self, arrays: np.ndarray) -> np.ndarray:
+        pixels = torch.from_numpy(self.processor.image_processor.normalize(arrays))
+        return F.normalize(embed_pixels(self.model, pixels), dim=-1).cpu().numpy()
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        return embed_images(self.model, self.processor, images, batch_size=self.batch_size).cpu().numpy()
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return embed_texts(self.model, self.processor, texts, batch_size=self.batch_size).cpu().numpy()

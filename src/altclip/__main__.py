@@ -1,0 +1,5 @@
+"""``python -m altclip``: the same as the ``altclip`` command."""
+
+from altclip.cli import main
+
+main()

@@ -1,0 +1,276 @@
+"""``altclip index``, ``search``, ``embed`` and ``demo``: the commands built on the image index."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from altclip.cli import (
+    EXIT_INDEX,
+    EXIT_INPUT,
+    EXIT_USAGE,
+    BatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    IndexOpt,
+    JsonOpt,
+    ModelOpt,
+    Progress,
+    app,
+    emit_json,
+    err,
+    fail,
+    load_embedder,
+    out,
+)
+from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Where vectors live: sqlite (default, in the index folder) or milvus://HOST:PORT, milvus:///FILE.db",
+    ),
+]
+
+
+def _open_index(index: Path | None, create: bool, store: str | None = None) -> ImageIndex:
+    path = index or default_index_path()
+    try:
+        return ImageIndex(path, create=create, store=store)
+    except FileNotFoundError as e:
+        fail(str(e), EXIT_INDEX)
+    except ImportError as e:
+        fail(f"{e}. The Milvus store needs: pip install 'altclip[milvus]'", EXIT_USAGE)
+
+
+def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
+    rate = report.embedded / report.model_seconds if report.model_seconds else 0.0
+    summary = {
+        "index": str(index.path),
+        "model": index.model,
+        "images": index.count(),
+        "found": report.found,
+        "new": report.new,
+        "changed": report.changed,
+        "unchanged": report.unchanged,
+        "deleted": report.deleted,
+        "embedded": report.embedded,
+        "reused": report.reused,
+        "failed": [{"path": p, "reason": r} for p, r in report.failed],
+        "seconds": round(report.seconds, 3),
+        "decode_seconds": round(report.decode_seconds, 3),
+        "model_seconds": round(report.model_seconds, 3),
+        "wait_seconds": round(report.wait_seconds, 3),
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    err.print(
+        f"{index.count()} images in {index.path}: {report.new} new, {report.changed} changed, {report.deleted} deleted, "
+        f"{report.unchanged} unchanged; {report.embedded} embedded ({report.reused} reused an existing vector) "
+        f"in {report.seconds:.1f} s" + (f", {rate:.1f} images/s in the model" if rate else ""),
+        highlight=False,
+    )
+    if report.failed:
+        err.print(f"[yellow]{len(report.failed)} could not be indexed:[/]")
+        for path, reason in report.failed[:20]:
+            err.print(f"  {path}: {reason}", highlight=False, markup=False)
+        if len(report.failed) > 20:
+            err.print(f"  ... and {len(report.failed) - 20} more (see --json)")
+
+
+@app.command("index")
+def index_command(
+    folders: Annotated[list[Path], typer.Argument(help="Folders (or image files) to index")],
+    index: IndexOpt = None,
+    store: StoreOpt = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads [default: CPU count, at most 8]")] = None,
+    retry_errors: Annotated[bool, typer.Option(help="Try again files that failed before, even unchanged")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchOpt = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index the images under FOLDERS for search. Re-runs are incremental and a killed run resumes."""
+    for folder in folders:
+        if not folder.exists():
+            fail(f"{folder} does not exist", EXIT_USAGE)
+    with _open_index(index, create=True, store=store) as idx:
+        embedder = load_embedder(model or idx.model, device, dtype, batch_size)
+        try:
+            with Progress("Indexing", enabled=not as_json) as progress:
+                report = idx.update(
+                    folders,
+                    embedder,
+                    batch_size=batch_size,
+                    workers=workers,
+                    retry_errors=retry_errors,
+                    progress=progress,
+                )
+        except IndexMismatchError as e:
+            fail(str(e), EXIT_INDEX)
+        if report.found == 0 and not report.failed:
+            err.print(
+                f"[yellow]No image files under {', '.join(map(str, folders))}[/] (looked for .jpg, .png, .webp, ...)"
+            )
+        _report(report, idx, as_json)
+
+
+@app.command()
+def search(
+    query: Annotated[str | None, typer.Argument(help="What to look for, in any language")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Search with an image instead of text")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
+    index: IndexOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search the index by text (any language) or by image."""
+    from altclip import ImageError
+
+    if (query is None) == (image is None):
+        fail("Give a text QUERY or --image PATH (one of them)", EXIT_USAGE)
+    if query is not None and not query.strip():
+        fail("The query is empty", EXIT_USAGE)
+    with _open_index(index, create=False) as idx:
+        if idx.model is None:
+            fail(f"The index at {idx.path} is empty; run `altclip index DIR` first", EXIT_INDEX)
+        embedder = load_embedder(model or idx.model, device, dtype)
+        try:
+            idx.bind(embedder.name, embedder.dim)
+            vector = embedder.embed_texts([query])[0] if query is not None else embedder.embed_images([str(image)])[0]
+            hits = idx.search(vector, top_k)
+        except IndexMismatchError as e:
+            fail(str(e), EXIT_INDEX)
+        except ImageError as e:
+            fail(str(e), EXIT_INPUT)
+    if as_json:
+        emit_json([{"score": h.score, "id": h.id, "path": h.path, "duplicates": h.duplicates} for h in hits])
+        return
+    table = Table(title=f"{query!r}" if query is not None else str(image), title_justify="left")
+    table.add_column("score", justify="right")
+    table.add_column("path")
+    for h in hits:
+        table.add_row(f"{h.score:.3f}", h.path + (f"  (+{len(h.duplicates)} duplicates)" if h.duplicates else ""))
+    out.print(table)
+
+
+@app.command()
+def embed(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image folders, image files, or .txt lists of image paths")
+    ] = None,
+    texts: Annotated[list[Path] | None, typer.Option("--texts", help="Text files, one text per line")] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
+    shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
+    overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchOpt = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write embeddings in the clip-retrieval layout: img_emb/img_emb_{i}.npy, text_emb/text_emb_{i}.npy and
+    metadata/metadata_{i}.parquet, readable by autofaiss and clip-retrieval. Shards are independent and
+    idempotent, so Ray, Spark or Slurm can run them in parallel."""
+    from altclip.embed_files import EmbedError, embed_shard, parse_shard
+
+    try:
+        index, count = parse_shard(shard)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    if not inputs and not texts:
+        fail("Give image inputs, --texts files, or both", EXIT_USAGE)
+    embedder = load_embedder(model, device, dtype, batch_size)
+    try:
+        with Progress(f"Embedding shard {index}/{count}", enabled=not as_json) as progress:
+            result = embed_shard(
+                embedder, inputs or [], texts or [], output, index, count, overwrite=overwrite, progress=progress
+            )
+    except EmbedError as e:
+        fail(str(e), EXIT_INPUT)
+    except ImportError as e:
+        fail(f"{e}. Writing parquet needs pyarrow: pip install 'altclip[index]'", EXIT_USAGE)
+    if as_json:
+        emit_json(result)
+        return
+    if result.get("skipped"):
+        err.print(f"Shard {index}/{count} is already done in {output} (use --overwrite to redo it)")
+        return
+    err.print(
+        f"Shard {index}/{count}: {result['images']} image and {result['texts']} text embeddings written to {output}",
+        highlight=False,
+    )
+    for failure in result["failed"][:20]:
+        err.print(f"  [yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+
+
+DEMO_QUERIES = [
+    ("zh", "一只猫"),
+    ("en", "a rocket launching into the sky"),
+    ("es", "una taza de café"),
+    ("ja", "宇宙の銀河"),
+    ("ru", "старинные монеты"),
+    ("fr", "une femme en uniforme"),
+]
+DEMO_LABELS = ["猫", "dog", "café", "ロケット", "галактика", "coins", "astronaut"]
+
+
+@app.command()
+def demo(
+    photos: Annotated[Path, typer.Argument(help="A folder of photos")] = Path("examples/photos"),
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchOpt = 16,
+) -> None:
+    """Index a folder of photos, search it in six languages, and classify two photos."""
+    from altclip.pipeline import ZeroShotImageClassificationPipeline
+
+    if not photos.is_dir():
+        fail(f"{photos} is not a folder of photos", EXIT_USAGE)
+    embedder = load_embedder(model, device, dtype, batch_size)
+    index_dir = Path(os.environ.get("ALTCLIP_DEMO_INDEX") or _tempdir())
+    err.print(f"Model: {embedder.name}; index: {index_dir}", highlight=False)
+    with ImageIndex(index_dir) as idx:
+        try:
+            with Progress("Indexing") as progress:
+                report = idx.update([photos], embedder, batch_size=batch_size, progress=progress)
+        except IndexMismatchError as e:
+            fail(str(e), EXIT_INDEX)
+        _report(report, idx, as_json=False)
+        table = Table(title="Search", title_justify="left")
+        for column in ("language", "query", "best match", "score", "runner-up"):
+            table.add_column(column)
+        for language, query in DEMO_QUERIES:
+            hits = idx.search(embedder.embed_texts([query])[0], 2)
+            names = [Path(h.path).name for h in hits] + ["", ""]
+            table.add_row(language, query, names[0], f"{hits[0].score:.3f}" if hits else "", names[1])
+        out.print(table)
+    pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor)
+    table = Table(title="Zero-shot classification", title_justify="left")
+    for column in ("photo", "top label", "score", "second", "score "):
+        table.add_column(column)
+    chosen = sorted(photos.glob("*.jp*g"))[:3]
+    for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto")):
+        table.add_row(
+            path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"
+        )
+    out.print(table)
+    if not os.environ.get("ALTCLIP_DEMO_INDEX"):
+        shutil.rmtree(index_dir, ignore_errors=True)
+
+
+def _tempdir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="altclip-demo-")

@@ -1,0 +1,161 @@
+"""Embeddings written in the layout of clip-retrieval, which autofaiss and clip-retrieval read:
+
+    OUTPUT/img_emb/img_emb_{i}.npy          (images, dim) float32, unit norm
+    OUTPUT/text_emb/text_emb_{i}.npy        (texts, dim) float32, unit norm
+    OUTPUT/metadata/metadata_{i}.parquet    one row per image ("image_path"), or per text ("caption") when only
+                                            texts are embedded
+    OUTPUT/text_metadata/text_metadata_{i}.parquet   the texts' rows when images are embedded too
+
+``i`` is the shard: the inputs, sorted, are cut into ``n`` equal contiguous parts and shard ``i`` embeds part
+``i``. A shard's files appear atomically and a finished shard is skipped on re-run, so shards can be fanned out
+to any number of machines (Ray, Spark, Slurm) and retried freely.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from altclip.index import IMAGE_SUFFIXES, display, ordered_map, scan
+
+
+class EmbedError(ValueError):
+    """An input list or text file could not be read."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes i/n (like 3/8), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def image_inputs(inputs: Sequence[Path]) -> list[str]:
+    """Image paths from folders (searched recursively), image files, and .txt files listing one path per line."""
+    paths: set[str] = set()
+    for item in inputs:
+        if item.is_dir():
+            paths.update(display(p) for p in scan([item]).files)
+        elif item.suffix.lower() == ".txt":
+            paths.update(line.strip() for line in _read_lines(item) if line.strip())
+        elif item.suffix.lower() in IMAGE_SUFFIXES or item.is_file():
+            paths.add(str(item))
+        else:
+            raise EmbedError(f"{item} does not exist")
+    return sorted(paths)
+
+
+def text_inputs(files: Sequence[Path]) -> list[str]:
+    return [line for f in files for line in _read_lines(f) if line.strip()]
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise EmbedError(f"{path} could not be read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise EmbedError(f"{path} is not valid UTF-8 (line {line})") from None
+
+
+def shard_of(items: list[str], index: int, count: int) -> list[str]:
+    return items[index * len(items) // count : (index + 1) * len(items) // count]
+
+
+def embed_shard(
+    embedder,
+    images: Sequence[Path],
+    texts: Sequence[Path],
+    output: Path,
+    index: int,
+    count: int,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_paths = shard_of(image_inputs(images), index, count) if images else []
+    captions = shard_of(text_inputs(texts), index, count) if texts else []
+    targets = []
+    if images:
+        targets += [output / "img_emb" / f"img_emb_{index}.npy", output / "metadata" / f"metadata_{index}.parquet"]
+    if texts:
+        meta = "metadata" if not images else "text_metadata"
+        targets += [output / "text_emb" / f"text_emb_{index}.npy", output / meta / f"{meta}_{index}.parquet"]
+    if not overwrite and all(t.exists() for t in targets):
+        return {"skipped": True, "shard": f"{index}/{count}", "images": 0, "texts": 0, "failed": []}
+
+    failed: list[dict] = []
+    kept: list[str] = []
+    vectors: list[np.ndarray] = []
+    batch: list[np.ndarray] = []
+    done = 0
+
+    def flush() -> None:
+        if batch:
+            vectors.append(embedder.embed_prepared(np.stack(batch)))
+            batch.clear()
+
+    def prepare(path: str):
+        try:
+            return embedder.prepare(path), None
+        except ValueError as e:
+            return None, getattr(e, "reason", str(e))
+
+    for path, (array, reason), _ in ordered_map(prepare, image_paths):
+        if array is None:
+            failed.append({"path": path, "reason": reason})
+        else:
+            kept.append(path)
+            batch.append(array)
+            if len(batch) >= embedder.batch_size:
+                flush()
+        done += 1
+        if progress:
+            progress(done, len(image_paths) + len(captions))
+    flush()
+
+    outputs: dict[Path, object] = {}
+    if images:
+        matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
+        outputs[targets[0]] = matrix.astype(np.float32)
+        outputs[targets[1]] = pa.table({"image_path": kept})
+    if texts:
+        text_matrix = embedder.embed_texts(captions) if captions else np.zeros((0, embedder.dim), np.float32)
+        outputs[targets[-2]] = text_matrix.astype(np.float32)
+        outputs[targets[-1]] = pa.table({"caption": captions})
+        if progress:
+            progress(len(image_paths) + len(captions), len(image_paths) + len(captions))
+
+    # Write everything to temporary names first, then rename: a shard is either complete or absent.
+    temporary = []
+    for target, value in outputs.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if isinstance(value, np.ndarray):
+            with open(tmp, "wb") as f:
+                np.save(f, value)
+        else:
+            pq.write_table(value, tmp)
+        temporary.append((tmp, target))
+    for tmp, target in temporary:
+        os.replace(tmp, target)
+    return {
+        "skipped": False,
+        "shard": f"{index}/{count}",
+        "images": len(kept),
+        "texts": len(captions),
+        "failed": failed,
+        "files": [str(t) for t in targets],
+    }

@@ -1,0 +1,584 @@
+"""A local image index for multilingual search: SQLite (WAL) for file metadata and vectors, exact search with
+torch, an approximate faiss index once the collection is large, or the vectors in Milvus.
+
+Indexing is incremental and crash-safe. Each batch of embedded images is committed in one transaction together
+with its file rows, so killing the indexer at any moment leaves a consistent index, and a re-run picks up where
+it stopped. Files are identified by content hash: duplicates share one vector, a moved file keeps its vector,
+and vectors no file refers to any more are removed at the end of a run. Files that cannot be read are recorded
+with the reason and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+
+from altclip.image_processing import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+DB_NAME = "index.sqlite3"
+FAISS_NAME = "vectors.faiss"
+SCHEMA_VERSION = "1"
+APPROX_THRESHOLD = 100_000  # build a faiss HNSW index from this many vectors on (when faiss is installed)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class IndexMismatchError(ValueError):
+    """The index was built with another model or embedding size than the one asked for."""
+
+
+class Embedder(Protocol):
+    """What the index needs from a model: see ``altclip.inference.Embedder``."""
+
+    name: str
+    dim: int
+
+    def prepare(self, data: bytes) -> np.ndarray: ...
+
+    def embed_prepared(self, arrays: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Hit:
+    score: float  # cosine similarity
+    id: int  # the file's id in this index: opaque, stable while the file stays
+    path: str  # for display; non-UTF-8 bytes are shown escaped
+    duplicates: list[str] = field(default_factory=list)  # other files with the same content
+
+
+@dataclass
+class UpdateReport:
+    found: int = 0  # image files under the roots
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    embedded: int = 0  # images run through the model (duplicates and moved files are not)
+    reused: int = 0  # new or changed files whose content was already indexed (duplicates, moves)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+    decode_seconds: float = 0.0  # reading, hashing, decoding and resizing, summed over the workers
+    model_seconds: float = 0.0
+    wait_seconds: float = 0.0  # time the model waited for decoded images
+
+
+def display(path: bytes) -> str:
+    """A file-system path as printable text; bytes that are not UTF-8 are shown as \\x.. escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scanning
+
+
+@dataclass
+class Scan:
+    files: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+    failed: dict[bytes, str] = field(default_factory=dict)  # image-named paths we could not stat (broken links)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # directories we could not list
+
+
+def scan(roots: Iterable[str | os.PathLike]) -> Scan:
+    """Image files under ``roots``, following symbolic links without looping."""
+    result = Scan()
+    seen_dirs: set[tuple[int, int]] = set()
+    stack: list[bytes] = []
+    for root in roots:
+        path = os.fsencode(os.path.abspath(os.fspath(root)))
+        if os.path.isfile(path):
+            _add_file(result, path)
+        else:
+            stack.append(path)
+    while stack:
+        directory = stack.pop()
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen_dirs:
+                continue  # a symbolic link back into a tree we already walk
+            seen_dirs.add((info.st_dev, info.st_ino))
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            result.problems.append((display(directory), f"could not list directory: {e.strerror}"))
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append(entry.path)
+            elif entry.name.lower().endswith(tuple(s.encode() for s in IMAGE_SUFFIXES)):
+                _add_file(result, entry.path)
+    return result
+
+
+def _add_file(result: Scan, path: bytes) -> None:
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        reason = "broken symbolic link" if os.path.islink(path) else f"could not be read: {e.strerror}"
+        if e.errno == 40:  # ELOOP
+            reason = "symbolic link loop"
+        result.failed[path] = reason
+        return
+    if stat.S_ISREG(info.st_mode):
+        result.files[path] = (info.st_size, info.st_mtime_ns)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Vector stores
+
+
+class VectorStore(Protocol):
+    """Where the vectors live, keyed by content hash. ``add`` must be idempotent."""
+
+    def existing(self, hashes: Sequence[str]) -> set[str]: ...
+
+    def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None: ...
+
+    def remove(self, hashes: Sequence[str]) -> None: ...
+
+    def hashes(self) -> set[str]: ...
+
+    def count(self) -> int: ...
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]: ...
+
+
+class SQLiteVectors:
+    """Vectors in the index's own SQLite file, written in the same transactions as the file rows."""
+
+    def __init__(self, index: ImageIndex, device: str | None = None):
+        self.index = index
+        self.device = device
+        self._matrix: tuple[int, np.ndarray, list[str]] | None = None  # (generation, vectors, hashes)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        return self.index.db
+
+    def existing(self, hashes: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            chunk = list(hashes[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT hash FROM vectors WHERE hash IN ({marks})", chunk))
+        return found
+
+    def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        rows = [(h, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors)]
+        self.db.executemany("INSERT OR IGNORE INTO vectors (hash, embedding) VALUES (?, ?)", rows)
+
+    def remove(self, hashes: Sequence[str]) -> None:
+        self.db.executemany("DELETE FROM vectors WHERE hash = ?", [(h,) for h in hashes])
+
+    def hashes(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT hash FROM vectors")}
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+    def matrix(self) -> tuple[np.ndarray, list[str]]:
+        """All vectors (N, dim) and their hashes, cached until the index changes."""
+        generation = self.index.generation
+        if self._matrix is None or self._matrix[0] != generation:
+            rows = self.db.execute("SELECT hash, embedding FROM vectors ORDER BY id").fetchall()
+            data = np.frombuffer(bytearray(b"".join(r[1] for r in rows)), dtype=np.float32)
+            self._matrix = (generation, data.reshape(len(rows), self.index.dim), [r[0] for r in rows])
+        return self._matrix[1], self._matrix[2]
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        approx = self._faiss()
+        if approx is not None:
+            scores, ids = approx.search(query[None].astype(np.float32), k)
+            hashes = dict(self.db.execute(f"SELECT id, hash FROM vectors WHERE id IN ({','.join(map(str, ids[0]))})"))
+            return [(hashes[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in hashes]
+        import torch
+
+        matrix, hashes = self.matrix()
+        if not len(hashes):
+            return []
+        m = torch.from_numpy(matrix).to(self.device or "cpu")
+        scores = m @ torch.from_numpy(query.astype(np.float32)).to(m.device)
+        top = torch.topk(scores, min(k, len(hashes)))
+        return [(hashes[i], float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+
+    # The approximate index: rebuilt after a run that changed the vectors, used only while it is current.
+
+    def _faiss(self):
+        path = self.index.path / FAISS_NAME
+        if not path.exists() or self.index.meta("faiss_generation") != str(self.index.generation):
+            return None
+        try:
+            import faiss
+        except ImportError:
+            return None
+        return faiss.read_index(str(path))
+
+    def build_approximate(self, threshold: int = APPROX_THRESHOLD) -> bool:
+        """Builds the faiss HNSW index when there are at least ``threshold`` vectors; True when built."""
+        if self.count() < threshold or self.index.meta("faiss_generation") == str(self.index.generation):
+            return False
+        try:
+            import faiss
+        except ImportError:
+            return False
+        matrix, _ = self.matrix()
+        ids = np.array([r[0] for r in self.db.execute("SELECT id FROM vectors ORDER BY id")], dtype=np.int64)
+        hnsw = faiss.IndexHNSWFlat(self.index.dim, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efSearch = 128
+        approx = faiss.IndexIDMap(hnsw)
+        approx.add_with_ids(np.ascontiguousarray(matrix), ids)
+        tmp = self.index.path / (FAISS_NAME + ".tmp")
+        faiss.write_index(approx, str(tmp))
+        os.replace(tmp, self.index.path / FAISS_NAME)
+        with self.db:
+            self.index.set_meta("faiss_generation", str(self.index.generation))
+        return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The index
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vectors (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,          -- content hash of the image file
+    embedding BLOB NOT NULL             -- dim float32 values, unit norm
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path BLOB NOT NULL UNIQUE,          -- absolute path, raw file-system bytes (names need not be UTF-8)
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    hash TEXT,                          -- NULL when the file could not be indexed
+    error TEXT,                         -- why it could not be indexed
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
+"""
+
+
+class ImageIndex:
+    """An image index in a directory: ``index.sqlite3`` and, for large collections, ``vectors.faiss``."""
+
+    def __init__(
+        self, path: str | os.PathLike, *, create: bool = True, store: str | None = None, device: str | None = None
+    ):
+        self.path = Path(path)
+        if not (self.path / DB_NAME).exists():
+            if not create:
+                raise FileNotFoundError(f"No index at {self.path} (run `altclip index DIR` to build one)")
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path / DB_NAME, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
+        with self.db:
+            self.db.executescript(_SCHEMA)
+            if self.meta("schema") is None:
+                self.set_meta("schema", SCHEMA_VERSION)
+                self.set_meta("generation", "0")
+        self.store: VectorStore = open_store(self, store or self.meta("store"), device)
+        if store and self.meta("store") is None:
+            with self.db:
+                self.set_meta("store", store)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- metadata ---------------------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def model(self) -> str | None:
+        return self.meta("model")
+
+    @property
+    def dim(self) -> int:
+        value = self.meta("dim")
+        return int(value) if value else 0
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation") or 0)
+
+    def bind(self, model: str, dim: int) -> None:
+        """Ties the index to one model; refuses another model or embedding size."""
+        if self.model is None:
+            with self.db:
+                self.set_meta("model", model)
+                self.set_meta("dim", str(dim))
+            return
+        if self.model != model or self.dim != dim:
+            raise IndexMismatchError(
+                f"The index at {self.path} holds embeddings of {self.model} ({self.dim} dimensions); embeddings of "
+                f"{model} ({dim} dimensions) cannot be mixed with them. Use --model {self.model}, or another --index"
+            )
+
+    # -- queries ----------------------------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM files WHERE hash IS NOT NULL").fetchone()[0]
+
+    def errors(self) -> list[tuple[str, str]]:
+        rows = self.db.execute("SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path")
+        return [(display(p), e) for p, e in rows]
+
+    def file_path(self, file_id: int) -> bytes | None:
+        row = self.db.execute("SELECT path FROM files WHERE id = ? AND hash IS NOT NULL", (file_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def search(self, query: np.ndarray, top_k: int = 10) -> list[Hit]:
+        """The ``top_k`` images closest to a unit-norm query embedding; duplicates are folded into one hit."""
+        if query.shape != (self.dim,):
+            raise IndexMismatchError(f"Query has {query.shape[-1]} dimensions, the index {self.dim}")
+        scored = self.store.search(query, top_k)
+        if not scored:
+            return []
+        marks = ",".join("?" * len(scored))
+        files: dict[str, list[tuple[int, bytes]]] = {}
+        for file_id, path, content in self.db.execute(
+            f"SELECT id, path, hash FROM files WHERE hash IN ({marks}) ORDER BY id", [h for h, _ in scored]
+        ):
+            files.setdefault(content, []).append((file_id, path))
+        hits = []
+        for content, score in scored:
+            if content in files:
+                (first_id, first), *rest = files[content]
+                hits.append(Hit(score, first_id, display(first), [display(p) for _, p in rest]))
+        return hits
+
+    # -- indexing ---------------------------------------------------------------------------------------------
+
+    def update(
+        self,
+        roots: Sequence[str | os.PathLike],
+        embedder: Embedder,
+        *,
+        batch_size: int = 32,
+        workers: int | None = None,
+        retry_errors: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        approx_threshold: int = APPROX_THRESHOLD,
+    ) -> UpdateReport:
+        """Brings the index in line with the image files under ``roots``: new and changed files are embedded,
+        deleted ones dropped, moved and duplicate ones reuse their vector."""
+        start = time.perf_counter()
+        self.bind(embedder.name, embedder.dim)
+        found = scan(roots)
+        report = UpdateReport(found=len(found.files), failed=list(found.problems))
+        known = {
+            p: (s, m, h, e) for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, hash, error FROM files")
+        }
+        todo: list[bytes] = []
+        for path, (size, mtime) in found.files.items():
+            if path not in known:
+                report.new += 1
+                todo.append(path)
+            elif known[path][:2] != (size, mtime) or (retry_errors and known[path][3] is not None):
+                report.changed += 1
+                todo.append(path)
+            else:
+                report.unchanged += 1
+        with self.db:  # image-named paths that cannot even be opened (broken links, loops)
+            for path, reason in found.failed.items():
+                self._put_file(path, 0, 0, None, reason)
+                report.failed.append((display(path), reason))
+
+        self._embed_files(todo, found.files, embedder, batch_size, workers, report, progress)
+
+        prefixes = [os.fsencode(os.path.abspath(os.fspath(r))) for r in roots]
+        gone = [
+            p
+            for p in known
+            if p not in found.files
+            and p not in found.failed
+            and any(p == r or p.startswith(r + b"/") for r in prefixes)
+        ]
+        with self.db:
+            self.db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in gone])
+            report.deleted = len(gone)
+            self._collect_garbage()
+        if isinstance(self.store, SQLiteVectors):
+            self.store.build_approximate(approx_threshold)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _embed_files(
+        self,
+        todo: list[bytes],
+        stats: dict[bytes, tuple[int, int]],
+        embedder: Embedder,
+        batch_size: int,
+        workers: int | None,
+        report: UpdateReport,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        pending: list[tuple[bytes, str, np.ndarray]] = []  # decoded, waiting for the model
+        ready: list[tuple[bytes, str | None, str | None]] = []  # (path, hash, error) rows to write
+        in_batch: set[str] = set()
+        done = 0
+
+        def flush() -> None:
+            nonlocal pending, ready
+            vectors = None
+            if pending:
+                t = time.perf_counter()
+                vectors = embedder.embed_prepared(np.stack([a for _, _, a in pending]))
+                report.model_seconds += time.perf_counter() - t
+                report.embedded += len(pending)
+            if isinstance(self.store, SQLiteVectors):
+                with self.db:  # vectors and the file rows that refer to them commit together
+                    if vectors is not None:
+                        self.store.add([h for _, h, _ in pending], vectors)
+                    self._put_rows(ready + [(p, h, None) for p, h, _ in pending], stats)
+            else:  # an external store: vectors first, so no committed row ever lacks its vector
+                if vectors is not None:
+                    self.store.add([h for _, h, _ in pending], vectors)
+                with self.db:
+                    self._put_rows(ready + [(p, h, None) for p, h, _ in pending], stats)
+            pending, ready = [], []
+            in_batch.clear()
+
+        for path, (content, array, error, seconds), waited in ordered_map(lambda p: _load(p, embedder), todo, workers):
+            report.wait_seconds += waited
+            report.decode_seconds += seconds
+            if error is not None:
+                ready.append((path, None, error))
+                report.failed.append((display(path), error))
+            elif content in in_batch or self.store.existing([content]):
+                ready.append((path, content, None))
+                report.reused += 1
+            else:
+                pending.append((path, content, array))
+                in_batch.add(content)
+            done += 1
+            if len(pending) >= batch_size or len(ready) >= 4 * batch_size:
+                flush()
+            if progress:
+                progress(done, len(todo))
+        flush()
+
+    def _put_rows(self, rows: list[tuple[bytes, str | None, str | None]], stats: dict[bytes, tuple[int, int]]) -> None:
+        for path, content, error in rows:
+            size, mtime = stats[path]
+            self._put_file(path, size, mtime, content, error)
+        if rows:
+            self.set_meta("generation", str(self.generation + 1))
+
+    def _put_file(self, path: bytes, size: int, mtime: int, content: str | None, error: str | None) -> None:
+        self.db.execute(
+            "INSERT INTO files (path, size, mtime_ns, hash, error, indexed_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "hash = excluded.hash, error = excluded.error, indexed_at = excluded.indexed_at",
+            (path, size, mtime, content, error, time.time()),
+        )
+
+    def _collect_garbage(self) -> None:
+        """Drops vectors no file refers to any more (deleted, changed or moved-away content)."""
+        referenced = {r[0] for r in self.db.execute("SELECT DISTINCT hash FROM files WHERE hash IS NOT NULL")}
+        orphans = sorted(self.store.hashes() - referenced)
+        if orphans:
+            self.store.remove(orphans)
+            self.set_meta("generation", str(self.generation + 1))
+
+    def check(self) -> list[str]:
+        """Consistency problems, if any: rows without vectors, vectors without rows, malformed vectors."""
+        problems = []
+        referenced = {r[0] for r in self.db.execute("SELECT DISTINCT hash FROM files WHERE hash IS NOT NULL")}
+        stored = self.store.hashes()
+        if referenced - stored:
+            problems.append(f"{len(referenced - stored)} file rows refer to missing vectors")
+        if stored - referenced:
+            problems.append(f"{len(stored - referenced)} vectors belong to no file")
+        if isinstance(self.store, SQLiteVectors):
+            bad = self.db.execute(
+                "SELECT COUNT(*) FROM vectors WHERE length(embedding) != ?", (4 * self.dim,)
+            ).fetchone()[0]
+            if bad:
+                problems.append(f"{bad} vectors have the wrong size")
+        both = self.db.execute("SELECT COUNT(*) FROM files WHERE (hash IS NULL) = (error IS NULL)").fetchone()[0]
+        if both:
+            problems.append(f"{both} file rows have both or neither of a hash and an error")
+        return problems
+
+
+def _load(path: bytes, embedder: Embedder) -> tuple[str | None, np.ndarray | None, str | None, float]:
+    """Worker: read, hash, decode and resize one file. Returns (hash, pixels, error, seconds)."""
+    start = time.perf_counter()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        return None, None, f"could not be read: {e.strerror}", time.perf_counter() - start
+    content = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        array = embedder.prepare(data)
+    except ImageError as e:
+        return None, None, e.reason, time.perf_counter() - start
+    return content, array, None, time.perf_counter() - start
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, prefetch: int = 128
+) -> Iterator[tuple[T, R, float]]:
+    """``(item, fn(item), seconds waited)`` in input order, computed by a pool of threads at most ``prefetch``
+    items ahead. Decoding and resizing in Pillow release the GIL, so threads run them in parallel with the
+    model, without copying pixels between processes."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque[tuple[T, Future]] = deque((item, pool.submit(fn, item)) for item in islice(items, prefetch))
+        while queue:
+            item, future = queue.popleft()
+            start = time.perf_counter()
+            result = future.result()
+            waited = time.perf_counter() - start
+            for nxt in islice(items, 1):
+                queue.append((nxt, pool.submit(fn, nxt)))
+            yield item, result, waited
+
+
+def open_store(index: ImageIndex, url: str | None, device: str | None) -> VectorStore:
+    if url is None or url == "sqlite":
+        return SQLiteVectors(index, device)
+    if url.startswith("milvus"):
+        from altclip.milvus import MilvusVectors
+
+        return MilvusVectors(url, index)
+    raise ValueError(f"Unknown vector store {url!r}; use 'sqlite' (default) or 'milvus://...'")
+
+
+def default_index_path() -> Path:
+    """``$ALTCLIP_INDEX``, else ``$XDG_DATA_HOME/altclip/index`` (``~/.local/share/altclip/index``)."""
+    if os.environ.get("ALTCLIP_INDEX"):
+        return Path(os.environ["ALTCLIP_INDEX"])
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "altclip" / "index"

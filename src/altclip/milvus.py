@@ -1,0 +1,113 @@
+"""The index's vectors in Milvus, for collections that outgrow one machine.
+
+``--store milvus:///path/photos.db`` keeps them in a Milvus Lite file (embedded, no server); ``--store
+milvus://HOST:19530`` (``milvus+https://`` for TLS) in a Milvus server or cluster, which speaks the same client
+API. ``?collection=NAME`` picks the collection (default ``altclip``); ``$MILVUS_TOKEN`` authenticates. File
+metadata stays in the local SQLite index; vectors are keyed by content hash, written before the file rows that
+refer to them, and removed when no file refers to them any more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+
+from altclip.index import ImageIndex, IndexMismatchError
+
+
+def milvus_uri(url: str) -> tuple[str, str]:
+    """(client uri, collection) from a ``milvus://`` URL."""
+    parsed = urlparse(url)
+    collection = parse_qs(parsed.query).get("collection", ["altclip"])[0]
+    if parsed.scheme == "milvus" and not parsed.netloc:
+        if not parsed.path:
+            raise ValueError(
+                f"{url}: give a Milvus Lite file (milvus:///path/file.db) or a server (milvus://host:port)"
+            )
+        return parsed.path, collection
+    if parsed.scheme in ("milvus", "milvus+http", "milvus+https"):
+        scheme = "https" if parsed.scheme.endswith("https") else "http"
+        return f"{scheme}://{parsed.netloc}{parsed.path}", collection
+    raise ValueError(f"Not a Milvus URL: {url}")
+
+
+class MilvusVectors:
+    def __init__(self, url: str, index: ImageIndex):
+        from pymilvus import MilvusClient
+
+        uri, self.collection = milvus_uri(url)
+        if not uri.startswith("http"):
+            os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        self.client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
+        self.index = index
+        self._ready = False
+
+    def _ensure(self) -> bool:
+        """Creates the collection once the embedding size is known; False while it is not."""
+        if self._ready:
+            return True
+        dim = self.index.dim
+        if self.client.has_collection(self.collection):
+            fields = self.client.describe_collection(self.collection)["fields"]
+            found = next(f["params"]["dim"] for f in fields if f["name"] == "vector")
+            if dim and int(found) != dim:
+                raise IndexMismatchError(
+                    f"Milvus collection {self.collection} holds {found}-dimensional vectors, not {dim}"
+                )
+            self.client.load_collection(self.collection)
+        elif not dim:
+            return False
+        else:
+            from pymilvus import DataType, MilvusClient
+
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("hash", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            params = self.client.prepare_index_params()
+            params.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
+            self.client.create_collection(self.collection, schema=schema, index_params=params)
+        self._ready = True
+        return True
+
+    def existing(self, hashes: Sequence[str]) -> set[str]:
+        if not hashes or not self._ensure():
+            return set()
+        rows = self.client.query(
+            self.collection, filter=f"hash in {list(hashes)!r}".replace("'", '"'), output_fields=["hash"]
+        )
+        return {r["hash"] for r in rows}
+
+    def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
+        self._ensure()
+        rows = [{"hash": h, "vector": v.astype(np.float32).tolist()} for h, v in zip(hashes, vectors)]
+        self.client.upsert(self.collection, rows)
+
+    def remove(self, hashes: Sequence[str]) -> None:
+        if hashes and self._ensure():
+            self.client.delete(self.collection, ids=list(hashes))
+
+    def hashes(self) -> set[str]:
+        if not self._ensure():
+            return set()
+        found: set[str] = set()
+        iterator = self.client.query_iterator(self.collection, batch_size=1000, filter="", output_fields=["hash"])
+        while batch := iterator.next():
+            found.update(r["hash"] for r in batch)
+        iterator.close()
+        return found
+
+    def count(self) -> int:
+        if not self._ensure():
+            return 0
+        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
+        if not self._ensure():
+            return []
+        result = self.client.search(
+            self.collection, [query.astype(np.float32).tolist()], limit=k, output_fields=["hash"]
+        )
+        return [(hit["entity"]["hash"], float(hit["distance"])) for hit in result[0]]

@@ -1,0 +1,191 @@
+"""The `altclip` command line, end to end on a tiny random checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import altclip
+import altclip.cli_index  # noqa: F401  (registers the index commands)
+from altclip.cli import app, expand_multi_value_options
+from altclip.inference import Embedder
+from test_index import make_images
+
+PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt"), seed=5)
+
+
+@pytest.fixture(scope="module")
+def embedder(checkpoint) -> Embedder:
+    model, processor = altclip.load(checkpoint)
+    return Embedder(model, processor, str(checkpoint))
+
+
+@pytest.fixture
+def run(checkpoint):
+    runner = CliRunner()
+
+    def invoke(*args: str, model: bool = True):
+        env = {"ALTCLIP_MODEL": str(checkpoint)} if model else {}
+        return runner.invoke(app, expand_multi_value_options([str(a) for a in args]), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_classify_json(run, embedder):
+    result = run(
+        "classify",
+        PHOTOS / "cat.jpg",
+        PHOTOS / "coffee.jpg",
+        "--labels",
+        "猫",
+        "dog",
+        "café",
+        "--top-k",
+        "2",
+        "--templates",
+        "none",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [d["image"] for d in data] == [str(PHOTOS / "cat.jpg"), str(PHOTOS / "coffee.jpg")]
+    assert all(len(d["labels"]) == 2 for d in data)
+    # The scores are the model's: softmax of scaled cosine similarities of the bare labels.
+    image = embedder.embed_images([str(PHOTOS / "cat.jpg")])[0]
+    texts = embedder.embed_texts(["猫", "dog", "café"])
+    logits = (texts @ image) * float(np.exp(embedder.model.logit_scale.item()))
+    probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    best = int(np.argmax(probs))
+    assert data[0]["labels"][0]["label"] == ["猫", "dog", "café"][best]
+    assert data[0]["labels"][0]["score"] == pytest.approx(float(probs[best]), abs=1e-5)
+
+
+def test_similarity_table_and_json(run):
+    args = ["similarity", "--images", PHOTOS / "cat.jpg", PHOTOS / "rocket-launch.jpg", "--texts", "一只猫", "a rocket"]
+    table = run(*args)
+    assert table.exit_code == 0 and "一只猫" in table.stdout and "rocket-launch.jpg" in table.stdout
+    data = json.loads(run(*args, "--json").stdout)
+    probs = np.array(data["probs"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.array(data["cosine"]).max() <= 1 + 1e-6
+
+
+def test_index_search_and_reindex(run, tmp_path):
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 6)
+    index = tmp_path / "index"
+    first = run("index", folder, "--index", index, "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["embedded"] == 6
+    by_text = json.loads(run("search", "一只猫", "--index", index, "-k", "3", "--json").stdout)
+    assert len(by_text) == 3
+    by_image = json.loads(run("search", "--image", paths[4], "--index", index, "-k", "1", "--json", model=False).stdout)
+    assert by_image[0]["path"] == str(paths[4])  # the index remembers its model: no --model needed
+    paths[0].unlink()
+    again = json.loads(run("index", folder, "--index", index, "--json").stdout)
+    assert (again["deleted"], again["embedded"], again["images"]) == (1, 0, 5)
+
+
+def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 7)
+    (folder / "broken.jpg").write_bytes(b"nope")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("一只猫\na red square\n\nкошка\n", encoding="utf-8")
+    out = tmp_path / "emb"
+    for shard in ("0/2", "1/2"):
+        result = run("embed", folder, "--texts", captions, "--output", out, "--shard", shard, "--json")
+        assert result.exit_code == 0, result.output
+    image_paths = [
+        p for i in (0, 1) for p in pq.read_table(out / "metadata" / f"metadata_{i}.parquet")["image_path"].to_pylist()
+    ]
+    vectors = np.concatenate([np.load(out / "img_emb" / f"img_emb_{i}.npy") for i in (0, 1)])
+    assert sorted(image_paths) == sorted(map(str, paths)) and vectors.shape == (7, 16) and vectors.dtype == np.float32
+    assert np.abs(vectors - embedder.embed_images(image_paths)).max() < 1e-5
+    texts = [
+        t
+        for i in (0, 1)
+        for t in pq.read_table(out / "text_metadata" / f"text_metadata_{i}.parquet")["caption"].to_pylist()
+    ]
+    text_vectors = np.concatenate([np.load(out / "text_emb" / f"text_emb_{i}.npy") for i in (0, 1)])
+    assert texts == ["一只猫", "a red square", "кошка"]
+    assert np.abs(text_vectors - embedder.embed_texts(texts)).max() < 1e-5
+    skipped = json.loads(run("embed", folder, "--texts", captions, "--output", out, "--shard", "1/2", "--json").stdout)
+    assert skipped["skipped"] is True  # idempotent: a finished shard is not redone
+    failed = json.loads(run("embed", folder, "--output", tmp_path / "e2", "--json").stdout)["failed"]
+    assert [f["path"] for f in failed] == [str(folder / "broken.jpg")]
+
+
+def test_random_checkpoint_and_models(run, tmp_path):
+    result = run("random-checkpoint", tmp_path / "ckpt", "--seed", "3")
+    assert result.exit_code == 0
+    model, processor = altclip.load(tmp_path / "ckpt")
+    assert model.num_parameters() > 0 and processor(text="a cat")["input_ids"][0] == 0
+    listed = json.loads(run("models", "--json").stdout)
+    assert {"BAAI/AltCLIP", "BAAI/AltCLIP-m9", "BAAI/AltCLIP-m18"} <= {m["name"] for m in listed}
+
+
+def test_exit_codes_and_messages(run, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("index", empty, "--index", tmp_path / "i")
+    assert result.exit_code == 0 and "No image files under" in result.stderr
+    result = run("search", "   ", "--index", tmp_path / "i")
+    assert result.exit_code == 2 and "The query is empty" in result.stderr
+    result = run("search", "cat", "--index", tmp_path / "nowhere")
+    assert result.exit_code == 5 and "No index at" in result.stderr
+    result = run("classify", tmp_path / "missing.jpg", "--labels", "cat")
+    assert result.exit_code == 4 and "no such file" in result.stderr
+    result = run("classify", PHOTOS / "cat.jpg", "--labels", " ")
+    assert result.exit_code == 2 and "non-empty label" in result.stderr
+    result = run("index", tmp_path / "nope", "--index", tmp_path / "i")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    result = run("embed", "--shard", "3/2")
+    assert result.exit_code == 2 and "need 0 <= i < n" in result.stderr
+
+
+def test_model_mismatch_exit_code(run, tmp_path, checkpoint):
+    folder = tmp_path / "photos"
+    make_images(folder, 2)
+    assert run("index", folder, "--index", tmp_path / "i").exit_code == 0
+    other = altclip.write_random_checkpoint("tiny", tmp_path / "other", seed=9)
+    result = run("index", folder, "--index", tmp_path / "i", "--model", other)
+    assert result.exit_code == 5 and "cannot be mixed" in result.stderr
+
+
+def test_missing_model_says_what_to_do(tmp_path):
+    """As a newcomer sees it: a real process, offline, with the default model not downloadable."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "altclip", "classify", str(PHOTOS / "cat.jpg"), "--labels", "cat", "dog"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert "BAAI/AltCLIP" in result.stderr and "altclip random-checkpoint tiny" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs(run, tmp_path):
+    result = run("demo", PHOTOS)
+    assert result.exit_code == 0, result.output
+    assert "一只猫" in result.stdout and "Zero-shot classification" in result.stdout
+
+
+def test_expand_multi_value_options():
+    assert expand_multi_value_options(["classify", "a.jpg", "--labels", "cat", "a dog", "--top-k", "2"]) == [
+        "classify", "a.jpg", "--labels", "cat", "--labels", "a dog", "--top-k", "2",
+    ]  # fmt: skip
+    assert expand_multi_value_options(["--texts", "-1 degrees", "x"]) == ["--texts", "-1 degrees", "--texts", "x"]

@@ -1,0 +1,255 @@
+"""The image index: search, incremental updates, crash safety, bad files, stores."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import altclip
+from altclip.index import ImageIndex, IndexMismatchError
+from altclip.inference import Embedder
+
+
+def make_images(folder: Path, n: int, start: int = 0, size=(96, 72)) -> list[Path]:
+    """Distinct synthetic photos: a coloured background with a few rectangles, alternating JPEG and PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        rng = np.random.default_rng(i)
+        array = np.empty((size[1], size[0], 3), np.uint8)
+        array[:] = rng.integers(0, 256, 3)
+        for _ in range(3):
+            x, y = rng.integers(0, size[0] - 10), rng.integers(0, size[1] - 10)
+            array[y : y + rng.integers(5, 30), x : x + rng.integers(5, 30)] = rng.integers(0, 256, 3)
+        path = folder / f"img_{i:04d}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt"), seed=2)
+
+
+@pytest.fixture(scope="module")
+def embedder(checkpoint) -> Embedder:
+    model, processor = altclip.load(checkpoint)
+    return Embedder(model, processor, str(checkpoint))
+
+
+def indexed_paths(index: ImageIndex) -> dict[str, str]:
+    return {os.fsdecode(p): h for p, h in index.db.execute("SELECT path, hash FROM files WHERE hash IS NOT NULL")}
+
+
+def assert_faithful(index: ImageIndex, folder: Path, embedder: Embedder) -> None:
+    """The index holds exactly the readable images under ``folder``, each with the embedding of its content."""
+    assert index.check() == []
+    on_disk = {str(p) for p in folder.rglob("*") if p.suffix in (".jpg", ".png") and p.is_file()}
+    rows = indexed_paths(index)
+    assert set(rows) == on_disk
+    paths = sorted(rows)
+    expected = embedder.embed_images(paths)
+    vectors = dict(index.db.execute("SELECT hash, embedding FROM vectors"))
+    got = np.stack([np.frombuffer(vectors[rows[p]], np.float32) for p in paths])
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_index_and_search(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 12)
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder, batch_size=5)
+        assert (report.found, report.new, report.embedded, report.failed) == (12, 12, 12, [])
+        assert_faithful(index, folder, embedder)
+        for path in paths[:4]:
+            top = index.search(embedder.embed_images([str(path)])[0], 3)
+            assert top[0].path == str(path) and top[0].score == pytest.approx(1.0, abs=1e-5)
+            assert top[0].score >= top[1].score >= top[2].score
+        hits = index.search(embedder.embed_texts(["一只红色的猫"])[0], 5)
+        assert len(hits) == 5 and all(-1 <= h.score <= 1 for h in hits)
+        assert index.file_path(hits[0].id) == os.fsencode(hits[0].path)
+        again = index.update([folder], embedder)
+        assert (again.unchanged, again.embedded) == (12, 0)
+
+
+def test_changes_are_followed_exactly(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 8)
+    with ImageIndex(tmp_path / "index") as index:
+        index.update([folder], embedder)
+        # add two, modify one, rename one, delete one, duplicate one
+        make_images(folder, 2, start=100)
+        make_images(tmp_path / "other", 1, start=200)[0].replace(paths[0])  # new content at the same path
+        os.utime(paths[0], ns=(1, 1))  # and an unusual mtime
+        paths[1].rename(folder / "renamed.png")
+        paths[2].unlink()
+        (folder / "sub").mkdir()
+        shutil.copy(paths[3], folder / "sub" / "copy.jpg")
+        report = index.update([folder], embedder)
+        assert (report.new, report.changed, report.deleted) == (4, 1, 2)  # 2 added + renamed + copy; paths[0]
+        assert report.embedded == 3  # the two new images and the modified one
+        assert report.reused == 2  # the renamed file and the duplicate reuse their vectors
+        assert_faithful(index, folder, embedder)
+        hit = index.search(embedder.embed_images([str(paths[3])])[0], 1)[0]
+        assert {hit.path, *hit.duplicates} == {str(paths[3]), str(folder / "sub" / "copy.jpg")}
+        assert index.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 9  # 10 files, one duplicate
+
+
+def test_bad_files_are_recorded_not_fatal(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    (folder / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    good = (folder / "img_0001.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "notes.txt").write_text("not an image, not even looked at")
+    (folder / "broken-link.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "loop").symlink_to(folder)  # a symbolic link loop
+    weird = os.fsencode(str(folder)) + b"/caf\xe9-latin1.png"  # a file name that is not UTF-8
+    Image.new("RGB", (40, 30), "red").save(weird.decode("utf-8", "surrogateescape"))
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder)
+        failed = dict(report.failed)
+        assert set(failed) == {str(folder / n) for n in ("corrupt.jpg", "truncated.jpg", "broken-link.jpg")}
+        assert "not a readable image" in failed[str(folder / "corrupt.jpg")]
+        assert failed[str(folder / "broken-link.jpg")] == "broken symbolic link"
+        assert index.count() == 4 and index.check() == []
+        assert any(
+            p.endswith("caf\\xe9-latin1.png")
+            for p, _ in [(h.path, 0) for h in index.search(embedder.embed_texts(["red"])[0], 10)]
+        )
+        assert len(index.errors()) == 3
+        # unchanged broken files are not retried, and stay reported
+        assert index.update([folder], embedder).failed == [(str(folder / "broken-link.jpg"), "broken symbolic link")]
+        (folder / "corrupt.jpg").unlink()
+        index.update([folder], embedder)
+        assert len(index.errors()) == 2
+
+
+def test_unreadable_file(tmp_path, checkpoint):
+    """A file without read permission is recorded with the reason. Root reads everything, so as root the
+    indexer runs without the capabilities that bypass file permissions."""
+    prefix = []
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a file unreadable")
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", "--bounding-set", caps, "--inh-caps", caps]
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    secret = folder / "img_0001.jpg"
+    secret.chmod(0)
+    code = (
+        "import altclip, sys; from altclip.index import ImageIndex; from altclip.inference import Embedder\n"
+        f"m, p = altclip.load({str(checkpoint)!r})\n"
+        f"r = ImageIndex({str(tmp_path / 'index')!r}).update([{str(folder)!r}], Embedder(m, p, 'x'))\n"
+        "print(r.failed)"
+    )
+    result = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"('{secret}', 'could not be read: Permission denied')" in result.stdout
+
+
+def test_refuses_another_model(tmp_path, embedder, checkpoint):
+    folder = tmp_path / "photos"
+    make_images(folder, 2)
+    with ImageIndex(tmp_path / "index") as index:
+        index.update([folder], embedder)
+        other = Embedder(embedder.model, embedder.processor, "some/other-model")
+        with pytest.raises(IndexMismatchError, match="cannot be mixed"):
+            index.update([folder], other)
+        with pytest.raises(IndexMismatchError, match="Query has 3 dimensions"):
+            index.search(np.zeros(3, np.float32))
+
+
+def test_approximate_index_agrees_with_exact(tmp_path, embedder):
+    pytest.importorskip("faiss")
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 30)
+    with ImageIndex(tmp_path / "index") as index:
+        index.update([folder], embedder, approx_threshold=10)
+        assert (tmp_path / "index" / "vectors.faiss").exists()
+        assert index.store._faiss() is not None
+        queries = embedder.embed_images([str(p) for p in paths[:10]])
+        for path, q in zip(paths, queries):
+            assert index.search(q, 1)[0].path == str(path)
+        # After a change the faiss file is stale until rebuilt: search falls back to exact.
+        make_images(folder, 1, start=500)
+        index.update([folder], embedder, approx_threshold=10_000)
+        assert index.store._faiss() is None
+        assert index.search(queries[0], 1)[0].path == str(paths[0])
+
+
+def test_milvus_store(tmp_path, embedder):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 6)
+    store = f"milvus://{tmp_path}/milvus.db?collection=photos"
+    with ImageIndex(tmp_path / "index", store=store) as index:
+        index.update([folder], embedder)
+        assert index.store.count() == 6 and index.check() == []
+        top = index.search(embedder.embed_images([str(paths[2])])[0], 2)
+        assert top[0].path == str(paths[2]) and top[0].score == pytest.approx(1.0, abs=1e-4)
+        paths[0].unlink()
+        shutil.copy(paths[1], folder / "dup.jpg")
+        report = index.update([folder], embedder)
+        assert (report.deleted, report.reused, report.embedded) == (1, 1, 0)
+        assert index.store.count() == 5 and index.check() == []
+    with ImageIndex(tmp_path / "index") as again:  # the store is remembered
+        assert again.meta("store") == store and again.search(embedder.embed_images([str(paths[2])])[0], 1)[
+            0
+        ].path == str(paths[2])
+
+
+def _rows(index_dir: Path) -> int:
+    """Committed file rows, read without taking part in the writer's transactions."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{index_dir / 'index.sqlite3'}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_sigkill_at_random_moments_never_corrupts(tmp_path, checkpoint, embedder):
+    """Kill the indexer (a real `altclip index` process) with SIGKILL at random moments while it writes, several
+    times; every interrupted state is consistent, and a final run completes the index exactly."""
+    folder = tmp_path / "photos"
+    make_images(folder, 240, size=(640, 480))
+    index_dir = tmp_path / "index"
+    command = [sys.executable, "-m", "altclip", "index", str(folder), "--index", str(index_dir),
+               "--model", str(checkpoint), "--batch-size", "4", "--workers", "1", "--json"]  # fmt: skip
+    rng = random.Random(0)
+    partial_counts = []
+    for attempt in range(6):
+        if attempt == 4:  # later runs also delete and add files
+            for p in sorted(folder.glob("img_00[0-1]*"))[:10]:
+                p.unlink()
+            make_images(folder, 5, start=1000, size=(640, 480))
+        before = _rows(index_dir)
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and _rows(index_dir) == before:  # wait until it is writing
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        with ImageIndex(index_dir) as index:
+            assert index.check() == [], f"inconsistent after kill {attempt}"
+            partial_counts.append(index.count())
+    print("rows after each kill:", partial_counts)
+    assert sum(0 < c < 235 for c in partial_counts) >= 3, f"too few kills landed mid-run: {partial_counts}"
+    assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
+    with ImageIndex(index_dir) as index:
+        assert_faithful(index, folder, embedder)
