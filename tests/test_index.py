@@ -173,7 +173,6 @@ def test_refuses_another_model(tmp_path, embedder, checkpoint):
 
 
 def test_approximate_index_agrees_with_exact(tmp_path, embedder):
-    pytest.importorskip("faiss")
     folder = tmp_path / "photos"
     paths = make_images(folder, 30)
     with ImageIndex(tmp_path / "index") as index:
@@ -191,8 +190,6 @@ def test_approximate_index_agrees_with_exact(tmp_path, embedder):
 
 
 def test_milvus_store(tmp_path, embedder):
-    pytest.importorskip("pymilvus")
-    pytest.importorskip("milvus_lite")
     folder = tmp_path / "photos"
     paths = make_images(folder, 6)
     store = f"milvus://{tmp_path}/milvus.db?collection=photos"
