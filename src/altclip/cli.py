@@ -261,7 +261,7 @@ def models(as_json: JsonOpt = False) -> None:
 
 
 def main() -> None:
-    from altclip import cli_index  # noqa: F401  (registers the index, search, embed and demo commands)
+    from altclip import cli_index, cli_serve  # noqa: F401  (register their commands)
 
     sys.argv[1:] = expand_multi_value_options(sys.argv[1:])
     try:

@@ -1,0 +1,95 @@
+"""``altclip serve``: the HTTP service and its search page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from altclip.cli import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, app, err, fail, load_embedder
+
+
+@app.command()
+def serve(
+    index: Annotated[
+        Path | None, typer.Option("--index", help="An index folder to search (see `altclip index`)")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1, this machine only]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", "-m", help="Hub id or checkpoint folder [default: the index's model, else BAAI/AltCLIP]"
+        ),
+    ] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    config: Annotated[
+        Path | None, typer.Option(help="A JSON or TOML file of settings", envvar="ALTCLIP_CONFIG")
+    ] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Items per model call [32]")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill up [5]")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Items waiting per modality before 429 [256]")] = None,
+    request_timeout_s: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds per request before 504 [30]")
+    ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body before 413 [20 MiB]")] = None,
+    max_items: Annotated[int | None, typer.Option(help="Texts, images or labels per request before 422 [64]")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' on /v1/* (or ALTCLIP_TOKEN)")
+    ] = None,
+    cors_origins: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow cross-origin requests from this origin (repeatable) [none]"),
+    ] = None,
+    drain_seconds: Annotated[
+        float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [0]")
+    ] = None,
+) -> None:
+    """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.
+    Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""
+    from altclip.index import ImageIndex
+
+    try:
+        from altclip.server import ServerSettings, settings_dict
+        from altclip.server import serve as run
+    except ImportError as e:
+        fail(f"{e}. The service needs: pip install 'altclip[serve]'", EXIT_USAGE)
+
+    try:
+        settings = ServerSettings.load(
+            config,
+            index=str(index) if index else None,
+            host=host,
+            port=port,
+            model=model,
+            device=device,
+            dtype=dtype,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            request_timeout_s=request_timeout_s,
+            max_body_bytes=max_body_bytes,
+            max_items=max_items,
+            token=token,
+            cors_origins=cors_origins or None,
+            drain_seconds=drain_seconds,
+        )
+    except (OSError, ValueError, TypeError) as e:
+        fail(f"Bad settings: {e}", EXIT_USAGE)
+    if settings.index:
+        try:
+            with ImageIndex(settings.index, create=False) as idx:
+                stored = idx.model
+        except FileNotFoundError as e:
+            fail(str(e), EXIT_INDEX)
+        if model is None and stored and "ALTCLIP_MODEL" not in os.environ:
+            settings.model = stored
+    embedder = load_embedder(settings.model, settings.device, settings.dtype, settings.max_batch_size)
+    settings.model = embedder.name
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.token is None:
+        err.print(f"[yellow]warning:[/] serving on {settings.host} without --token: anyone who can reach it can use it")
+    err.print(f"Settings: {settings_dict(settings)}", highlight=False)
+    run(settings, embedder)
