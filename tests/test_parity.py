@@ -252,3 +252,36 @@ def test_training_loss_gradients_match_reference(ref_checkpoint, models, text_id
         ref.text_model.roberta.embeddings.word_embeddings.weight.grad,
         "word embedding grad",
     )
+
+
+def test_text_features_skip_padding(models, text_ids, monkeypatch):
+    """get_text_features packs the real tokens of right-padded batches (no work on padding) and still equals the
+    reference; other masks (left padding, holes) take the plain path, also equal to the reference."""
+    import altclip.layers
+
+    ours, ref, _ = models
+    ids, mask = text_ids
+    packed_calls = []
+    original = altclip.layers.Packing.pack
+
+    def spy(self, x):
+        out = original(self, x)
+        packed_calls.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(altclip.layers.Packing, "pack", spy)
+    with torch.no_grad():
+        got = ours.get_text_features(input_ids=ids, attention_mask=mask)
+        expected = ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+        assert_close(got, expected, "packed text features")
+        real_tokens = int(mask.sum())
+        assert packed_calls and packed_calls[0][0] == real_tokens  # the layers saw only the real tokens
+        packed_calls.clear()
+        holes = mask.clone()
+        holes[0, 3] = 0  # not right-padded
+        assert_close(
+            ours.get_text_features(input_ids=ids, attention_mask=holes),
+            ref.get_text_features(input_ids=ids, attention_mask=holes).pooler_output,
+            "features with a hole in the mask",
+        )
+        assert packed_calls == []

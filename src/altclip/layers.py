@@ -32,6 +32,27 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACTIVATIONS[name]
 
 
+class Packing:
+    """Where the real tokens of a right-padded (B, T) batch sit when only they are kept, packed as (N, C) rows.
+
+    Linear layers, norms and the MLP work row by row, so they run on the packed rows alone and spend nothing on
+    padding; attention, which needs the (B, T) layout, re-pads around its own few operations.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.batch, self.length = attention_mask.shape
+        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions of real tokens in B * T
+        lengths = attention_mask.sum(1)
+        self.first = torch.cumsum(lengths, 0) - lengths  # (B,) row of each sequence's first token
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.batch * self.length, -1)[self.index]  # (B, T, C) -> (N, C)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy_(0, self.index, x).view(self.batch, self.length, -1)  # (N, C) -> (B, T, C)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention. q, k and v come from one fused projection: one matrix multiply instead of three.
 
@@ -53,9 +74,14 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T, C = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for packed rows
+        if packing is not None:
+            qkv = packing.unpack(qkv)
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
         weights = None
@@ -72,6 +98,8 @@ class Attention(nn.Module):
             if head_mask is not None:  # probs * m @ v == m * (probs @ v) for a per-head scalar m
                 y = y * head_mask
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, nh * hs)
+        if packing is not None:
+            y = packing.pack(y)
         return self.out(y), weights
 
 
@@ -119,6 +147,7 @@ def run_layers(
     output_hidden_states: bool,
     output_attentions: bool,
     gradient_checkpointing: bool,
+    packing: Packing | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
     """Runs ``x`` through ``layers``; returns the output, the hidden states (input first) and attention maps."""
     hidden_states: list[torch.Tensor] = []
@@ -127,9 +156,9 @@ def run_layers(
         if output_hidden_states:
             hidden_states.append(x)
         if gradient_checkpointing and torch.is_grad_enabled():
-            x, weights = checkpoint(layer, x, mask, head_mask, output_attentions, use_reentrant=False)
+            x, weights = checkpoint(layer, x, mask, head_mask, output_attentions, packing, use_reentrant=False)
         else:
-            x, weights = layer(x, mask, head_mask, output_attentions)
+            x, weights = layer(x, mask, head_mask, output_attentions, packing)
         if output_attentions:
             attentions.append(weights)
     if output_hidden_states:

@@ -55,7 +55,14 @@ class AltCLIPModel(PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> torch.Tensor:
-        """(B, projection_dim) text embeddings, not normalised: ``text_projection`` of the pooled CLS state."""
+        """(B, projection_dim) text embeddings, not normalised: ``text_projection`` of the pooled CLS state.
+
+        Padded batches skip the work on padding (see ``AltCLIPTextModel.pooled``); the result equals the full
+        forward's up to float round-off.
+        """
+        simple = position_ids is None and token_type_ids is None and input_ids is not None
+        if simple and not (output_attentions or output_hidden_states):
+            return self.text_projection(self.text_model.pooled(input_ids, attention_mask))
         out = self.text_model(
             input_ids=input_ids,
             attention_mask=attention_mask,

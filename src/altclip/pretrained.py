@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -93,6 +95,7 @@ class PreTrainedModel(nn.Module):
         device: torch.device | str | None = None,
         config: _Config | None = None,
         revision: str | None = None,
+        quantization_config: Any = None,
     ) -> M:
         """Loads a checkpoint folder or Hugging Face Hub model id (downloaded into the Hub cache).
 
@@ -100,6 +103,8 @@ class PreTrainedModel(nn.Module):
             None for float32, the exact path.
         device: where the weights go (default CPU).
         config: overrides the checkpoint's config.json.
+        quantization_config: quantize after loading: a method name ("int8_dynamic", "int8_weight_only",
+            "int4_weight_only"), a dict, or an ``altclip.quantize.QuantizationConfig``.
 
         Reads model.safetensors, sharded model.safetensors.index.json, or legacy pytorch_model.bin. The model is
         built without initialising its weights and filled from the checkpoint; any missing, unexpected or
@@ -114,7 +119,7 @@ class PreTrainedModel(nn.Module):
         if dtype == "auto":
             saved = raw.get("dtype") or raw.get("torch_dtype")
             dtype = parse_dtype(saved) if saved not in (None, "auto") else (files.float_dtype() or torch.float32)
-        with torch.device("meta"):
+        with torch.device("meta"), _no_init():
             model = cls(config)  # type: ignore[arg-type]
         # A tower can be read out of a full AltCLIP checkpoint; a standalone vision tower saved by transformers 4
         # keeps the `vision_model.` prefix, one saved by transformers 5 drops it.
@@ -133,7 +138,12 @@ class PreTrainedModel(nn.Module):
             device=device,
             source=f"Checkpoint {name_or_path}",
         )
-        return model.eval()
+        model.eval()
+        if quantization_config is not None:
+            from altclip.quantize import quantize
+
+            quantize(model, quantization_config)
+        return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "10GB") -> Path:
         """Writes config.json and safetensors weights under the checkpoint names transformers reads."""
@@ -145,6 +155,21 @@ class PreTrainedModel(nn.Module):
         config.save_pretrained(path)
         ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
         return path
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Turns torch.nn.init into no-ops while a model is built on the meta device for loading: its weights are
+    about to be replaced, and running initialisers on meta tensors even costs an import of torch._dynamo (2 s)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
 
 
 def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:

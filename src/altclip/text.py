@@ -14,6 +14,7 @@ from altclip.config import AltCLIPTextConfig
 from altclip.layers import (
     MLP,
     Attention,
+    Packing,
     checks_enabled,
     expand_head_mask,
     init_layer_norm,
@@ -76,8 +77,9 @@ class TextLayer(nn.Module):
         mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, weights = self.attn(x, mask, head_mask, need_weights)
+        y, weights = self.attn(x, mask, head_mask, need_weights, packing)
         x = self.attn_norm(x + self.dropout(y))
         x = self.mlp_norm(x + self.dropout(self.mlp(x)))
         return x, weights
@@ -184,6 +186,33 @@ class AltCLIPTextModel(PreTrainedModel):
         )
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, project_dim) ``pooler_output`` without computing on padding.
+
+        The real tokens of a right-padded batch are packed into one (tokens, C) matrix, so the linear layers (nearly
+        all of the work) run on them alone, in full-size matrix products; attention re-pads around itself. ``pre_LN``
+        and ``transformation`` run on the CLS tokens only. Padding is masked out of attention anyway, so this
+        equals ``forward(...).pooler_output`` up to float round-off.
+        """
+        self._check_inputs(input_ids, attention_mask, None, None, None)
+        lengths = None if attention_mask is None else attention_mask.sum(1)
+        if lengths is None or int(lengths.min()) == input_ids.shape[1] or not _right_padded(attention_mask, lengths):
+            h, _, _ = self.encode(input_ids, attention_mask)
+            return self.transformation(self.final_norm(h[:, 0]))
+        x = self.embeddings(input_ids, None, None, None)  # (B, T, C)
+        packing = Packing(attention_mask)
+        h, _, _ = run_layers(
+            self.layers,
+            packing.pack(x),  # (N, C): real tokens only
+            padding_mask(attention_mask, x.dtype),
+            [None] * len(self.layers),
+            output_hidden_states=False,
+            output_attentions=False,
+            gradient_checkpointing=self.gradient_checkpointing and self.training,
+            packing=packing,
+        )
+        return self.transformation(self.final_norm(h[packing.first]))
+
     def conditioning_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, project_dim) ``transformation`` of every token's last hidden state, *without* ``pre_LN``: the
         per-token states AltDiffusion's UNet cross-attends to."""
@@ -245,3 +274,9 @@ class AltCLIPTextModel(PreTrainedModel):
             int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= config.type_vocab_size
         ):
             raise ValueError(f"token_type_ids must lie in 0..{config.type_vocab_size - 1}")
+
+
+def _right_padded(attention_mask: torch.Tensor, lengths: torch.Tensor) -> bool:
+    """Whether every row is ones up to its length and zeros after (padding on the right only)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return torch.equal(attention_mask.bool(), positions[None] < lengths[:, None])

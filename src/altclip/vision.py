@@ -12,7 +12,7 @@ from torch import nn
 
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPVisionConfig
-from altclip.layers import MLP, Attention, init_layer_norm, init_linear, run_layers
+from altclip.layers import MLP, Attention, Packing, init_layer_norm, init_linear, run_layers
 from altclip.outputs import VisionModelOutput
 from altclip.pretrained import PreTrainedModel
 
@@ -64,8 +64,9 @@ class VisionLayer(nn.Module):
         mask: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, weights = self.attn(self.attn_norm(x), mask, head_mask, need_weights)
+        y, weights = self.attn(self.attn_norm(x), mask, head_mask, need_weights, packing)
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return x, weights

@@ -1,0 +1,121 @@
+"""Every fast path stays within its stated tolerance of the exact float32 path (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from altclip import AltCLIPConfig, AltCLIPModel
+from altclip.quantize import QuantizationConfig, QuantizationError, quantize
+from altclip.registry import random_model
+
+# A small model with realistic activation statistics (quantization error depends on width, so not the tiny one).
+SMALL = AltCLIPConfig(
+    text_config=dict(
+        vocab_size=1000,
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        project_dim=192,
+    ),
+    vision_config=dict(
+        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, image_size=64, patch_size=8
+    ),
+    projection_dim=128,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small")
+    random_model(SMALL, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (12, 20), generator=g)
+    lengths = torch.randint(4, 21, (12,), generator=g)
+    mask = (torch.arange(20)[None] < lengths[:, None]).long()
+    ids = ids.masked_fill(mask == 0, 1)
+    ids[:, 0] = 0
+    return ids, mask, torch.randn(6, 3, 64, 64, generator=g)
+
+
+def embeddings(model, inputs):
+    ids, mask, pixels = inputs
+    with torch.inference_mode():
+        return model.get_text_features(input_ids=ids, attention_mask=mask).float(), model.get_image_features(
+            pixel_values=pixels.to(model.dtype)
+        ).float()
+
+
+def min_cosine(a, b) -> float:
+    return F.cosine_similarity(a, b, dim=-1).min().item()
+
+
+@pytest.fixture(scope="module")
+def exact(checkpoint, inputs):
+    return embeddings(AltCLIPModel.from_pretrained(checkpoint), inputs)
+
+
+@pytest.mark.parametrize(
+    "name, load, tolerance",
+    [
+        ("bf16", dict(dtype=torch.bfloat16), 0.999),
+        ("fp16", dict(dtype=torch.float16), 0.999),
+        ("int8 dynamic", dict(quantization_config="int8_dynamic"), 0.995),
+        (
+            "int8 dynamic + int8 embeddings",
+            dict(quantization_config={"method": "int8_dynamic", "include_embeddings": True}),
+            0.995,
+        ),
+    ],
+)
+def test_fast_path_within_tolerance(checkpoint, inputs, exact, name, load, tolerance):
+    text, image = embeddings(AltCLIPModel.from_pretrained(checkpoint, **load), inputs)
+    assert min_cosine(text, exact[0]) >= tolerance, name
+    assert min_cosine(image, exact[1]) >= tolerance, name
+    assert not torch.equal(text, exact[0])  # it really is a different computation
+
+
+def test_int8_dynamic_quantizes_the_layers(checkpoint):
+    model = AltCLIPModel.from_pretrained(checkpoint, quantization_config="int8_dynamic")
+    quantized = [
+        n for n, m in model.named_modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+    ]
+    assert len(quantized) == 2 * 4 * 4  # 4 linear layers in each of 4 layers, in both towers
+    assert isinstance(model.text_projection, torch.nn.Linear) and model.quantization_config.method == "int8_dynamic"
+
+
+def test_packed_text_path_is_the_default_and_exact(checkpoint, inputs):
+    model = AltCLIPModel.from_pretrained(checkpoint)
+    ids, mask, _ = inputs
+    with torch.inference_mode():
+        fast = model.get_text_features(input_ids=ids, attention_mask=mask)
+        plain = model.text_projection(model.text_model(ids, mask).pooler_output)
+    assert (fast - plain).abs().max() <= 1e-5
+
+
+def test_unsupported_combinations_say_what_is_supported(checkpoint):
+    model = AltCLIPModel.from_pretrained(checkpoint)
+    with pytest.raises(QuantizationError, match="int4_weight_only needs a CUDA GPU.*on CPU use int8_dynamic"):
+        quantize(model, {"quant_type": "int4_weight_only", "group_size": 128})
+    with pytest.raises(QuantizationError, match="Unknown quantization method 'int3'; supported: int8_dynamic"):
+        QuantizationConfig("int3")
+    with pytest.raises(QuantizationError, match="Unknown quantization settings"):
+        QuantizationConfig.coerce({"method": "int8_dynamic", "bits": 8})
+    with pytest.raises(QuantizationError, match="runs through torchao only"):
+        QuantizationConfig("int8_weight_only", backend="torch")
+
+
+def test_transformers_style_config_objects(checkpoint):
+    class TorchAoConfig:  # the shape of transformers' TorchAoConfig, as the seed's snippet builds it
+        quant_type = "int8_weight_only"
+        quant_type_kwargs = {"group_size": 64}
+
+    config = QuantizationConfig.coerce(TorchAoConfig())
+    assert (config.method, config.group_size) == ("int8_weight_only", 64)
