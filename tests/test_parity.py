@@ -285,3 +285,22 @@ def test_text_features_skip_padding(models, text_ids, monkeypatch):
             "features with a hole in the mask",
         )
         assert packed_calls == []
+
+
+@pytest.mark.parametrize("head", ["XLMRobertaModel", "XLMRobertaForMaskedLM"])
+def test_student_from_xlm_roberta(tmp_path, head):
+    """Teacher learning starts from a pretrained XLM-R: its encoder loads into our text tower unchanged."""
+    import transformers
+
+    config = transformers.XLMRobertaConfig(**{k: v for k, v in TINY_TEXT.items() if k != "project_dim"})
+    torch.manual_seed(0)
+    ref = getattr(transformers, head)(config).eval()
+    ref.save_pretrained(str(tmp_path))
+    ours = AltCLIPTextModel.from_xlm_roberta(tmp_path, project_dim=20)
+    ids = torch.tensor([[0, 5, 17, 42, 2, 1], [0, 9, 2, 1, 1, 1]])
+    with torch.no_grad():
+        hidden, _, _ = ours.encode(ids, ids.ne(1).long())
+        encoder = ref if head == "XLMRobertaModel" else ref.roberta
+        expected = encoder(input_ids=ids, attention_mask=ids.ne(1).long()).last_hidden_state
+    assert_close(hidden, expected, "XLM-R encoder")
+    assert ours.transformation.out_features == 20 and not ours.transformation.weight.is_meta

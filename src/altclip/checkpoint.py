@@ -160,6 +160,23 @@ class TensorFiles:
         return None
 
 
+class RenamedTensors:
+    """A view of ``TensorFiles`` under other key names (``rename(original) -> new``)."""
+
+    def __init__(self, files: TensorFiles, rename):
+        self._files = files
+        self._original = {rename(k): k for k in files.keys()}
+
+    def keys(self) -> list[str]:
+        return list(self._original)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._files.get(self._original[key])
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._files.shape(self._original[key])
+
+
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -185,11 +202,14 @@ def load_weights(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     source: str = "checkpoint",
+    ignore: re.Pattern | None = None,
+    missing_ok: re.Pattern | None = None,
 ) -> None:
     """Fills ``model`` (built on the meta device) from ``files`` through ``weight_map``, strictly.
 
     Only checkpoint keys under ``prefix`` are read (a tower taken out of a full AltCLIP checkpoint); the prefix is
-    stripped before lookup.
+    stripped before lookup. Keys matching ``ignore`` belong to parts of the checkpoint this model does not use;
+    parameters matching ``missing_ok`` may be absent and keep their values (the model must then not be on meta).
     """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     parts: dict[str, dict[int, str]] = {}  # our name -> {block index: checkpoint key}
@@ -199,7 +219,7 @@ def load_weights(
         if not key.startswith(prefix):
             continue
         name = canonical_name(key[len(prefix) :])
-        if IGNORED.search(name):
+        if IGNORED.search(name) or (ignore is not None and ignore.search(key)):
             continue
         template, index = _template(name)
         target = weight_map.get(template)
@@ -224,7 +244,13 @@ def load_weights(
         parts[ours][block] = key
 
     names = checkpoint_names(weight_map)
-    missing = [prefix + src for ours in expected for i, src in enumerate(names(ours)) if i not in parts.get(ours, {})]
+    missing = [
+        prefix + src
+        for ours in expected
+        if not (missing_ok is not None and missing_ok.search(ours))
+        for i, src in enumerate(names(ours))
+        if i not in parts.get(ours, {})
+    ]
     if missing or unexpected or wrong_shape:
         raise CheckpointError(_mismatch_message(source, model, missing, unexpected, wrong_shape))
 
@@ -233,7 +259,7 @@ def load_weights(
         tensors = [files.get(blocks[i]) for i in sorted(blocks)]
         tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
         state[ours] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=missing_ok is None, assign=True)
 
 
 def _mismatch_message(

@@ -346,7 +346,7 @@ def bench(
 
 
 def main() -> None:
-    from altclip import cli_index, cli_serve  # noqa: F401  (register their commands)
+    from altclip import cli_index, cli_serve, cli_train  # noqa: F401  (register their commands)
 
     sys.argv[1:] = expand_multi_value_options(sys.argv[1:])
     try:

@@ -114,6 +114,31 @@ class MLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class PreNormLayer(nn.Module):
+    """A CLIP transformer layer (the image tower's, and the text tower of the CLIP teacher):
+    x = x + attn(norm(x)); x = x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, act: str, eps: float, dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, heads, dropout)
+        self.mlp_norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = MLP(dim, hidden, act)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        packing: Packing | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, weights = self.attn(self.attn_norm(x), mask, head_mask, need_weights, packing)
+        x = x + y
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, weights
+
+
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, the dtype's minimum where padded.
 

@@ -6,6 +6,9 @@ as fairseq does, and the CLS state mapped to the width of the CLIP text state it
 
 from __future__ import annotations
 
+import os
+import re
+
 import torch
 from torch import nn
 
@@ -117,6 +120,31 @@ class AltCLIPTextModel(PreTrainedModel):
                         module.weight[module.padding_idx].zero_()
             elif isinstance(module, nn.LayerNorm):
                 init_layer_norm(module)
+
+    @classmethod
+    def from_xlm_roberta(
+        cls, name_or_path: str | os.PathLike, project_dim: int, *, revision: str | None = None
+    ) -> AltCLIPTextModel:
+        """A text tower whose encoder is a pretrained XLM-RoBERTa (``xlm-roberta-large``, as AltCLIP started from),
+        with a fresh ``pre_LN`` and ``transformation`` mapping to ``project_dim``: the student of teacher learning.
+        The masked-language-model head and the pooler of the checkpoint are not used."""
+        from altclip.config import read_config_file
+        from altclip.hub import resolve_file
+        from altclip.pretrained import checkpoint_files
+
+        raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))  # type: ignore[arg-type]
+        if raw.get("model_type") not in ("xlm-roberta", "roberta"):
+            raise ValueError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
+        config = AltCLIPTextConfig.from_dict({**raw, "project_dim": project_dim})
+        model = cls(config)  # randomly initialised: pre_LN and transformation keep these values
+        files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
+        bare = not any(k.startswith("roberta.") for k in files.keys())  # XLMRobertaModel saves without the prefix
+        view = ckpt.RenamedTensors(files, (lambda k: "roberta." + k) if bare else (lambda k: k))
+        ckpt.load_weights(
+            model, view, ckpt.TEXT_WEIGHTS, dtype=torch.float32, source=f"XLM-R checkpoint {name_or_path}",
+            ignore=re.compile(r"(^|\.)(lm_head|pooler)\."), missing_ok=re.compile(r"^(final_norm|transformation)\."),
+        )  # fmt: skip
+        return model.eval()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.token

@@ -12,7 +12,7 @@ from torch import nn
 
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPVisionConfig
-from altclip.layers import MLP, Attention, Packing, init_layer_norm, init_linear, run_layers
+from altclip.layers import PreNormLayer, init_layer_norm, init_linear, run_layers
 from altclip.outputs import VisionModelOutput
 from altclip.pretrained import PreTrainedModel
 
@@ -48,30 +48,6 @@ class VisionEmbeddings(nn.Module):
         return x + (self.positions(H, W) if interpolate_pos_encoding else self.position.weight)
 
 
-class VisionLayer(nn.Module):
-    """Pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x))."""
-
-    def __init__(self, config: AltCLIPVisionConfig):
-        super().__init__()
-        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.attn = Attention(config.hidden_size, config.num_attention_heads, config.attention_dropout)
-        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        head_mask: torch.Tensor | None = None,
-        need_weights: bool = False,
-        packing: Packing | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, weights = self.attn(self.attn_norm(x), mask, head_mask, need_weights, packing)
-        x = x + y
-        x = x + self.mlp(self.mlp_norm(x))
-        return x, weights
-
-
 class AltCLIPVisionModel(PreTrainedModel):
     """The AltCLIP image encoder. ``pooler_output`` is the layer-normed class token."""
 
@@ -83,7 +59,17 @@ class AltCLIPVisionModel(PreTrainedModel):
         super().__init__(config)
         self.embeddings = VisionEmbeddings(config)
         self.pre_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # "pre_layrnorm" in checkpoints
-        self.layers = nn.ModuleList(VisionLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            PreNormLayer(
+                config.hidden_size,
+                config.num_attention_heads,
+                config.intermediate_size,
+                config.hidden_act,
+                config.layer_norm_eps,
+                config.attention_dropout,
+            )
+            for _ in range(config.num_hidden_layers)
+        )
         self.post_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.init_weights()
 

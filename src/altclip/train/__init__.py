@@ -1,0 +1,1 @@
+"""Training: teacher learning (distill) and contrastive learning, on a shared loop."""

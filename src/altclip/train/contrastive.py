@@ -1,0 +1,159 @@
+"""Contrastive learning and fine-tuning (`altclip train contrastive`) on image-text pairs.
+
+Symmetric InfoNCE with the model's ``logit_scale``. Negatives are gathered from every process with an
+all-gather that keeps gradients, so each text is contrasted with every image of the global batch, and each
+process's loss covers its own rows: the mean over processes is the full-batch loss. The image tower is frozen by
+default, and then each image is embedded once, before training, and served from that cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import nn
+
+from altclip.image_processing import ImageError
+from altclip.index import ordered_map
+from altclip.model import AltCLIPModel
+from altclip.processor import AltCLIPProcessor
+from altclip.train.data import TarMember, read_pairs
+from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_distributed
+
+MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
+
+
+class ContrastiveModel(nn.Module):
+    """What is trained: the text tower and its projection, the logit scale, and the image tower if not frozen."""
+
+    def __init__(self, model: AltCLIPModel, train_vision: bool):
+        super().__init__()
+        self.model = model
+        model.requires_grad_(False)
+        model.text_model.requires_grad_(True)
+        model.text_projection.requires_grad_(True)
+        model.logit_scale.requires_grad_(True)
+        if train_vision:
+            model.vision_model.requires_grad_(True)
+            model.visual_projection.requires_grad_(True)
+        self.train_vision = train_vision
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(text embeddings, image embeddings, logit scale); ``images`` are pixels, or cached embeddings when the
+        image tower is frozen."""
+        text = F.normalize(self.model.text_projection(self.model.text_model.pooled(input_ids, attention_mask)), dim=-1)
+        if self.train_vision:
+            images = F.normalize(self.model.visual_projection(self.model.vision_model(images).pooler_output), dim=-1)
+        return text, images, self.model.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+
+
+def gather(x: torch.Tensor, d: Distributed) -> torch.Tensor:
+    """All processes' rows, in rank order, keeping gradients (they flow back to the process that made them)."""
+    if d.world == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def infonce(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor, d: Distributed) -> torch.Tensor:
+    """This process's share of the symmetric InfoNCE loss over the global batch."""
+    all_text, all_image = gather(text, d), gather(image, d)
+    labels = torch.arange(text.shape[0], device=text.device) + d.rank * text.shape[0]
+    scale = logit_scale.exp()
+    return (
+        F.cross_entropy(scale * text @ all_image.t(), labels) + F.cross_entropy(scale * image @ all_text.t(), labels)
+    ) / 2
+
+
+def _read_image(source: Path | TarMember) -> bytes:
+    return source.read() if isinstance(source, TarMember) else Path(source).read_bytes()
+
+
+def contrastive(
+    model_path: str,
+    data: list[str],
+    config: TrainConfig,
+    *,
+    image_root: str | None = None,
+    train_vision: bool = False,
+    max_length: int = 77,
+    log=print,
+) -> dict[str, Any]:
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = setup_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{dist_info.local_rank}"
+    model = AltCLIPModel.from_pretrained(model_path, device=device)
+    processor = AltCLIPProcessor.from_pretrained(model_path)
+    pairs, report = read_pairs(data, image_root)
+
+    def prepare(source):
+        try:
+            return processor.image_processor.prepare(_read_image(source)), None
+        except (ImageError, OSError) as e:
+            return None, getattr(e, "reason", str(e))
+
+    # Decode every image once, before training: unreadable ones are dropped (and counted), so that every process
+    # sees the same usable dataset and no batch fails later. With the image tower frozen, its embeddings are kept
+    # (the image tower never runs again); otherwise images are decoded again when their batch comes.
+    kept: list[tuple[Path | TarMember, str]] = []
+    cache: list[torch.Tensor] = []
+    pending: list[np.ndarray] = []
+    for (source, caption), (array, reason), _ in ordered_map(lambda pair: prepare(pair[0]), pairs):
+        if array is None:
+            report.skip("unreadable image", f"{source} ({reason})")
+            continue
+        kept.append((source, caption))
+        if not train_vision:
+            pending.append(array)
+            if len(pending) == 64:
+                cache.append(_embed(model, processor, pending))
+                pending = []
+    if pending:
+        cache.append(_embed(model, processor, pending))
+    images = torch.cat(cache) if cache else None
+    if dist_info.main:
+        log(f"Image-text pairs: {report.summary()}")
+
+    def batch(indices: list[int]) -> dict[str, torch.Tensor]:
+        captions = [kept[i][1] for i in indices]
+        tokens = processor.tokenizer(
+            captions, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        if train_vision:
+            arrays = [prepare(kept[i][0])[0] for i in indices]
+            image_input = torch.from_numpy(processor.image_processor.normalize(np.stack(arrays)))
+        else:
+            image_input = images[indices]
+        return {
+            "ids": tokens["input_ids"].to(device),
+            "mask": tokens["attention_mask"].to(device),
+            "images": image_input.to(device),
+        }
+
+    def loss(module: nn.Module, b: dict[str, torch.Tensor], d: Distributed) -> tuple[torch.Tensor, dict[str, float]]:
+        text, image, logit_scale = module(b["ids"], b["mask"], b["images"])
+        value = infonce(text.float(), image.float(), logit_scale.float(), d)
+        return value, {"logit_scale": logit_scale.exp().item()}
+
+    def save(module: nn.Module, directory: Path) -> None:
+        module.model.save_pretrained(directory)
+        processor.save_pretrained(directory)
+        (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+
+    trainer = Trainer(config, ContrastiveModel(model, train_vision), len(kept), batch, loss, save, dist_info, log=log)
+    result = trainer.run()
+    result["data"] = report.to_dict()
+    return result
+
+
+@torch.inference_mode()
+def _embed(model: AltCLIPModel, processor: AltCLIPProcessor, arrays: list[np.ndarray]) -> torch.Tensor:
+    pixels = torch.from_numpy(processor.image_processor.normalize(np.stack(arrays))).to(model.device, model.dtype)
+    return F.normalize(model.get_image_features(pixel_values=pixels).float(), dim=-1).clone()

@@ -1,0 +1,141 @@
+"""Teacher learning (`altclip train distill`): the multilingual student learns to reproduce CLIP's text states.
+
+The teacher, CLIP's text tower, reads the English sentence; the student, AltCLIP's text tower, reads the English
+sentence and its translation. The loss is the mean squared error (and optionally one minus the cosine similarity)
+between the student's CLS ``transformation`` output and the teacher's pooled end-of-text state, for both. When the
+teacher is a full CLIP checkpoint, the result is a complete AltCLIP model: the student with the teacher's
+``text_projection``, image tower and ``visual_projection``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from altclip.clip_text import CLIPTextTower, CLIPTokenizer, assemble_altclip
+from altclip.config import read_config_file
+from altclip.hub import resolve_file
+from altclip.image_processing import CLIPImageProcessor
+from altclip.text import AltCLIPTextModel
+from altclip.tokenizer import XLMRobertaTokenizer
+from altclip.train.data import read_parallel
+from altclip.train.loop import Distributed, TrainConfig, Trainer, TrainingError, setup_distributed
+
+
+class Student(nn.Module):
+    """The trained module: the text tower's pooled (CLS ``transformation``) output, through ``forward`` so that
+    DDP sees the call."""
+
+    def __init__(self, text: AltCLIPTextModel):
+        super().__init__()
+        self.text = text
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text.pooled(input_ids, attention_mask)
+
+
+def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
+    """A registered shape (random weights), an AltCLIP checkpoint (its text tower), or an XLM-R checkpoint."""
+    from altclip.registry import KNOWN_MODELS, known_model
+
+    if student in KNOWN_MODELS and not Path(student).exists():
+        import dataclasses
+
+        config = dataclasses.replace(known_model(student).config().text_config, project_dim=project_dim)
+        return AltCLIPTextModel(config)
+    model_type = read_config_file(resolve_file(student, "config.json")).get("model_type")  # type: ignore[arg-type]
+    if model_type in ("xlm-roberta", "roberta"):
+        return AltCLIPTextModel.from_xlm_roberta(student, project_dim)
+    model = AltCLIPTextModel.from_pretrained(student)
+    if model.config.project_dim != project_dim:
+        raise TrainingError(
+            f"The student {student} maps to {model.config.project_dim} dimensions but the teacher's text states have "
+            f"{project_dim}; start from an XLM-R checkpoint or a registered shape instead"
+        )
+    return model
+
+
+def distill(
+    teacher: str,
+    student: str,
+    corpus: list[str],
+    config: TrainConfig,
+    *,
+    tokenizer: str | None = None,
+    cosine_weight: float = 0.0,
+    max_length: int = 128,
+    log=print,
+) -> dict[str, Any]:
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = setup_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{dist_info.local_rank}"
+    teacher_model = CLIPTextTower.from_pretrained(teacher, device=device).requires_grad_(False)
+    teacher_tokenizer = CLIPTokenizer.from_pretrained(teacher)
+    torch.manual_seed(config.seed)  # the student's random initialisation, when it has one
+    text = load_student(student, teacher_model.config.hidden_size).to(device)
+    student_tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer or student)
+    pairs, report = read_parallel(corpus)
+    if dist_info.main:
+        log(f"Parallel corpus: {report.summary()}")
+
+    def batch(indices: list[int]) -> dict[str, torch.Tensor]:
+        english = [pairs[i][0] for i in indices]
+        other = [pairs[i][1] for i in indices if pairs[i][1] is not None]
+        with torch.inference_mode():
+            ids, mask = teacher_tokenizer(english)
+            target = teacher_model(ids.to(device), mask.to(device))[1]
+        tokens = student_tokenizer(
+            english + other, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        has_other = torch.tensor([pairs[i][1] is not None for i in indices])
+        return {
+            "ids": tokens["input_ids"].to(device),
+            "mask": tokens["attention_mask"].to(device),
+            "target": target.clone(),
+            "has_other": has_other.to(device),
+        }
+
+    def loss(model: nn.Module, b: dict[str, torch.Tensor], _: Distributed) -> tuple[torch.Tensor, dict[str, float]]:
+        predicted = model(b["ids"], b["mask"]).float()
+        n = b["target"].shape[0]
+        english, other = predicted[:n], predicted[n:]
+        mse_en = F.mse_loss(english, b["target"])
+        total, metrics = mse_en, {"mse_en": mse_en.item()}
+        if other.shape[0]:
+            mse_xx = F.mse_loss(other, b["target"][b["has_other"]])
+            total = total + mse_xx
+            metrics["mse_xx"] = mse_xx.item()
+        if cosine_weight:
+            cos = F.cosine_similarity(predicted, torch.cat([b["target"], b["target"][b["has_other"]]]), dim=-1).mean()
+            total = total + cosine_weight * (1 - cos)
+            metrics["cosine"] = cos.item()
+        return total, metrics
+
+    def save(model: nn.Module, directory: Path) -> None:
+        trained = model.text
+        full = read_config_file(resolve_file(teacher, "config.json")).get("model_type") == "clip"  # type: ignore[arg-type]
+        result = assemble_altclip(trained, teacher) if full else trained
+        result.save_pretrained(directory)
+        student_tokenizer.save_pretrained(directory)
+        if full:
+            preprocessor = resolve_file(teacher, "preprocessor_config.json", required=False)
+            if preprocessor is not None:
+                shutil.copy(preprocessor, directory / "preprocessor_config.json")
+            else:  # CLIP's preprocessing at the image tower's resolution
+                size = result.config.vision_config.image_size
+                CLIPImageProcessor(
+                    size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+                ).save_pretrained(directory)
+        (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+
+    trainer = Trainer(config, Student(text), len(pairs), batch, loss, save, dist_info, log=log)
+    result = trainer.run()
+    result["data"] = report.to_dict()
+    return result

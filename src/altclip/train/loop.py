@@ -1,0 +1,446 @@
+"""The training loop both stages share.
+
+AdamW with linear warmup and cosine decay, gradient accumulation, bfloat16 autocast, gradient checkpointing,
+checkpoints that resume exactly (weights, optimizer, schedule, random states, position in the data), a JSONL
+metrics log with a PNG plot, a progress bar, and several processes through ``torchrun`` (DDP; FSDP on request).
+
+Data order is a function of the step alone: sample ``k`` of the global batch at step ``s`` is the same whatever the
+number of processes, so one process and two processes with the same global batch follow the same loss curve, and a
+resumed run the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, unusable data); the message says what to do."""
+
+
+@dataclass
+class TrainConfig:
+    output: str = "runs/altclip"
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # samples per process per micro-step
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * min_lr_ratio
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    bf16: bool = False  # bfloat16 autocast (for GPUs and CPUs with bf16 units)
+    gradient_checkpointing: bool = False
+    save_every: int = 200
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+    fsdp: bool = False  # shard parameters across processes (for models that do not fit one device)
+    resume: bool = True  # continue from the newest checkpoint in OUTPUT/checkpoints
+    dropout: float | None = None  # override every dropout probability (0 makes runs bit-reproducible)
+    progress: bool = True
+    device: str | None = None
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Joins the process group ``torchrun`` describes in the environment (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def global_indices(step: int, micro: int, config: TrainConfig, world: int, rank: int, dataset_size: int) -> list[int]:
+    """The dataset indices this process trains on at (step, micro-step): a fresh permutation each epoch, seeded."""
+    per_step = config.batch_size * world
+    start = ((step * config.grad_accum) + micro) * per_step + rank * config.batch_size
+    out = []
+    for position in range(start, start + config.batch_size):
+        epoch, offset = divmod(position, dataset_size)
+        order = _permutation(config.seed, epoch, dataset_size)
+        out.append(int(order[offset]))
+    return out
+
+
+_PERMUTATIONS: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _permutation(seed: int, epoch: int, size: int) -> np.ndarray:
+    key = (seed, epoch, size)
+    if key not in _PERMUTATIONS:
+        _PERMUTATIONS.clear()
+        _PERMUTATIONS[key] = np.random.default_rng([seed, epoch]).permutation(size)
+    return _PERMUTATIONS[key]
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def set_dropout(model: nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif hasattr(module, "dropout") and isinstance(module.dropout, float):  # our attention's probability dropout
+            module.dropout = p
+
+
+class Trainer:
+    """Runs ``loss_fn(model, batch) -> (loss, metrics)`` over ``batch_fn(indices) -> batch`` for ``config.steps``.
+
+    ``model`` is the module whose trainable parameters are optimized; ``save_fn(model, directory)`` writes the
+    final, usable checkpoint.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        dataset_size: int,
+        batch_fn: Callable[[list[int]], Any],
+        loss_fn: Callable[[nn.Module, Any, Distributed], tuple[torch.Tensor, dict[str, float]]],
+        save_fn: Callable[[nn.Module, Path], None],
+        dist_info: Distributed | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.config = config
+        self.dist = dist_info or Distributed()
+        self.output = Path(config.output)
+        self.dataset_size = dataset_size
+        self.batch_fn, self.loss_fn, self.save_fn, self.log = batch_fn, loss_fn, save_fn, log
+        if dataset_size < 1:
+            raise TrainingError("The training data is empty (after skipping unusable samples)")
+        if config.dropout is not None:
+            set_dropout(model, config.dropout)
+        if config.gradient_checkpointing:
+            for module in model.modules():
+                if hasattr(module, "gradient_checkpointing_enable"):
+                    module.gradient_checkpointing_enable()
+                    break
+        self.model = model
+        self.wrapped = self._wrap(model)
+        params = [p for p in self.wrapped.parameters() if p.requires_grad]
+        if not params:
+            raise TrainingError("Nothing to train: every parameter is frozen")
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]  # biases, norms, logit_scale
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
+        self.step = 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.config.fsdp and self.dist.world > 1
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.dist.world == 1:
+            return model
+        if self.config.fsdp:
+            # FSDP2: each transformer layer's parameters are sharded across processes and gathered for its turn.
+            # An empty copy of the model (on the meta device) receives the full weights at the end, to be saved.
+            import copy
+
+            from torch.distributed.fsdp import fully_shard
+
+            self._template = copy.deepcopy(model).to("meta")
+            # FSDP2 cannot shard 0-d parameters (logit_scale): they stay replicated, their gradients averaged here.
+            self._replicated = {p for p in model.parameters() if p.dim() == 0}
+            for module in model.modules():
+                if isinstance(getattr(module, "layers", None), nn.ModuleList):
+                    for layer in module.layers:
+                        fully_shard(layer)
+            fully_shard(model, ignored_params=self._replicated)
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.dist.local_rank] if next(model.parameters()).is_cuda else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.output.glob("checkpoints/step-*[0-9]"))
+
+    def save_checkpoint(self) -> Path:
+        """Weights, optimizer, random states and step, written atomically (a temporary folder renamed)."""
+        state = self._model_state()
+        optimizer = self._optimizer_state()
+        if not self.dist.main:
+            return self.output
+        target = self.output / "checkpoints" / f"step-{self.step:07d}"
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(state, tmp / "model.pt")
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(_random_states(), tmp / "rng.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"step": self.step, "config": asdict(self.config)}, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        for old in self.checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return dict(self.model.state_dict())
+
+    def _optimizer_state(self) -> dict:
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_optimizer_state_dict(self.model, self.optimizer, options=options)
+        return self.optimizer.state_dict()
+
+    def resume(self) -> bool:
+        """Loads the newest checkpoint, if any; True when it did."""
+        found = self.checkpoints() if self.config.resume else []
+        if not found:
+            return False
+        path = found[-1]
+        weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.model, weights, options=options)
+            set_optimizer_state_dict(self.model, self.optimizer, optimizer, options=options)
+        else:
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(optimizer)
+        _restore_random_states(torch.load(path / "rng.pt", weights_only=True))
+        self.step = json.loads((path / "trainer.json").read_text())["step"]
+        self.log(f"Resumed from {path} (step {self.step})")
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        if not self.resume():
+            torch.manual_seed(config.seed + self.dist.rank)
+            np.random.seed(config.seed)
+            random.seed(config.seed)
+        metrics_path = self.output / "metrics.jsonl"
+        if self.dist.main and self.step == 0:
+            metrics_path.unlink(missing_ok=True)
+        device_type = next(self.model.parameters()).device.type
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+        self.wrapped.train()
+        start, samples, last = time.perf_counter(), 0, None
+        progress = _progress(config.steps, self.step, enabled=config.progress and self.dist.main)
+        while self.step < config.steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, config)
+            sums: dict[str, float] = {}
+            for micro in range(config.grad_accum):
+                indices = global_indices(self.step, micro, config, self.dist.world, self.dist.rank, self.dataset_size)
+                batch = self.batch_fn(indices)
+                sync = micro == config.grad_accum - 1 or self.dist.world == 1
+                if self.sharded:
+                    self.model.set_requires_gradient_sync(sync)
+                with nullcontext() if sync or self.sharded else self.wrapped.no_sync(), autocast:
+                    loss, metrics = self.loss_fn(self.wrapped, batch, self.dist)
+                    (loss / config.grad_accum).backward()
+                for k, v in {"loss": loss.detach().float().item(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + v / config.grad_accum
+                samples += config.batch_size * self.dist.world
+            sums = self._average(sums)
+            if not all(math.isfinite(v) for v in sums.values()):
+                good = self.checkpoints()
+                raise TrainingError(
+                    f"The loss became {sums['loss']} at step {self.step}; training stopped. "
+                    + (f"The last good checkpoint is {good[-1]}; " if good else "No checkpoint was written yet; ")
+                    + "lower --lr, or check the data, then run again (it resumes from the last checkpoint)"
+                )
+            grad_norm = self._clip()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            last = {
+                "step": self.step,
+                **{k: round(v, 6) for k, v in sums.items()},
+                "lr": lr_at(self.step - 1, config),
+                "grad_norm": round(grad_norm, 4),
+            }
+            if self.dist.main and (self.step % config.log_every == 0 or self.step == config.steps or self.step == 1):
+                elapsed = time.perf_counter() - start
+                last |= {"samples_per_s": round(samples / elapsed, 2), "elapsed_s": round(elapsed, 2)}
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+            progress(self.step, last)
+            if self.step % config.save_every == 0 or self.step == config.steps:
+                self.save_checkpoint()
+        progress.close()
+        final = self.output / "final"
+        trained = self.model
+        if self.sharded:  # gather the full weights into the empty copy, on the main process
+            state = self._model_state()
+            trained = self._template
+            if self.dist.main:
+                trained.to_empty(device="cpu")
+                trained.load_state_dict(state)
+        if self.dist.main:
+            self.save_fn(trained, final)
+            plot_metrics(metrics_path, self.output / "metrics.png")
+        if self.dist.world > 1:
+            dist.barrier()
+        return {"final": str(final), "last": last, "steps": self.step}
+
+    def _average(self, values: dict[str, float]) -> dict[str, float]:
+        if self.dist.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        dist.all_reduce(t)
+        return {k: v / self.dist.world for k, v in zip(keys, t.tolist())}
+
+    def _clip(self) -> float:
+        if self.sharded:
+            for p in self._replicated:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.dist.world
+        params = [p for p in self.wrapped.parameters() if p.grad is not None]
+        if not params:
+            return 0.0
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
+
+
+def _random_states() -> dict[str, torch.Tensor]:
+    """torch's, numpy's and Python's generator states as tensors (loadable with weights_only=True)."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_rest": torch.tensor([position, has_gauss, gauss], dtype=torch.float64),
+        "python": torch.tensor(python, dtype=torch.int64),
+        "python_gauss": torch.tensor([float("nan") if python_gauss is None else python_gauss], dtype=torch.float64),
+    }
+
+
+def _restore_random_states(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    position, has_gauss, gauss = state["numpy_rest"].tolist()
+    np.random.set_state(
+        ("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(position), int(has_gauss), gauss)
+    )
+    gauss_next = state["python_gauss"].item()
+    random.setstate((3, tuple(state["python"].tolist()), None if math.isnan(gauss_next) else gauss_next))
+
+
+class _progress:
+    """A rich progress bar on a terminal; quiet otherwise (the metrics log has the numbers)."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+                self.bar = Progress(
+                    TextColumn("training"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[loss]}"),
+                    TimeRemainingColumn(),
+                    console=console,
+                )
+                self.bar.start()
+                self.task = self.bar.add_task("train", total=total, completed=done, loss="")
+
+    def __call__(self, step: int, metrics: dict | None) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=f"loss {metrics['loss']:.4f}" if metrics else "")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def plot_metrics(metrics_path: Path, out: Path, keys: Sequence[str] = ()) -> Path | None:
+    """A PNG of the loss (and any other logged metric) against the step; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = (
+        [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        if metrics_path.exists()
+        else []
+    )
+    if not rows:
+        return None
+    skip = {"step", "lr", "grad_norm", "samples_per_s", "elapsed_s"}
+    names = list(keys) or [k for k in rows[-1] if k not in skip]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in names:
+        points = [(r["step"], r[name]) for r in rows if name in r]
+        axes[0].plot(*zip(*points), label=name)
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log" if all(r.get("loss", 1) > 0 for r in rows) else "linear")
+    axes[0].legend()
+    axes[0].set_title("training")
+    axes[1].plot([r["step"] for r in rows], [r["lr"] for r in rows])
+    axes[1].set_xlabel("step")
+    axes[1].set_title("learning rate")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
