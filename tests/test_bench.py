@@ -6,9 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-import altclip.cli_index  # noqa: F401
 from altclip.bench import Workload, benchmark
-from altclip.cli import app
+from altclip.cli import build
 
 
 def test_benchmark_against_transformers():
@@ -33,7 +32,7 @@ def test_benchmark_against_transformers():
 def test_bench_command(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(
-        app,
+        build(),
         [
             "bench",
             "--engines",
@@ -51,5 +50,5 @@ def test_bench_command(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["checkpoint"] == "random tiny" and report["results"][0]["engine"] == "exact"
-    bad = CliRunner().invoke(app, ["bench", "--engines", "warp-drive"])
+    bad = CliRunner().invoke(build(), ["bench", "--engines", "warp-drive"])
     assert bad.exit_code == 2 and "Unknown engines" in bad.stderr

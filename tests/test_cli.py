@@ -12,8 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import altclip
-import altclip.cli_index  # noqa: F401  (registers the index commands)
-from altclip.cli import app, expand_multi_value_options
+from altclip.cli import build, expand_multi_value_options
 from altclip.inference import Embedder
 from test_index import make_images
 
@@ -37,7 +36,9 @@ def run(checkpoint):
 
     def invoke(*args: str, model: bool = True):
         env = {"ALTCLIP_MODEL": str(checkpoint)} if model else {}
-        return runner.invoke(app, expand_multi_value_options([str(a) for a in args]), env=env, catch_exceptions=False)
+        return runner.invoke(
+            build(), expand_multi_value_options([str(a) for a in args]), env=env, catch_exceptions=False
+        )
 
     return invoke
 

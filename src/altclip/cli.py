@@ -345,9 +345,15 @@ def bench(
     out.print(table)
 
 
-def main() -> None:
-    from altclip import cli_index, cli_serve, cli_train  # noqa: F401  (register their commands)
+def build() -> typer.Typer:
+    """The ``altclip`` app with every command registered (the command modules add themselves to ``app``)."""
+    from altclip import cli_deploy, cli_index, cli_serve, cli_train  # noqa: F401
 
+    return app
+
+
+def main() -> None:
+    build()
     sys.argv[1:] = expand_multi_value_options(sys.argv[1:])
     try:
         app()

@@ -142,9 +142,10 @@ class PreNormLayer(nn.Module):
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, the dtype's minimum where padded.
 
-    None when nothing is padded, which lets SDPA pick its fastest kernel.
+    None when nothing is padded, which lets SDPA pick its fastest kernel (not while tracing for export or
+    compilation, where the graph must not depend on the values).
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    if attention_mask is None or (not tracing() and bool(attention_mask.all())):
         return None
     keep = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - keep) * torch.finfo(dtype).min
@@ -206,9 +207,15 @@ def init_layer_norm(module: nn.LayerNorm) -> None:
     nn.init.zeros_(module.bias)
 
 
+def tracing() -> bool:
+    """Whether the model is being traced into a graph (torch.compile, torch.export / ONNX export, TorchScript)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def checks_enabled() -> bool:
-    """Whether to run the input checks that read tensor values. They would break a torch.compile graph or a CUDA
-    graph capture, so those skip them."""
-    if torch.compiler.is_compiling():
+    """Whether to run the input checks that read tensor values. They would break a traced graph or a CUDA graph
+    capture, so those skip them."""
+    if tracing():
         return False
     return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())

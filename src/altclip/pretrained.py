@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -113,6 +114,10 @@ class PreTrainedModel(nn.Module):
         raw = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))
         if config is None:
             config = cls.config_class.from_hf_dict(raw, source=f"{name_or_path}/{CONFIG_NAME}")
+        if "quantization_config" in raw:
+            return cls._from_quantized(
+                name_or_path, config, raw["quantization_config"], device=device, revision=revision
+            )
         files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
 
         dtype = parse_dtype(dtype)
@@ -145,10 +150,33 @@ class PreTrainedModel(nn.Module):
             quantize(model, quantization_config)
         return model
 
+    @classmethod
+    def _from_quantized(cls: type[M], name_or_path, config: _Config, settings: dict, *, device, revision) -> M:
+        """A checkpoint written by ``save_pretrained`` of a quantized model: loads without re-quantizing."""
+        from altclip.quantize import QUANTIZED_WEIGHTS, QuantizationConfig, prepare_for_quantized_state
+
+        qconfig = QuantizationConfig.coerce(settings)
+        with torch.device("meta"), _no_init():
+            model = cls(config)  # type: ignore[arg-type]
+        prepare_for_quantized_state(model, qconfig)
+        path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, revision=revision)
+        with warnings.catch_warnings():  # quantized tensors still go through TypedStorage, which warns
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=device or "cpu", weights_only=True)
+        model.load_state_dict(state, strict=True, assign=True)
+        model.quantization_config, model.quantization_backend = qconfig, qconfig.backend
+        return model.eval()
+
     def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "10GB") -> Path:
-        """Writes config.json and safetensors weights under the checkpoint names transformers reads."""
+        """Writes config.json and safetensors weights under the checkpoint names transformers reads (a quantized
+        model writes its own format, see ``altclip.quantize.save_quantized``)."""
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
+        if getattr(self, "quantization_config", None) is not None:
+            from altclip.quantize import save_quantized
+
+            save_quantized(self, path)
+            return path
         config = self.config
         if isinstance(config, AltCLIPConfig):
             config = dataclasses.replace(config, dtype=str(self.dtype).removeprefix("torch."))

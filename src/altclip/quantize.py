@@ -19,8 +19,10 @@ Methods (the linear layers of both towers; the projections and the patch embeddi
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,9 +84,7 @@ def quantize(model: nn.Module, config: QuantizationConfig | Any) -> nn.Module:
     """Quantizes ``model``'s linear layers in place, as ``config`` says; returns the model."""
     config = QuantizationConfig.coerce(config)
     device = next(model.parameters()).device
-    backend = config.backend
-    if backend == "auto":
-        backend = "torch" if config.method == "int8_dynamic" and device.type == "cpu" else "torchao"
+    backend = resolve_backend(config, device)
     if config.method == "int4_weight_only" and device.type != "cuda":
         raise QuantizationError(
             "int4_weight_only needs a CUDA GPU (torchao's int4 kernels); on CPU use int8_dynamic (fastest here) or "
@@ -109,7 +109,52 @@ def quantize(model: nn.Module, config: QuantizationConfig | Any) -> nn.Module:
     if config.include_embeddings:
         _quantize_embeddings(model)
     model.quantization_config = config
+    model.quantization_backend = backend
     return model
+
+
+def resolve_backend(config: QuantizationConfig, device: torch.device) -> str:
+    if config.backend != "auto":
+        return config.backend
+    return "torch" if config.method == "int8_dynamic" and device.type == "cpu" else "torchao"
+
+
+QUANTIZED_WEIGHTS = "quantized_model.pt"
+
+
+def save_quantized(model: nn.Module, directory: Path) -> None:
+    """A quantized model's own format: config.json with ``quantization_config``, and its state dict (packed int8
+    weights and scales, or torchao tensors) in ``quantized_model.pt``, loaded again without re-quantizing."""
+    config = model.config.to_dict()
+    config["quantization_config"] = {**model.quantization_config.to_dict(), "backend": model.quantization_backend}
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    torch.save(model.state_dict(), directory / QUANTIZED_WEIGHTS)
+
+
+def prepare_for_quantized_state(model: nn.Module, config: QuantizationConfig) -> None:
+    """Gives a freshly built model the module structure of a quantized one (empty quantized layers), so that a
+    saved quantized state dict loads into it. torchao's quantized tensors need no structure: they are assigned."""
+    if config.backend == "torch":
+        import torch.ao.nn.quantized.dynamic as nnqd
+
+        with _quiet_deprecation():
+            for tower in (model.text_model, model.vision_model) if hasattr(model, "text_model") else (model,):
+                for layer in tower.layers:
+                    for name, module in list(layer.named_modules()):
+                        if isinstance(module, nn.Linear):
+                            parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
+                            with torch.device("cpu"):
+                                empty = nnqd.Linear(module.in_features, module.out_features, dtype=torch.qint8)
+                            setattr(parent, name.rpartition(".")[2], empty)
+    if config.include_embeddings:
+        import torch.ao.nn.quantized as nnq
+
+        text = getattr(model, "text_model", model)
+        token = text.embeddings.token
+        with _quiet_deprecation(), torch.device("cpu"):
+            text.embeddings.token = nnq.Embedding(
+                token.num_embeddings, token.embedding_dim, padding_idx=token.padding_idx
+            )
 
 
 def _is_layer_linear(module: nn.Module, name: str) -> bool:
