@@ -80,3 +80,20 @@ def text_ids() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def pixels() -> torch.Tensor:
     return torch.randn(2, 3, 30, 30, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A complete tiny random checkpoint folder: weights, tokenizer, preprocessor config."""
+    import altclip
+
+    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny_random"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def embedder(checkpoint):
+    import altclip
+    from altclip.inference import Embedder
+
+    model, processor = altclip.load(checkpoint)
+    return Embedder(model, processor, str(checkpoint))

@@ -115,3 +115,25 @@ def write_toy_checkpoint(path: Path, seed: int = 0, config: AltCLIPConfig = TOY)
     size = config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     return path
+
+
+def write_clip_teacher(
+    path: Path, texts: list[str], vocab_size: int, text_width: int, vision: dict, projection_dim: int
+) -> Path:
+    """A tiny random transformers CLIPModel (perturbed away from its init) with a CLIP-style BPE tokenizer."""
+    import transformers
+
+    from altclip.clip_text import train_clip_tokenizer
+    from conftest import perturb_
+
+    train_clip_tokenizer(texts, vocab_size, path)
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path))
+    text = dict(vocab_size=len(tokenizer), hidden_size=text_width, num_hidden_layers=2, num_attention_heads=4, intermediate_size=2 * text_width,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    torch.manual_seed(0)
+    model = transformers.CLIPModel(config).eval()
+    perturb_(model)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path

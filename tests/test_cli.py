@@ -13,21 +13,9 @@ from typer.testing import CliRunner
 
 import altclip
 from altclip.cli import build, expand_multi_value_options
-from altclip.inference import Embedder
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt"), seed=5)
-
-
-@pytest.fixture(scope="module")
-def embedder(checkpoint) -> Embedder:
-    model, processor = altclip.load(checkpoint)
-    return Embedder(model, processor, str(checkpoint))
 
 
 @pytest.fixture

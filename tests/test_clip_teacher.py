@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from altclip.clip_text import CLIPTextTower, CLIPTokenizer, train_clip_tokenizer
+from altclip.clip_text import CLIPTextTower, CLIPTokenizer
 from altclip.tokenizer import caption_corpus
-from conftest import perturb_
+from synthetic import write_clip_teacher
 
 ENGLISH = [c for lang, c in caption_corpus() if lang in ("en", "mixed")] + [
     "",
@@ -20,23 +20,12 @@ ENGLISH = [c for lang, c in caption_corpus() if lang in ("en", "mixed")] + [
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A tiny random transformers CLIPModel with a CLIP-style BPE tokenizer, saved by transformers."""
-    import transformers
-
-    path = tmp_path_factory.mktemp("clip")
-    train_clip_tokenizer([c for _, c in caption_corpus()] * 3, 600, path)
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path))
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=32, patch_size=8),
-        projection_dim=24,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    perturb_(model)
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return path
+    vision = dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48, image_size=32, patch_size=8
+    )
+    return write_clip_teacher(
+        tmp_path_factory.mktemp("clip"), [c for _, c in caption_corpus()] * 3, 600, 48, vision, 24
+    )
 
 
 def test_tokenizer_matches_transformers(clip_dir):

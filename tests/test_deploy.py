@@ -142,3 +142,14 @@ def test_quantize_and_export_commands(small, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "fp32: text max |diff|" in result.stderr and (tmp_path / "onnx" / "manifest.json").exists()
+
+
+def test_torchao_checkpoint_loads_in_a_fresh_process(small, tmp_path):
+    """torchao's tensor types are registered as loadable only once torchao is imported: loading must do that."""
+    import subprocess
+    import sys
+
+    AltCLIPModel.from_pretrained(small, quantization_config="int8_weight_only").save_pretrained(tmp_path)
+    code = f"import altclip; m = altclip.AltCLIPModel.from_pretrained({str(tmp_path)!r}); print(m.quantization_config.method)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("int8_weight_only"), result.stderr[-2000:]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import altclip
 from altclip.index import ImageIndex, IndexMismatchError
 from altclip.inference import Embedder
 
@@ -35,17 +34,6 @@ def make_images(folder: Path, n: int, start: int = 0, size=(96, 72)) -> list[Pat
         Image.fromarray(array).save(path)
         paths.append(path)
     return paths
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt"), seed=2)
-
-
-@pytest.fixture(scope="module")
-def embedder(checkpoint) -> Embedder:
-    model, processor = altclip.load(checkpoint)
-    return Embedder(model, processor, str(checkpoint))
 
 
 def indexed_paths(index: ImageIndex) -> dict[str, str]:

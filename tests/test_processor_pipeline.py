@@ -16,16 +16,10 @@ import torch
 from PIL import Image
 
 import altclip
-from altclip import AltCLIPProcessor, AutoConfig, AutoModel, AutoProcessor, write_random_checkpoint
+from altclip import AltCLIPProcessor, AutoConfig, AutoModel, AutoProcessor
 from altclip.templates import TEMPLATES, guess_language
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A complete random checkpoint folder: weights, tokenizer, preprocessor config."""
-    return write_random_checkpoint("tiny", tmp_path_factory.mktemp("tiny_random"), seed=1)
 
 
 def test_processor_matches_reference(checkpoint):

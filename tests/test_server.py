@@ -21,7 +21,6 @@ from PIL import Image
 
 import altclip
 from altclip.index import ImageIndex
-from altclip.inference import Embedder
 from altclip.server import ServerSettings
 from serving import free_port, running_server
 from test_index import make_images
@@ -32,17 +31,6 @@ CAT = (PHOTOS / "cat.jpg").read_bytes()
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    return altclip.write_random_checkpoint("tiny", tmp_path_factory.mktemp("ckpt"), seed=7)
-
-
-@pytest.fixture(scope="module")
-def embedder(checkpoint) -> Embedder:
-    model, processor = altclip.load(checkpoint)
-    return Embedder(model, processor, str(checkpoint))
 
 
 @pytest.fixture(scope="module")

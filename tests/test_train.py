@@ -16,10 +16,9 @@ import pytest
 import torch
 
 import altclip
-from altclip.clip_text import CLIPTextTower, CLIPTokenizer, train_clip_tokenizer
+from altclip.clip_text import CLIPTextTower, CLIPTokenizer
 from altclip.evaluate import classification_metrics, retrieval_metrics
 from altclip.inference import Embedder
-from conftest import perturb_
 from synthetic import (
     CLASSES,
     COLOURS,
@@ -28,6 +27,7 @@ from synthetic import (
     english,
     make_images,
     write_captions,
+    write_clip_teacher,
     write_parallel,
     write_toy_checkpoint,
 )
@@ -64,27 +64,20 @@ def task(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    """A tiny random CLIP (transformers' CLIPModel) with a CLIP-style tokenizer; its image tower has TOY's shape."""
-    import transformers
-
-    path = tmp_path_factory.mktemp("teacher")
+    """A tiny random CLIP whose text width is the student's project_dim and whose image tower has TOY's shape."""
+    v = TOY.vision_config
+    vision = dict(
+        hidden_size=v.hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+    )
     texts = [english(c, s, t) for c, s in CLASSES for t in range(4)] * 5
-    train_clip_tokenizer(texts, 300, path)
-    tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path))
-    vision = TOY.vision_config
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=TOY.text_config.project_dim, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=96, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=vision.hidden_size, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                           image_size=vision.image_size, patch_size=vision.patch_size),
-        projection_dim=TOY.projection_dim,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    perturb_(model)
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
-    return path
+    return write_clip_teacher(
+        tmp_path_factory.mktemp("teacher"), texts, 300, TOY.text_config.project_dim, vision, TOY.projection_dim
+    )
 
 
 def distill_args(teacher: Path, task: Path, output: Path, *extra: str) -> list[str]:

@@ -138,8 +138,20 @@ def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out
     np.savez(probe_out, **probe)
     if device.startswith("cuda"):
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. ``VmHWM`` starts afresh with each program, unlike ``ru_maxrss``,
+    which a child inherits from the parent that started it (Linux keeps it across execve)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _cosine_min(a: np.ndarray, b: np.ndarray) -> float:

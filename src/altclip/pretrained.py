@@ -156,6 +156,8 @@ class PreTrainedModel(nn.Module):
         from altclip.quantize import QUANTIZED_WEIGHTS, QuantizationConfig, prepare_for_quantized_state
 
         qconfig = QuantizationConfig.coerce(settings)
+        if qconfig.backend == "torchao":
+            import torchao.quantization  # noqa: F401  (registers its tensor types as safe to load)
         with torch.device("meta"), _no_init():
             model = cls(config)  # type: ignore[arg-type]
         prepare_for_quantized_state(model, qconfig)

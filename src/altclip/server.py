@@ -8,8 +8,6 @@ uploads or base64, and thumbnails are served by the opaque ids of the index.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import io
 import json
@@ -28,11 +26,32 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from altclip.batching import DynamicBatcher, QueueFull
 from altclip.image_processing import ImageError
+from altclip.server_inputs import (
+    ClassifyRequest,
+    SearchRequest,
+    SimilarityRequest,
+    TextsRequest,
+    check_count,
+    check_labels,
+    check_texts,
+    decode_base64,
+    image_body,
+    int_field,
+    is_json,
+    json_body,
+    json_request,
+    parse_labels,
+    read_files,
+    read_form,
+    read_images,
+    read_json,
+    validate,
+    validation_message,
+)
 from altclip.templates import TEMPLATES, guess_language, templates_for
 
 STATIC = Path(__file__).parent / "static"
@@ -108,33 +127,6 @@ def _coerce(kind: Any, value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-
-class TextsRequest(BaseModel):
-    texts: list[str] = Field(description="Texts in any language")
-
-
-class ImagesRequest(BaseModel):
-    images: list[str] = Field(description="Base64-encoded image files (JPEG, PNG, WebP, ...), or data: URLs")
-
-
-class ClassifyRequest(BaseModel):
-    image: str = Field(description="A base64-encoded image file")
-    labels: list[str] = Field(description="Candidate labels, in any language")
-    templates: str | list[str] | None = Field(
-        "auto", description="'auto', a language code, a list of '{}' templates, or null"
-    )
-
-
-class SimilarityRequest(BaseModel):
-    texts: list[str]
-    images: list[str] = Field(description="Base64-encoded image files")
-
-
-class SearchRequest(BaseModel):
-    query: str | None = Field(None, description="Text to search for, in any language")
-    image: str | None = Field(None, description="Or a base64-encoded image to search with")
-    top_k: int = Field(10, ge=1, le=1000)
 
 
 class Metrics:
@@ -265,11 +257,11 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         "/v1/embed/text",
         dependencies=[auth],
         summary="Unit-norm embeddings of texts",
-        openapi_extra=_json_body(TextsRequest),
+        openapi_extra=json_body(TextsRequest),
     )
     async def embed_text(request: Request) -> dict:
-        body = await _json_request(request, TextsRequest)
-        texts = _check_texts(body.texts, settings)
+        body = await json_request(request, TextsRequest)
+        texts = check_texts(body.texts, settings)
         vectors = await _run(state, state.texts, texts)
         return {"model": embedder.name, "dim": embedder.dim, "embeddings": np.stack(vectors).tolist()}
 
@@ -277,10 +269,10 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         "/v1/embed/image",
         dependencies=[auth],
         summary="Unit-norm embeddings of images",
-        openapi_extra=_image_body("images", many=True),
+        openapi_extra=image_body("images", many=True),
     )
     async def embed_image(request: Request) -> dict:
-        arrays = await _decode(state, await _read_images(request, settings, "images"))
+        arrays = await _decode(state, await read_images(request, settings, "images"))
         vectors = await _run(state, state.images, arrays)
         return {"model": embedder.name, "dim": embedder.dim, "embeddings": np.stack(vectors).tolist()}
 
@@ -288,21 +280,21 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         "/v1/classify",
         dependencies=[auth],
         summary="Zero-shot classification of one image against labels",
-        openapi_extra=_image_body(
+        openapi_extra=image_body(
             "image", many=False, extra={"labels": {"type": "string", "description": "JSON list or comma-separated"}}
         ),
     )
     async def classify(request: Request) -> dict:
-        if _is_json(request):
-            body = _validate(ClassifyRequest, await _json(request))
-            images, labels, templates = [_b64(body.image, 0)], body.labels, body.templates
+        if is_json(request):
+            body = validate(ClassifyRequest, await read_json(request))
+            images, labels, templates = [decode_base64(body.image, 0)], body.labels, body.templates
         else:
-            form = await _form(request, settings)
-            images = await _files(form, "image", settings)
-            labels, templates = _labels(form.get("labels")), form.get("templates", "auto")
+            form = await read_form(request, settings)
+            images = await read_files(form, "image", settings)
+            labels, templates = parse_labels(form.get("labels")), form.get("templates", "auto")
         if len(images) != 1:
             raise HTTPException(422, "Send exactly one image")
-        labels = _check_labels(labels, settings)
+        labels = check_labels(labels, settings)
         arrays = await _decode(state, images)
         image = (await _run(state, state.images, arrays))[0]
         classifier = await _classifier(state, labels, templates)
@@ -316,12 +308,12 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         "/v1/similarity",
         dependencies=[auth],
         summary="Image-text similarity matrix",
-        openapi_extra=_json_body(SimilarityRequest),
+        openapi_extra=json_body(SimilarityRequest),
     )
     async def similarity(request: Request) -> dict:
-        body = await _json_request(request, SimilarityRequest)
-        texts = _check_texts(body.texts, settings)
-        images = [_b64(s, i) for i, s in enumerate(_check_count(body.images, settings, "images"))]
+        body = await json_request(request, SimilarityRequest)
+        texts = check_texts(body.texts, settings)
+        images = [decode_base64(s, i) for i, s in enumerate(check_count(body.images, settings, "images"))]
         arrays = await _decode(state, images)
         image_vectors, text_vectors = await asyncio.gather(
             _run(state, state.images, arrays), _run(state, state.texts, texts)
@@ -336,27 +328,27 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         "/v1/search",
         dependencies=[auth],
         summary="Search the index by text or by image",
-        openapi_extra=_image_body(
+        openapi_extra=image_body(
             "image", many=False, extra={"query": {"type": "string"}, "top_k": {"type": "integer"}}
         ),
     )
     async def search(request: Request) -> dict:
         if state.index is None:
             raise HTTPException(404, "This server has no index (start it with --index)")
-        if _is_json(request):
-            body = _validate(SearchRequest, await _json(request))
-            query, image, top_k = body.query, None if body.image is None else _b64(body.image, 0), body.top_k
+        if is_json(request):
+            body = validate(SearchRequest, await read_json(request))
+            query, image, top_k = body.query, None if body.image is None else decode_base64(body.image, 0), body.top_k
         else:
-            form = await _form(request, settings)
-            files = await _files(form, "image", settings, required=False)
+            form = await read_form(request, settings)
+            files = await read_files(form, "image", settings, required=False)
             query, image = form.get("query"), files[0] if files else None
-            top_k = _int(form.get("top_k", "10"), "top_k", 1, 1000)
+            top_k = int_field(form.get("top_k", "10"), "top_k", 1, 1000)
         if (query is None) == (image is None):
             raise HTTPException(422, "Send a text query or an image (one of them)")
         if image is not None:
             vector = (await _run(state, state.images, await _decode(state, [image])))[0]
         else:
-            vector = (await _run(state, state.texts, _check_texts([query], settings)))[0]
+            vector = (await _run(state, state.texts, check_texts([query], settings)))[0]
         hits = await run_in_threadpool(_locked, state, state.index.search, vector, top_k)
         return {
             "results": [
@@ -458,135 +450,6 @@ async def _classifier(state: State, labels: list[str], templates: Any) -> np.nda
     return classifier
 
 
-def _check_count(items: list, settings: ServerSettings, what: str) -> list:
-    if not items:
-        raise HTTPException(422, f"No {what} given")
-    if len(items) > settings.max_items:
-        raise HTTPException(422, f"Too many {what}: {len(items)} (limit {settings.max_items})")
-    return items
-
-
-def _check_texts(texts: list[str], settings: ServerSettings) -> list[str]:
-    _check_count(texts, settings, "texts")
-    for i, text in enumerate(texts):
-        if not text.strip():
-            raise HTTPException(422, f"Text {i} is empty")
-        if len(text) > settings.max_text_chars:
-            raise HTTPException(422, f"Text {i} has {len(text)} characters (limit {settings.max_text_chars})")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise HTTPException(422, f"Text {i} is not valid Unicode (a lone surrogate)") from None
-    return texts
-
-
-def _check_labels(labels: list[str], settings: ServerSettings) -> list[str]:
-    labels = [label for label in labels if isinstance(label, str)]
-    _check_count(labels, settings, "labels")
-    if any(not label.strip() for label in labels):
-        raise HTTPException(422, "Labels must not be empty")
-    return labels
-
-
-def _labels(raw: Any) -> list[str]:
-    if raw is None:
-        raise HTTPException(422, "Send the candidate labels (form field 'labels')")
-    raw = str(raw)
-    if raw.lstrip().startswith("["):
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            raise HTTPException(400, "labels is not valid JSON") from None
-        if not isinstance(value, list):
-            raise HTTPException(422, "labels must be a list")
-        return [str(v) for v in value]
-    return [v.strip() for v in raw.split(",")]
-
-
-def _int(raw: Any, name: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise HTTPException(422, f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise HTTPException(422, f"{name} must be between {low} and {high}")
-    return value
-
-
-def _is_json(request: Request) -> bool:
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("application/json"):
-        return True
-    if ctype.startswith("multipart/form-data"):
-        return False
-    raise HTTPException(415, f"Send application/json or multipart/form-data, not {ctype or 'no content type'}")
-
-
-async def _json_request(request: Request, model: type[BaseModel]) -> Any:
-    ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("application/json"):
-        raise HTTPException(415, f"Send application/json, not {ctype or 'no content type'}")
-    return _validate(model, await _json(request))
-
-
-def _json_body(model: type[BaseModel]) -> dict:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
-
-
-async def _json(request: Request) -> Any:
-    body = await request.body()
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HTTPException(400, f"The body is not valid JSON: {e}") from None
-
-
-def _validate(model: type[BaseModel], data: Any) -> Any:
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise HTTPException(422, _validation_message(e.errors())) from None
-
-
-async def _form(request: Request, settings: ServerSettings):
-    try:
-        return await request.form(max_files=settings.max_items, max_fields=settings.max_items + 16)
-    except HTTPException:
-        raise
-    except Exception as e:  # malformed multipart bodies
-        raise HTTPException(400, f"Malformed multipart body: {e}") from None
-
-
-async def _files(form, name: str, settings: ServerSettings, required: bool = True) -> list[bytes]:
-    uploads = [v for key in (name, name + "s") for v in form.getlist(key) if hasattr(v, "read")]
-    if not uploads and required:
-        raise HTTPException(422, f"Send the image as a file in the form field '{name}'")
-    if len(uploads) > settings.max_items:
-        raise HTTPException(422, f"Too many images: {len(uploads)} (limit {settings.max_items})")
-    return [await u.read() for u in uploads]
-
-
-async def _read_images(request: Request, settings: ServerSettings, name: str) -> list[bytes]:
-    if _is_json(request):
-        body = _validate(ImagesRequest, await _json(request))
-        return [_b64(s, i) for i, s in enumerate(_check_count(body.images, settings, "images"))]
-    return _check_count(await _files(await _form(request, settings), name.rstrip("s"), settings), settings, "images")
-
-
-def _b64(text: str, index: int) -> bytes:
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise HTTPException(400, f"Image {index} is not valid base64") from None
-    if not data:
-        raise HTTPException(422, f"Image {index} is empty")
-    return data
-
-
 async def _decode(state: State, images: list[bytes]) -> list[np.ndarray]:
     """Decode, resize and crop in worker threads (in parallel across requests), checking the limits first."""
     if state.images is not None and not state.images.has_room(len(images)):  # refuse before the costly part
@@ -622,29 +485,6 @@ def _thumbnail(path: bytes, settings: ServerSettings) -> bytes:
     return out.getvalue()
 
 
-def _image_body(name: str, many: bool, extra: dict | None = None) -> dict:
-    """OpenAPI request bodies for endpoints that take an upload or base64 JSON."""
-    file_schema = {"type": "string", "format": "binary"}
-    form = {name: {"type": "array", "items": file_schema} if many else file_schema, **(extra or {})}
-    b64 = {"type": "array", "items": {"type": "string"}} if many else {"type": "string", "description": "base64"}
-    return {
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {"schema": {"type": "object", "properties": form}},
-                "application/json": {"schema": {"type": "object", "properties": {name: b64, **(extra or {})}}},
-            }
-        }
-    }
-
-
-def _validation_message(errors: list[dict]) -> str:
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-    return "; ".join(parts) or "Invalid request"
-
-
 def _auth(settings: ServerSettings):
     async def check(request: Request) -> None:
         if settings.token is None:
@@ -671,7 +511,7 @@ def _install_middleware(app: FastAPI, state: State) -> None:
             return JSONResponse({"detail": "The body is not valid JSON"}, status_code=400)
         if request.headers.get("content-type", "").split(";")[0] not in ("application/json", ""):
             return JSONResponse({"detail": "Send application/json"}, status_code=415)
-        return JSONResponse({"detail": _validation_message(errors)}, status_code=422)
+        return JSONResponse({"detail": validation_message(errors)}, status_code=422)
 
     @app.exception_handler(_BodyTooLarge)
     async def too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:

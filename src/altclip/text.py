@@ -159,11 +159,15 @@ class AltCLIPTextModel(PreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
-        """The XLM-R encoder alone: last layer output (B, T, hidden), hidden states, attentions."""
+        """The XLM-R encoder alone: last layer output (B, T, hidden), hidden states, attentions. With ``packing``,
+        the layers see only the real tokens, and the output is (real tokens, hidden)."""
         self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
         mask = padding_mask(attention_mask, x.dtype)
+        if packing is not None:
+            x = packing.pack(x)  # (N, C)
         head_masks = expand_head_mask(
             None if head_mask is None else head_mask.to(x.dtype), len(self.layers), self.config.num_attention_heads
         )
@@ -175,6 +179,7 @@ class AltCLIPTextModel(PreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             gradient_checkpointing=self.gradient_checkpointing and self.training,
+            packing=packing,
         )
 
     def forward(
@@ -222,24 +227,15 @@ class AltCLIPTextModel(PreTrainedModel):
         and ``transformation`` run on the CLS tokens only. Padding is masked out of attention anyway, so this
         equals ``forward(...).pooler_output`` up to float round-off.
         """
-        self._check_inputs(input_ids, attention_mask, None, None, None)
-        lengths = None if attention_mask is None else attention_mask.sum(1)
-        if lengths is None or int(lengths.min()) == input_ids.shape[1] or not _right_padded(attention_mask, lengths):
-            h, _, _ = self.encode(input_ids, attention_mask)
-            return self.transformation(self.final_norm(h[:, 0]))
-        x = self.embeddings(input_ids, None, None, None)  # (B, T, C)
-        packing = Packing(attention_mask)
-        h, _, _ = run_layers(
-            self.layers,
-            packing.pack(x),  # (N, C): real tokens only
-            padding_mask(attention_mask, x.dtype),
-            [None] * len(self.layers),
-            output_hidden_states=False,
-            output_attentions=False,
-            gradient_checkpointing=self.gradient_checkpointing and self.training,
-            packing=packing,
-        )
-        return self.transformation(self.final_norm(h[packing.first]))
+        shaped = (
+            attention_mask is not None and attention_mask.shape == input_ids.shape
+        )  # else encode says what is wrong
+        lengths = attention_mask.sum(1) if shaped else None
+        packed = shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
+        packing = Packing(attention_mask) if packed else None
+        h, _, _ = self.encode(input_ids, attention_mask, packing=packing)
+        cls = h[packing.first] if packing is not None else h[:, 0]
+        return self.transformation(self.final_norm(cls))
 
     def conditioning_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, project_dim) ``transformation`` of every token's last hidden state, *without* ``pre_LN``: the

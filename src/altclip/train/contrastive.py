@@ -23,7 +23,7 @@ from altclip.index import ordered_map
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 from altclip.train.data import TarMember, read_pairs
-from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_distributed
+from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_device
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
 
@@ -85,10 +85,7 @@ def contrastive(
     max_length: int = 77,
     log=print,
 ) -> dict[str, Any]:
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dist_info = setup_distributed(device)
-    if device == "cuda":
-        device = f"cuda:{dist_info.local_rank}"
+    device, dist_info = setup_device(config)
     model = AltCLIPModel.from_pretrained(model_path, device=device)
     processor = AltCLIPProcessor.from_pretrained(model_path)
     pairs, report = read_pairs(data, image_root)

@@ -25,7 +25,7 @@ from altclip.image_processing import CLIPImageProcessor
 from altclip.text import AltCLIPTextModel
 from altclip.tokenizer import XLMRobertaTokenizer
 from altclip.train.data import read_parallel
-from altclip.train.loop import Distributed, TrainConfig, Trainer, TrainingError, setup_distributed
+from altclip.train.loop import Distributed, TrainConfig, Trainer, TrainingError, setup_device
 
 
 class Student(nn.Module):
@@ -72,10 +72,7 @@ def distill(
     max_length: int = 128,
     log=print,
 ) -> dict[str, Any]:
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dist_info = setup_distributed(device)
-    if device == "cuda":
-        device = f"cuda:{dist_info.local_rank}"
+    device, dist_info = setup_device(config)
     teacher_model = CLIPTextTower.from_pretrained(teacher, device=device).requires_grad_(False)
     teacher_tokenizer = CLIPTokenizer.from_pretrained(teacher)
     torch.manual_seed(config.seed)  # the student's random initialisation, when it has one

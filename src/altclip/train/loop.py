@@ -78,6 +78,15 @@ def setup_distributed(device: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def setup_device(config: TrainConfig) -> tuple[str, Distributed]:
+    """The device this process trains on (its own GPU under torchrun) and its place among the processes."""
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist_info = setup_distributed(device)
+    if device == "cuda":
+        device = f"cuda:{dist_info.local_rank}"
+    return device, dist_info
+
+
 def global_indices(step: int, micro: int, config: TrainConfig, world: int, rank: int, dataset_size: int) -> list[int]:
     """The dataset indices this process trains on at (step, micro-step): a fresh permutation each epoch, seeded."""
     per_step = config.batch_size * world
