@@ -21,7 +21,10 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 	touch $@
 
 demo: .venv/.installed
-	.venv/bin/altclip demo examples/photos
+	@.venv/bin/altclip demo examples/photos || { status=$$?; if [ $$status -eq 3 ]; then \
+	  echo "To see the demo run without downloading the model (random weights, meaningless answers):"; \
+	  echo "  .venv/bin/altclip random-checkpoint ./checkpoints/tiny && ALTCLIP_MODEL=./checkpoints/tiny make demo"; fi; \
+	  exit $$status; }
 
 test: .venv-test/.installed
 	.venv-test/bin/python -m pytest

@@ -70,7 +70,7 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     except CheckpointNotFoundError as e:
         fail(
             f"{e}\nTo try things out without downloads, write a small random checkpoint and point at it:\n"
-            "  altclip random-checkpoint tiny ./checkpoints/tiny\n"
+            "  altclip random-checkpoint ./checkpoints/tiny\n"
             "  ALTCLIP_MODEL=./checkpoints/tiny altclip ...",
             EXIT_MODEL,
         )

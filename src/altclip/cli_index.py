@@ -29,6 +29,7 @@ from altclip.cli import (
     out,
 )
 from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
+from altclip.registry import is_random
 
 StoreOpt = Annotated[
     str | None,
@@ -241,6 +242,8 @@ def demo(
     embedder = load_embedder(model, device, dtype, batch_size)
     index_dir = Path(os.environ.get("ALTCLIP_DEMO_INDEX") or _tempdir())
     err.print(f"Model: {embedder.name}; index: {index_dir}", highlight=False)
+    if is_random(embedder.name):
+        err.print("[yellow]This checkpoint has random weights: everything runs, but the answers below mean nothing.[/]")
     with ImageIndex(index_dir) as idx:
         try:
             with Progress("Indexing") as progress:

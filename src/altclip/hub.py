@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 class CheckpointNotFoundError(OSError):
@@ -62,7 +65,8 @@ def _hub_file(repo_id: str, filename: str, *, revision: str | None, required: bo
     )
 
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision))
+        offline = not hub_reachable()  # then the cache alone answers, without minutes of retries
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline))
     except GatedRepoError as e:
         raise CheckpointNotFoundError(f"{repo_id} is gated on the Hugging Face Hub; log in with access: {e}") from None
     except RepositoryNotFoundError:
@@ -87,6 +91,24 @@ def _hub_file(repo_id: str, filename: str, *, revision: str | None, required: bo
         raise CheckpointNotFoundError(
             f"Could not download {filename} of {repo_id}: {e}. " + _download_help(repo_id)
         ) from None
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's host answers a TCP connection (checked once per process). Behind a proxy, or with
+    HF_HUB_OFFLINE set, huggingface_hub's own handling is left alone."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(
+        os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return True
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve_first(

@@ -150,4 +150,15 @@ def write_random_checkpoint(
     train_tokenizer([caption for _, caption in caption_corpus()], vocab_size).save_pretrained(path)
     size = model.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
+    (path / RANDOM_MARKER).write_text(
+        "This checkpoint has random weights: it runs like a real one, but its answers mean nothing.\n"
+    )
     return path
+
+
+RANDOM_MARKER = "RANDOM_WEIGHTS.txt"
+
+
+def is_random(path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder was written by ``write_random_checkpoint``."""
+    return (Path(path) / RANDOM_MARKER).is_file()
