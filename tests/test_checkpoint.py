@@ -287,3 +287,31 @@ def test_random_checkpoint_is_reproducible_and_loads_in_transformers(tmp_path, t
             ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
             "tiny",
         )
+
+
+def test_unreachable_hub_answers_from_the_cache_at_once(monkeypatch, tmp_path):
+    """Without network (simulated: every connection refused) a Hub id fails in seconds with the message, instead
+    of retrying for minutes; the cache alone is asked."""
+    import socket
+    import time
+
+    import huggingface_hub.constants
+
+    from altclip import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def refuse(*args, **kwargs):
+        raise OSError("network unreachable (simulated)")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    hub.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(CheckpointNotFoundError, match="Hugging Face Hub is unreachable"):
+            AltCLIPModel.from_pretrained("BAAI/AltCLIP")
+    finally:
+        hub.hub_reachable.cache_clear()
+    assert time.perf_counter() - start < 5
