@@ -180,34 +180,18 @@ def similarity(
     as_json: JsonOpt = False,
 ) -> None:
     """The image-text similarity matrix: per image, the probability of each text (softmax of the logits)."""
-    import numpy as np
-
-    from altclip import ImageError
-
     if not texts or not any(t.strip() for t in texts):
         fail("Give at least one non-empty text with --texts", EXIT_USAGE)
     embedder = load_embedder(model, device, dtype, batch_size)
     try:
         image_embeds = embedder.embed_images([str(p) for p in images])
         text_embeds = embedder.embed_texts(texts)
-    except ImageError as e:
+    except ValueError as e:  # an unreadable image (ImageError) or text
         fail(str(e), EXIT_INPUT)
-    except ValueError as e:
-        fail(str(e), EXIT_INPUT)
-    cosine = image_embeds @ text_embeds.T
-    logits = cosine * embedder.model.logit_scale.detach().exp().item()
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    scores = embedder.scores(image_embeds, text_embeds)
+    probs = scores["probs"]
     if as_json:
-        emit_json(
-            {
-                "images": [str(p) for p in images],
-                "texts": texts,
-                "cosine": cosine.tolist(),
-                "logits_per_image": logits.tolist(),
-                "probs": probs.tolist(),
-            }
-        )
+        emit_json({"images": [str(p) for p in images], "texts": texts, **{k: v.tolist() for k, v in scores.items()}})
         return
     table = Table(title="P(text | image)", title_justify="left")
     table.add_column("image")

@@ -139,3 +139,11 @@ class Embedder:
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return embed_texts(self.model, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
+
+    def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> dict[str, np.ndarray]:
+        """For unit-norm (images, D) and (texts, D) embeddings: cosine similarities, ``logits_per_image`` (scaled by
+        the model's temperature) and, per image, the softmax over the texts, as ``AltCLIPModel.forward`` gives."""
+        cosine = image_embeds @ text_embeds.T
+        logits = cosine * self.model.logit_scale.detach().exp().item()
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return {"cosine": cosine, "logits_per_image": logits, "probs": probs / probs.sum(axis=1, keepdims=True)}

@@ -298,9 +298,7 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         arrays = await _decode(state, images)
         image = (await _run(state, state.images, arrays))[0]
         classifier = await _classifier(state, labels, templates)
-        logits = float(np.exp(embedder.model.logit_scale.item())) * classifier @ image
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        probs = embedder.scores(image[None], classifier)["probs"][0]
         ranked = sorted(zip(labels, probs.tolist()), key=lambda x: -x[1])
         return {"labels": [{"label": label, "score": score} for label, score in ranked]}
 
@@ -318,11 +316,8 @@ def create_app(settings: ServerSettings, embedder: Any = None) -> FastAPI:
         image_vectors, text_vectors = await asyncio.gather(
             _run(state, state.images, arrays), _run(state, state.texts, texts)
         )
-        cosine = np.stack(image_vectors) @ np.stack(text_vectors).T
-        logits = cosine * float(np.exp(embedder.model.logit_scale.item()))
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        probs /= probs.sum(1, keepdims=True)
-        return {"cosine": cosine.tolist(), "logits_per_image": logits.tolist(), "probs": probs.tolist()}
+        scores = embedder.scores(np.stack(image_vectors), np.stack(text_vectors))
+        return {k: v.tolist() for k, v in scores.items()}
 
     @app.post(
         "/v1/search",
