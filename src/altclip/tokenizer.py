@@ -58,8 +58,6 @@ class XLMRobertaTokenizer:
         missing = [t for t in specials if t not in index]
         if missing:
             raise ValueError(f"The vocabulary lacks the special tokens {missing}")
-        self._vocab = vocab
-        self._charsmap = charsmap
         self.model_max_length = model_max_length
         for name, token in SPECIAL_TOKENS.items():
             setattr(self, name, token)
@@ -87,10 +85,6 @@ class XLMRobertaTokenizer:
             if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < 1_000_000:
                 max_length = config["model_max_length"]
         return cls(vocab, charsmap, model_max_length=max_length)
-
-    @classmethod
-    def from_sentencepiece(cls, path: str | os.PathLike, **kwargs: Any) -> XLMRobertaTokenizer:
-        return cls(*read_sentencepiece(Path(path)), **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         path = Path(save_directory)
