@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip.index import IMAGE_SUFFIXES, display, ordered_map, scan
+from altclip.index import IMAGE_SUFFIXES, display, scan
 
 
 class EmbedError(ValueError):
@@ -96,39 +96,15 @@ def embed_shard(
     if not overwrite and all(t.exists() for t in targets):
         return {"skipped": True, "shard": f"{index}/{count}", "images": 0, "texts": 0, "failed": []}
 
-    failed: list[dict] = []
-    kept: list[str] = []
-    vectors: list[np.ndarray] = []
-    batch: list[np.ndarray] = []
-    done = 0
-
-    def flush() -> None:
-        if batch:
-            vectors.append(embedder.embed_prepared(np.stack(batch)))
-            batch.clear()
-
-    def prepare(path: str):
-        try:
-            return embedder.prepare(path), None
-        except ValueError as e:
-            return None, getattr(e, "reason", str(e))
-
-    for path, (array, reason), _ in ordered_map(prepare, image_paths):
-        if array is None:
-            failed.append({"path": path, "reason": reason})
-        else:
-            kept.append(path)
-            batch.append(array)
-            if len(batch) >= embedder.batch_size:
-                flush()
-        done += 1
-        if progress:
-            progress(done, len(image_paths) + len(captions))
-    flush()
+    total = len(image_paths) + len(captions)
+    matrix, indices, failures = embedder.embed_readable(
+        image_paths, progress and (lambda done, _: progress(done, total))
+    )
+    kept = [image_paths[i] for i in indices]
+    failed = [{"path": image_paths[i], "reason": reason} for i, reason in failures]
 
     outputs: dict[Path, object] = {}
     if images:
-        matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
         outputs[targets[0]] = matrix.astype(np.float32)
         outputs[targets[1]] = pa.table({"image_path": kept})
     if texts:
@@ -136,7 +112,7 @@ def embed_shard(
         outputs[targets[-2]] = text_matrix.astype(np.float32)
         outputs[targets[-1]] = pa.table({"caption": captions})
         if progress:
-            progress(len(image_paths) + len(captions), len(image_paths) + len(captions))
+            progress(total, total)
 
     # Write everything to temporary names first, then rename: a shard is either complete or absent.
     temporary = []

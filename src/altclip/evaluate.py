@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from altclip.image_processing import ImageError
 from altclip.index import IMAGE_SUFFIXES
 
 
@@ -58,32 +57,6 @@ def retrieval_metrics(
     return metrics
 
 
-def _embed_images(embedder, paths: list, skipped: Counter, batch_size: int = 32) -> tuple[np.ndarray, list[int]]:
-    """Embeddings of the readable images and the indices they came from."""
-    from altclip.index import ordered_map
-
-    def prepare(path):
-        try:
-            data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
-            return embedder.prepare(data)
-        except (ImageError, OSError):
-            return None
-
-    arrays, kept, out = [], [], []
-    for index, (_, array, _) in enumerate(ordered_map(prepare, paths)):
-        if array is None:
-            skipped["unreadable image"] += 1
-            continue
-        arrays.append(array)
-        kept.append(index)
-        if len(arrays) == batch_size:
-            out.append(embedder.embed_prepared(np.stack(arrays)))
-            arrays = []
-    if arrays:
-        out.append(embedder.embed_prepared(np.stack(arrays)))
-    return (np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)), kept
-
-
 def zero_shot_classification(
     embedder, dataset: str | Path, *, classnames: dict[str, str] | None = None, templates: Any = "auto"
 ) -> dict[str, Any]:
@@ -111,7 +84,8 @@ def zero_shot_classification(
     else:
         chosen = list(templates)
     skipped: Counter = Counter()
-    image_embeds, kept = _embed_images(embedder, paths, skipped)
+    image_embeds, kept, failed = embedder.embed_readable(paths)
+    skipped["unreadable image"] += len(failed)
     classifier = zero_shot_classifier(embedder.model, embedder.processor, names, chosen).cpu().numpy()
     metrics = classification_metrics(image_embeds @ classifier.T, np.array(labels)[kept])
     count = len(chosen[0]) if chosen and isinstance(chosen[0], list) else len(chosen)
@@ -133,7 +107,8 @@ def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None =
     images = list(dict.fromkeys(source for source, _ in pairs))  # each image once, in order of appearance
     position = {image: i for i, image in enumerate(images)}
     skipped: Counter = Counter(report.skipped)
-    image_embeds, kept = _embed_images(embedder, images, skipped)
+    image_embeds, kept, failed = embedder.embed_readable(images)
+    skipped["unreadable image"] += len(failed)
     remap = {old: new for new, old in enumerate(kept)}
     texts, text_image = [], []
     for source, caption in pairs:

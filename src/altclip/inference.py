@@ -137,6 +137,35 @@ class Embedder:
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return embed_images(self.model, self.processor, images, batch_size=self.batch_size).cpu().numpy()
 
+    def embed_readable(
+        self, sources: Sequence[Any], progress=None
+    ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Embeddings of the images among ``sources`` (paths, or objects with ``read()``) that can be read, decoded in
+        worker threads and embedded in batches; the indices of those images; and (index, reason) for the others."""
+        from altclip.index import ordered_map
+
+        def prepare(source):
+            try:
+                return self.prepare(source.read() if hasattr(source, "read") else source), None
+            except (ValueError, OSError) as e:  # ImageError is a ValueError
+                return None, getattr(e, "reason", str(e))
+
+        out, batch, kept, failed = [], [], [], []
+        for index, (_, (array, reason), _) in enumerate(ordered_map(prepare, sources)):
+            if array is None:
+                failed.append((index, reason))
+            else:
+                kept.append(index)
+                batch.append(array)
+                if len(batch) == self.batch_size:
+                    out.append(self.embed_prepared(np.stack(batch)))
+                    batch = []
+            if progress:
+                progress(index + 1, len(sources))
+        if batch:
+            out.append(self.embed_prepared(np.stack(batch)))
+        return (np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)), kept, failed
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return embed_texts(self.model, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
 
