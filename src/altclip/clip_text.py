@@ -23,8 +23,8 @@ from torch import nn
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config_file
 from altclip.hub import resolve_file, resolve_first
-from altclip.layers import PreNormLayer, run_layers
-from altclip.pretrained import _no_init, checkpoint_files
+from altclip.layers import PreNormLayer, embedding, run_layers
+from altclip.pretrained import checkpoint_files
 
 
 @dataclass
@@ -68,8 +68,8 @@ CLIP_TEXT_WEIGHTS: ckpt.WeightMap = {
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token = embedding(config.vocab_size, config.hidden_size)
+        self.position = embedding(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.token(input_ids) + self.position.weight[: input_ids.shape[1]]
@@ -77,7 +77,8 @@ class CLIPTextEmbeddings(nn.Module):
 
 class CLIPTextTower(nn.Module):
     """CLIP's text encoder. ``pooled`` is the final-normed state of each text's end-of-text token, the state
-    AltCLIP's ``transformation`` learns to reproduce; ``projection`` (when loaded) is CLIP's ``text_projection``."""
+    AltCLIP's ``transformation`` learns to reproduce; ``projection`` (when loaded) is CLIP's ``text_projection``.
+    It is a teacher, never trained here: it is built for ``from_pretrained`` to fill, with no random init step."""
 
     def __init__(self, config: CLIPTextConfig, with_projection: bool = True):
         super().__init__()
@@ -128,7 +129,7 @@ class CLIPTextTower(nn.Module):
         keys = files.keys()
         prefix = "text_model." if any(k.startswith("text_model.") for k in keys) else ""
         with_projection = "text_projection.weight" in keys
-        with torch.device("meta"), _no_init():
+        with torch.device("meta"):
             model = cls(config, with_projection=with_projection)
         weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
         if with_projection:
@@ -202,9 +203,6 @@ class CLIPTokenizer:
 def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
     """A complete AltCLIP model: the trained ``student`` text tower with the CLIP checkpoint's image tower,
     ``visual_projection``, ``text_projection`` and ``logit_scale``, as AltCLIP was built."""
-    from altclip.model import AltCLIPModel
-    from altclip.vision import AltCLIPVisionModel
-
     raw = read_config_file(resolve_file(clip_path, "config.json"))  # type: ignore[arg-type]
     if raw.get("model_type") != "clip":
         raise ValueError(
@@ -220,25 +218,23 @@ def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
     config = AltCLIPConfig(
         text_config=text_config, vision_config=vision_config, projection_dim=raw.get("projection_dim", 512)
     )
-    files = ckpt.TensorFiles(checkpoint_files(clip_path))
-    with torch.device("meta"), _no_init():
-        vision = AltCLIPVisionModel(vision_config)
-    ckpt.load_weights(
-        vision,
-        files,
-        ckpt.VISION_WEIGHTS,
-        prefix="vision_model.",
-        dtype=torch.float32,
-        source=f"CLIP checkpoint {clip_path}",
-    )
-    with torch.device("meta"), _no_init():
-        model = AltCLIPModel(config)
-    model.vision_model = vision
-    model.text_model = student
-    for name in ("text_projection", "visual_projection"):
-        getattr(model, name).weight = nn.Parameter(files.get(f"{name}.weight").float().clone())
-    model.logit_scale = nn.Parameter(files.get("logit_scale").float().clone())
+    model = _clip_image_side(clip_path, config)
+    model.text_model.load_state_dict(student.state_dict(), assign=True)
     return model.to(next(student.parameters()).device)
+
+
+def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig):
+    """An AltCLIP model with the CLIP checkpoint's image tower, projections and ``logit_scale`` loaded, and its
+    text tower still empty (on the meta device), for a trained student to fill."""
+    from altclip.model import AltCLIPModel
+
+    with torch.device("meta"):
+        model = AltCLIPModel(config, initialize=False)
+    ckpt.load_weights(
+        model, ckpt.TensorFiles(checkpoint_files(clip_path)), ckpt.MODEL_WEIGHTS, dtype=torch.float32,
+        source=f"CLIP checkpoint {clip_path}", ignore=re.compile(r"^text_model\."), missing_ok=re.compile(r"^text_model\."),
+    )  # fmt: skip
+    return model
 
 
 def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.PathLike) -> Path:

@@ -21,9 +21,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altclip.batch import BatchFeature
-from altclip.registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 

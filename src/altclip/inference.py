@@ -1,6 +1,7 @@
-"""Batched embedding and zero-shot classification on top of a model and its processor.
+"""Batched embedding and zero-shot classifiers on top of a model and its processor.
 
-The pipeline, the command line, the index and the server all embed through these functions.
+The pipeline, the command line, the index, the service, training and evaluation all embed through these
+functions, and ``Embedder`` is the object the applications hold.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from altclip import zeroshot
+from altclip.files import ordered_map
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 
@@ -76,43 +79,16 @@ def zero_shot_classifier(
     model: AltCLIPModel,
     processor: AltCLIPProcessor,
     labels: Sequence[str],
-    templates: Sequence[str] | Sequence[Sequence[str]] = ("{}",),
+    templates: zeroshot.Templates = ("{}",),
     *,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """(labels, projection_dim) unit-norm classifier: each label written into every template, embedded, the
-    embeddings averaged and renormalised (a prompt ensemble). ``templates`` is one list for all labels or one
-    list per label (labels in different languages)."""
-    labels = _check_labels(labels)
-    per_label = [templates] * len(labels) if templates and isinstance(templates[0], str) else templates
-    if len(per_label) != len(labels) or any(len(t) == 0 for t in per_label):
-        raise ValueError("Give one non-empty template list, or one per label")
-    prompts = [template.format(label) for label, ts in zip(labels, per_label) for template in ts]
-    embeds = embed_texts(model, processor, prompts, batch_size=batch_size)
-    rows, start = [], 0
-    for ts in per_label:
-        rows.append(embeds[start : start + len(ts)].mean(0))
-        start += len(ts)
-    return F.normalize(torch.stack(rows), dim=-1)
-
-
-def _check_labels(labels: Sequence[str]) -> list[str]:
-    if isinstance(labels, str):
-        labels = [labels]
-    labels = list(labels)
-    if not labels:
-        raise ValueError("candidate_labels is empty: give at least one label")
-    for i, label in enumerate(labels):
-        if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"Label {i} is empty or not a string: {label!r}")
-    return labels
-
-
-@torch.inference_mode()
-def classify(model: AltCLIPModel, image_embeds: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
-    """(images, labels) probabilities from unit-norm image embeddings and a zero-shot classifier."""
-    logits = model.logit_scale.exp().float() * F.normalize(image_embeds, dim=-1) @ classifier.t()
-    return logits.softmax(dim=-1)
+    """(labels, projection_dim) unit-norm classifier: each label written into its templates, embedded, the
+    embeddings averaged and renormalised (a prompt ensemble). ``templates`` as ``altclip.zeroshot`` describes them
+    (None, "none", "auto", a language code, a list, or one list per label); the default is the label alone."""
+    prompts = zeroshot.label_prompts(labels, templates)
+    embeds = embed_texts(model, processor, [p for ps in prompts for p in ps], batch_size=batch_size)
+    return zeroshot.classifier_from_prompts(embeds, prompts)
 
 
 class Embedder:
@@ -142,7 +118,6 @@ class Embedder:
     ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
         """Embeddings of the images among ``sources`` (paths, or objects with ``read()``) that can be read, decoded in
         worker threads and embedded in batches; the indices of those images; and (index, reason) for the others."""
-        from altclip.index import ordered_map
 
         def prepare(source):
             try:
@@ -169,10 +144,20 @@ class Embedder:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return embed_texts(self.model, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
 
+    @property
+    def logit_scale(self) -> float:
+        """The model's temperature, ``logit_scale.exp()``."""
+        return self.model.logit_scale.detach().float().exp().item()
+
+    def zero_shot_classifier(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
+        """(labels, D) unit-norm classifier for the prompts of each label (``zeroshot.label_prompts``)."""
+        embeds = torch.from_numpy(self.embed_texts([p for ps in prompts for p in ps]))
+        return zeroshot.classifier_from_prompts(embeds, prompts).numpy()
+
     def scores(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> dict[str, np.ndarray]:
-        """For unit-norm (images, D) and (texts, D) embeddings: cosine similarities, ``logits_per_image`` (scaled by
-        the model's temperature) and, per image, the softmax over the texts, as ``AltCLIPModel.forward`` gives."""
-        cosine = image_embeds @ text_embeds.T
-        logits = cosine * self.model.logit_scale.detach().exp().item()
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return {"cosine": cosine, "logits_per_image": logits, "probs": probs / probs.sum(axis=1, keepdims=True)}
+        """For (images, D) and (texts, D) embeddings: cosine similarities, ``logits_per_image`` (scaled by the
+        model's temperature) and, per image, the softmax over the texts, as ``AltCLIPModel.forward`` gives them
+        (``zeroshot.scores``)."""
+        result = zeroshot.scores(torch.from_numpy(image_embeds), torch.from_numpy(text_embeds), self.logit_scale)
+        return {"cosine": result.cosine.numpy(), "logits_per_image": result.logits_per_image.numpy(),
+                "probs": result.probs.numpy()}  # fmt: skip

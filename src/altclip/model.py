@@ -21,17 +21,22 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 
 
 class AltCLIPModel(PreTrainedModel):
+    """Both towers and the contrastive head. ``AltCLIPModel(config)`` is randomly initialised, as transformers
+    initialises it (``init_weights``); ``initialize=False`` leaves the weights for a checkpoint to fill, as
+    ``from_pretrained`` does."""
+
     config_class = AltCLIPConfig
     weight_map = ckpt.MODEL_WEIGHTS
 
-    def __init__(self, config: AltCLIPConfig):
+    def __init__(self, config: AltCLIPConfig, *, initialize: bool = True):
         super().__init__(config)
-        self.text_model = AltCLIPTextModel(config.text_config)
-        self.vision_model = AltCLIPVisionModel(config.vision_config)
+        self.text_model = AltCLIPTextModel(config.text_config, initialize=False)
+        self.vision_model = AltCLIPVisionModel(config.vision_config, initialize=False)
         self.text_projection = nn.Linear(config.text_config.project_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        self._init_head()
+        if initialize:
+            self.init_weights()
 
     def _init_head(self) -> None:
         factor = self.config.initializer_factor
@@ -45,6 +50,10 @@ class AltCLIPModel(PreTrainedModel):
         self.vision_model.init_weights()
         self._init_head()
 
+    def encoder_layers(self) -> list[nn.Module]:
+        """The transformer layers of the text tower, then of the image tower."""
+        return [*self.text_model.encoder_layers(), *self.vision_model.encoder_layers()]
+
     def get_text_features(
         self,
         input_ids: torch.Tensor | None = None,
@@ -53,7 +62,6 @@ class AltCLIPModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
     ) -> torch.Tensor:
         """(B, projection_dim) text embeddings, not normalised: ``text_projection`` of the pooled CLS state.
 
@@ -80,7 +88,6 @@ class AltCLIPModel(PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
-        return_dict: bool | None = None,
     ) -> torch.Tensor:
         """(B, projection_dim) image embeddings, not normalised: ``visual_projection`` of the pooled class token."""
         out = self.vision_model(

@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-from altclip.inference import _check_labels, classify, embed_images, zero_shot_classifier
+from altclip import zeroshot
+from altclip.inference import embed_images, embed_texts
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
-from altclip.templates import TEMPLATES, guess_language, templates_for
-
-DEFAULT_MODEL = "BAAI/AltCLIP"
+from altclip.registry import DEFAULT_MODEL
 
 
 def load(
@@ -31,66 +30,50 @@ def load(
 class ZeroShotImageClassificationPipeline:
     """Scores images against labels in any language.
 
-    ``pipe(image, candidate_labels=["猫", "dog"])`` -> ``[{"label": ..., "score": ...}, ...]``, highest first; a list
-    of images gives one such list per image.
+    ``pipe(image, candidate_labels=["猫", "dog"])`` -> ``[{"score": ..., "label": ...}, ...]``, highest first; a list
+    of images gives one such list per image. ``templates`` (see ``altclip.zeroshot``): None, the default, uses
+    ``hypothesis_template`` ("This is a photo of {}.", as transformers does); "auto" gives each label the prompt
+    set of its language; "none" the label alone; a language code or a list of templates those templates.
     """
 
     def __init__(self, model: AltCLIPModel, processor: AltCLIPProcessor, batch_size: int = 16):
         self.model = model.eval()
         self.processor = processor
         self.batch_size = batch_size
-        self._classifiers: dict[tuple, torch.Tensor] = {}
+        self._classifiers = zeroshot.ClassifierCache()
 
     def classifier(
-        self, labels: Sequence[str], templates: Any = None, hypothesis_template: str = "This is a photo of {}."
+        self,
+        labels: Sequence[str],
+        templates: zeroshot.Templates = None,
+        hypothesis_template: str = zeroshot.HYPOTHESIS_TEMPLATE,
     ) -> torch.Tensor:
-        """The (labels, dim) classifier for ``labels``, cached for repeated calls with the same labels.
-
-        templates: None (``hypothesis_template`` alone, as transformers does), a language code of the built-in
-        sets ("en", "zh", ...), "auto" (each label gets the set of its script's language), or a list of templates.
-        """
-        labels = _check_labels(labels)
-        if templates is None:
-            per_label: Any = [hypothesis_template]
-        elif templates == "auto":
-            per_label = [TEMPLATES[guess_language(label)] for label in labels]
-        elif isinstance(templates, str):
-            per_label = list(templates_for(templates))
-        else:
-            per_label = list(templates)
-        for ts in per_label if isinstance(per_label[0], (list, tuple)) else [per_label]:
-            for t in ts:
-                if "{}" not in t:
-                    raise ValueError(f"Template {t!r} has no '{{}}' for the label")
-        key = (tuple(labels), repr(per_label))
-        if key not in self._classifiers:
-            if len(self._classifiers) > 32:
-                self._classifiers.clear()
-            self._classifiers[key] = zero_shot_classifier(self.model, self.processor, labels, per_label)
-        return self._classifiers[key]
+        """The (labels, dim) classifier for ``labels``, cached for repeated calls with the same prompts."""
+        prompts = zeroshot.label_prompts(labels, templates, hypothesis_template=hypothesis_template)
+        cached = self._classifiers.get(prompts)
+        if cached is not None:
+            return cached
+        embeds = embed_texts(self.model, self.processor, [p for ps in prompts for p in ps], batch_size=64)
+        return self._classifiers.put(prompts, zeroshot.classifier_from_prompts(embeds, prompts))
 
     def __call__(
         self,
         images: Any,
         candidate_labels: Sequence[str] | None = None,
         *,
-        hypothesis_template: str = "This is a photo of {}.",
-        templates: Any = None,
+        hypothesis_template: str = zeroshot.HYPOTHESIS_TEMPLATE,
+        templates: zeroshot.Templates = None,
         top_k: int | None = None,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
         if candidate_labels is None:
             raise ValueError("candidate_labels is required: the labels to score the image against")
-        labels = _check_labels(candidate_labels)
+        labels = zeroshot.check_labels(candidate_labels)
         single = not isinstance(images, (list, tuple))
         batch = [images] if single else list(images)
-        weights = self.classifier(labels, templates, hypothesis_template)
-        probs = classify(
-            self.model, embed_images(self.model, self.processor, batch, batch_size=self.batch_size), weights
-        )
-        results = []
-        for row in probs.tolist():
-            ranked = sorted(({"score": p, "label": label} for label, p in zip(labels, row)), key=lambda r: -r["score"])
-            results.append(ranked[:top_k] if top_k else ranked)
+        classifier = self.classifier(labels, templates, hypothesis_template)
+        image_embeds = embed_images(self.model, self.processor, batch, batch_size=self.batch_size)
+        probs = zeroshot.scores(image_embeds, classifier, self.model.logit_scale.detach().float().exp().item()).probs
+        results = [zeroshot.ranked(labels, row, top_k) for row in probs.tolist()]
         return results[0] if single else results
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -16,6 +14,7 @@ from torch import nn
 from altclip import checkpoint as ckpt
 from altclip.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
 from altclip.hub import resolve_file, resolve_first
+from altclip.layers import Attention
 
 M = TypeVar("M", bound="PreTrainedModel")
 
@@ -60,8 +59,18 @@ class PreTrainedModel(nn.Module):
         self.gradient_checkpointing = False
 
     def init_weights(self) -> None:
-        """Random initialisation, as transformers does it for this architecture."""
+        """Random initialisation, as transformers does it for this architecture: the last step of building a model,
+        which ``initialize=False`` (loading) skips."""
         raise NotImplementedError
+
+    def set_dropout(self, p: float) -> None:
+        """Sets every dropout probability (hidden states and attention probabilities) to ``p``; 0 makes training
+        runs reproducible bit for bit."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+            elif isinstance(module, Attention):
+                module.dropout = p
 
     @property
     def dtype(self) -> torch.dtype:
@@ -124,8 +133,8 @@ class PreTrainedModel(nn.Module):
         if dtype == "auto":
             saved = raw.get("dtype") or raw.get("torch_dtype")
             dtype = parse_dtype(saved) if saved not in (None, "auto") else (files.float_dtype() or torch.float32)
-        with torch.device("meta"), _no_init():
-            model = cls(config)  # type: ignore[arg-type]
+        with torch.device("meta"):
+            model = cls(config, initialize=False)  # type: ignore[call-arg]
         # A tower can be read out of a full AltCLIP checkpoint; a standalone vision tower saved by transformers 4
         # keeps the `vision_model.` prefix, one saved by transformers 5 drops it.
         prefix = ""
@@ -158,8 +167,8 @@ class PreTrainedModel(nn.Module):
         qconfig = QuantizationConfig.coerce(settings)
         if qconfig.backend == "torchao":
             import torchao.quantization  # noqa: F401  (registers its tensor types as safe to load)
-        with torch.device("meta"), _no_init():
-            model = cls(config)  # type: ignore[arg-type]
+        with torch.device("meta"):
+            model = cls(config, initialize=False)  # type: ignore[call-arg]
         prepare_for_quantized_state(model, qconfig)
         path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, revision=revision)
         with warnings.catch_warnings():  # quantized tensors still go through TypedStorage, which warns
@@ -185,21 +194,6 @@ class PreTrainedModel(nn.Module):
         config.save_pretrained(path)
         ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
         return path
-
-
-@contextlib.contextmanager
-def _no_init() -> Iterator[None]:
-    """Turns torch.nn.init into no-ops while a model is built on the meta device for loading: its weights are
-    about to be replaced, and running initialisers on meta tensors even costs an import of torch._dynamo (2 s)."""
-    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(nn.init, n) for n in names}
-    for n in names:
-        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
 
 
 def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:

@@ -92,20 +92,17 @@ def quantize(model: nn.Module, config: QuantizationConfig | Any) -> nn.Module:
         )
     if config.method == "int4_weight_only" and next(model.parameters()).dtype != torch.bfloat16:
         raise QuantizationError("int4_weight_only needs the model in bfloat16: load it with dtype=torch.bfloat16")
-    towers = [
-        m for m in (getattr(model, "text_model", None), getattr(model, "vision_model", None)) if m is not None
-    ] or [model]
+    layers = model.encoder_layers()
     if backend == "torch":
         if device.type != "cpu":
             raise QuantizationError("PyTorch's dynamic quantization runs on CPU only; use backend='torchao' on GPU")
-        for tower in towers:
-            _torch_dynamic(tower)
+        _torch_dynamic(layers)
     else:
         torchao_config = _torchao_config(config)
         from torchao.quantization import quantize_
 
-        for tower in towers:
-            quantize_(tower, torchao_config, filter_fn=_is_layer_linear)
+        for layer in layers:
+            quantize_(layer, torchao_config, filter_fn=_is_linear)
     if config.include_embeddings:
         _quantize_embeddings(model)
     model.quantization_config = config
@@ -138,37 +135,39 @@ def prepare_for_quantized_state(model: nn.Module, config: QuantizationConfig) ->
         import torch.ao.nn.quantized.dynamic as nnqd
 
         with _quiet_deprecation():
-            for tower in (model.text_model, model.vision_model) if hasattr(model, "text_model") else (model,):
-                for layer in tower.layers:
-                    for name, module in list(layer.named_modules()):
-                        if isinstance(module, nn.Linear):
-                            parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-                            with torch.device("cpu"):
-                                empty = nnqd.Linear(module.in_features, module.out_features, dtype=torch.qint8)
-                            setattr(parent, name.rpartition(".")[2], empty)
+            for layer in model.encoder_layers():
+                for name, module in list(layer.named_modules()):
+                    if isinstance(module, nn.Linear):
+                        parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
+                        with torch.device("cpu"):
+                            empty = nnqd.Linear(module.in_features, module.out_features, dtype=torch.qint8)
+                        setattr(parent, name.rpartition(".")[2], empty)
     if config.include_embeddings:
         import torch.ao.nn.quantized as nnq
 
-        text = getattr(model, "text_model", model)
-        token = text.embeddings.token
+        text = _text_tower(model)
+        token = text.get_input_embeddings()
         with _quiet_deprecation(), torch.device("cpu"):
-            text.embeddings.token = nnq.Embedding(
-                token.num_embeddings, token.embedding_dim, padding_idx=token.padding_idx
+            text.set_input_embeddings(
+                nnq.Embedding(token.num_embeddings, token.embedding_dim, padding_idx=token.padding_idx)
             )
 
 
-def _is_layer_linear(module: nn.Module, name: str) -> bool:
-    """The linear layers inside the transformer layers (not ``transformation`` or the projections)."""
-    return isinstance(module, nn.Linear) and name.startswith("layers.")
+def _text_tower(model: nn.Module) -> nn.Module:
+    return getattr(model, "text_model", model)
 
 
-def _torch_dynamic(tower: nn.Module) -> None:
+def _is_linear(module: nn.Module, name: str) -> bool:
+    return isinstance(module, nn.Linear)
+
+
+def _torch_dynamic(layers: list[nn.Module]) -> None:
     from torch.ao.quantization import quantize_dynamic
 
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
     with _quiet_deprecation():  # torch.ao.quantization is deprecated in favour of torchao, which is slow here
-        for layer in tower.layers:
+        for layer in layers:
             quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
@@ -203,10 +202,9 @@ def _quantize_embeddings(model: nn.Module) -> None:
     """The word-embedding table in int8 with a scale per row (PyTorch's weight-only embedding quantization)."""
     from torch.ao.quantization import float_qparams_weight_only_qconfig, quantize_dynamic
 
-    text = getattr(model, "text_model", model)
-    embeddings = text.embeddings
+    text = _text_tower(model)
     holder = nn.Module()
-    holder.token = embeddings.token
+    holder.token = text.get_input_embeddings()
     with _quiet_deprecation():
         quantize_dynamic(holder, {nn.Embedding: float_qparams_weight_only_qconfig}, inplace=True)
-    embeddings.token = holder.token
+    text.set_input_embeddings(holder.token)

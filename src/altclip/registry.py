@@ -14,8 +14,7 @@ import torch
 
 from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_MODEL = "BAAI/AltCLIP"  # what every entry point loads when not told which model
 
 _XLMR_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 _VIT_L14 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, patch_size=14)

@@ -19,6 +19,7 @@ from altclip.layers import (
     Attention,
     Packing,
     checks_enabled,
+    embedding,
     expand_head_mask,
     init_layer_norm,
     init_linear,
@@ -33,11 +34,9 @@ class TextEmbeddings(nn.Module):
     def __init__(self, config: AltCLIPTextConfig):
         super().__init__()
         self.pad = config.pad_token_id
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(
-            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
-        )
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.token = embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = embedding(config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type = embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -89,13 +88,17 @@ class TextLayer(nn.Module):
 
 
 class AltCLIPTextModel(PreTrainedModel):
-    """The AltCLIP text encoder. ``pooler_output`` is the CLS token after ``pre_LN`` and ``transformation``."""
+    """The AltCLIP text encoder. ``pooler_output`` is the CLS token after ``pre_LN`` and ``transformation``.
+
+    ``AltCLIPTextModel(config)`` is randomly initialised (``init_weights``); ``initialize=False`` leaves the weights
+    for a checkpoint to fill, as ``from_pretrained`` does.
+    """
 
     config_class = AltCLIPTextConfig
     weight_map = ckpt.TEXT_WEIGHTS
     checkpoint_prefix = "text_model."
 
-    def __init__(self, config: AltCLIPTextConfig):
+    def __init__(self, config: AltCLIPTextConfig, *, initialize: bool = True):
         super().__init__(config)
         if config.position_embedding_type != "absolute":
             raise NotImplementedError(
@@ -106,7 +109,8 @@ class AltCLIPTextModel(PreTrainedModel):
         self.layers = nn.ModuleList(TextLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # "pre_LN" in checkpoints
         self.transformation = nn.Linear(config.hidden_size, config.project_dim)
-        self.init_weights()
+        if initialize:
+            self.init_weights()
 
     def init_weights(self) -> None:
         std = self.config.initializer_range
@@ -148,6 +152,14 @@ class AltCLIPTextModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.token
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replaces the word-embedding table (quantization stores it in int8)."""
+        self.embeddings.token = value
+
+    def encoder_layers(self) -> nn.ModuleList:
+        """The transformer layers, in order: what quantization and FSDP work on one at a time."""
+        return self.layers
 
     def encode(
         self,
@@ -219,19 +231,24 @@ class AltCLIPTextModel(PreTrainedModel):
         )
         return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def pooled(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, packed: bool = True
+    ) -> torch.Tensor:
         """(B, project_dim) ``pooler_output`` without computing on padding.
 
         The real tokens of a right-padded batch are packed into one (tokens, C) matrix, so the linear layers (nearly
         all of the work) run on them alone, in full-size matrix products; attention re-pads around itself. ``pre_LN``
         and ``transformation`` run on the CLS tokens only. Padding is masked out of attention anyway, so this
         equals ``forward(...).pooler_output`` up to float round-off.
+
+        ``packed=False`` computes on the padding too: one graph whatever the padding, which is what tracing for
+        export (ONNX) needs.
         """
         shaped = (
             attention_mask is not None and attention_mask.shape == input_ids.shape
         )  # else encode says what is wrong
-        lengths = attention_mask.sum(1) if shaped else None
-        packed = shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
+        lengths = attention_mask.sum(1) if shaped and packed else None
+        packed = packed and shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
         packing = Packing(attention_mask) if packed else None
         h, _, _ = self.encode(input_ids, attention_mask, packing=packing)
         cls = h[packing.first] if packing is not None else h[:, 0]

@@ -12,7 +12,7 @@ from torch import nn
 
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPVisionConfig
-from altclip.layers import PreNormLayer, init_layer_norm, init_linear, run_layers
+from altclip.layers import PreNormLayer, embedding, init_layer_norm, init_linear, run_layers
 from altclip.outputs import VisionModelOutput
 from altclip.pretrained import PreTrainedModel
 
@@ -27,7 +27,7 @@ class VisionEmbeddings(nn.Module):
         self.patch = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
         )
-        self.position = nn.Embedding(self.grid**2 + 1, config.hidden_size)
+        self.position = embedding(self.grid**2 + 1, config.hidden_size)
 
     def positions(self, height: int, width: int) -> torch.Tensor:
         """(1 + patches, C) position embeddings; the patch grid resized bicubically for other image sizes."""
@@ -49,13 +49,17 @@ class VisionEmbeddings(nn.Module):
 
 
 class AltCLIPVisionModel(PreTrainedModel):
-    """The AltCLIP image encoder. ``pooler_output`` is the layer-normed class token."""
+    """The AltCLIP image encoder. ``pooler_output`` is the layer-normed class token.
+
+    ``AltCLIPVisionModel(config)`` is randomly initialised (``init_weights``); ``initialize=False`` leaves the
+    weights for a checkpoint to fill, as ``from_pretrained`` does.
+    """
 
     config_class = AltCLIPVisionConfig
     weight_map = ckpt.VISION_WEIGHTS
     checkpoint_prefix = "vision_model."
 
-    def __init__(self, config: AltCLIPVisionConfig):
+    def __init__(self, config: AltCLIPVisionConfig, *, initialize: bool = True):
         super().__init__(config)
         self.embeddings = VisionEmbeddings(config)
         self.pre_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # "pre_layrnorm" in checkpoints
@@ -71,7 +75,8 @@ class AltCLIPVisionModel(PreTrainedModel):
             for _ in range(config.num_hidden_layers)
         )
         self.post_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.init_weights()
+        if initialize:
+            self.init_weights()
 
     def init_weights(self) -> None:
         """CLIP's initialisation: standard deviations scaled by width and depth."""
@@ -92,6 +97,10 @@ class AltCLIPVisionModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.embeddings.patch
+
+    def encoder_layers(self) -> nn.ModuleList:
+        """The transformer layers, in order: what quantization and FSDP work on one at a time."""
+        return self.layers
 
     def forward(
         self,

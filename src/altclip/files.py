@@ -1,0 +1,106 @@
+"""Image files on disk: which names are images, walking folders for them, and reading them in a pool of threads.
+
+The index, sharded embedding, training and evaluation all find and read images through this module.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import TypeVar
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def is_image_name(name: str | bytes) -> bool:
+    """Whether a file name has one of the image suffixes (case-insensitive)."""
+    text = os.fsdecode(name).lower()
+    return text.endswith(IMAGE_SUFFIXES)
+
+
+def display(path: bytes) -> str:
+    """A file-system path as printable text; bytes that are not UTF-8 are shown as \\x.. escapes."""
+    return path.decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Scan:
+    files: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+    failed: dict[bytes, str] = field(default_factory=dict)  # image-named paths we could not stat (broken links)
+    problems: list[tuple[str, str]] = field(default_factory=list)  # directories we could not list
+
+
+def scan(roots: Iterable[str | os.PathLike]) -> Scan:
+    """Image files under ``roots``, following symbolic links without looping."""
+    result = Scan()
+    seen_dirs: set[tuple[int, int]] = set()
+    stack: list[bytes] = []
+    for root in roots:
+        path = os.fsencode(os.path.abspath(os.fspath(root)))
+        if os.path.isfile(path):
+            _add_file(result, path)
+        else:
+            stack.append(path)
+    while stack:
+        directory = stack.pop()
+        try:
+            info = os.stat(directory)
+            if (info.st_dev, info.st_ino) in seen_dirs:
+                continue  # a symbolic link back into a tree we already walk
+            seen_dirs.add((info.st_dev, info.st_ino))
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            result.problems.append((display(directory), f"could not list directory: {e.strerror}"))
+            continue
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                stack.append(entry.path)
+            elif is_image_name(entry.name):
+                _add_file(result, entry.path)
+    return result
+
+
+def _add_file(result: Scan, path: bytes) -> None:
+    try:
+        info = os.stat(path)
+    except OSError as e:
+        reason = "broken symbolic link" if os.path.islink(path) else f"could not be read: {e.strerror}"
+        if e.errno == 40:  # ELOOP
+            reason = "symbolic link loop"
+        result.failed[path] = reason
+        return
+    if stat.S_ISREG(info.st_mode):
+        result.files[path] = (info.st_size, info.st_mtime_ns)
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, prefetch: int = 128
+) -> Iterator[tuple[T, R, float]]:
+    """``(item, fn(item), seconds waited)`` in input order, computed by a pool of threads at most ``prefetch``
+    items ahead. Decoding and resizing in Pillow release the GIL, so threads run them in parallel with the
+    model, without copying pixels between processes."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    items = iter(items)
+    with ThreadPoolExecutor(workers) as pool:
+        queue: deque[tuple[T, Future]] = deque((item, pool.submit(fn, item)) for item in islice(items, prefetch))
+        while queue:
+            item, future = queue.popleft()
+            start = time.perf_counter()
+            result = future.result()
+            waited = time.perf_counter() - start
+            for nxt in islice(items, 1):
+                queue.append((nxt, pool.submit(fn, nxt)))
+            yield item, result, waited
