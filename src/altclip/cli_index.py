@@ -183,7 +183,7 @@ def embed(
     """Write embeddings in the clip-retrieval layout: img_emb/img_emb_{i}.npy, text_emb/text_emb_{i}.npy and
     metadata/metadata_{i}.parquet, readable by autofaiss and clip-retrieval. Shards are independent and
     idempotent, so Ray, Spark or Slurm can run them in parallel."""
-    from altclip.embed_files import EmbedError, embed_shard, parse_shard
+    from altclip.index.embed_files import EmbedError, embed_shard, parse_shard
 
     try:
         index, count = parse_shard(shard)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from altclip.index import IMAGE_SUFFIXES
+from altclip.files import IMAGE_SUFFIXES
 
 
 def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from altclip.image_processing import ImageError
-from altclip.index import ordered_map
+from altclip.files import ordered_map
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 from altclip.train.data import TarMember, read_pairs

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from altclip.index import ImageIndex, IndexMismatchError
+from altclip.index.store import IndexMismatchError
 
 
 def milvus_uri(url: str) -> tuple[str, str]:
@@ -35,21 +35,31 @@ def milvus_uri(url: str) -> tuple[str, str]:
 
 
 class MilvusVectors:
-    def __init__(self, url: str, index: ImageIndex):
+    """A Milvus collection of (hash, vector), created once the embedding size is known (``bind``)."""
+
+    def __init__(self, url: str):
         from pymilvus import MilvusClient
 
         uri, self.collection = milvus_uri(url)
         if not uri.startswith("http"):
             os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
         self.client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
-        self.index = index
+        self.dim: int | None = None
         self._ready = False
+
+    def bind(self, dim: int) -> None:
+        self.dim = dim
+        self._ready = False
+        self._ensure()
+
+    def close(self) -> None:
+        self.client.close()
 
     def _ensure(self) -> bool:
         """Creates the collection once the embedding size is known; False while it is not."""
         if self._ready:
             return True
-        dim = self.index.dim
+        dim = self.dim
         if self.client.has_collection(self.collection):
             fields = self.client.describe_collection(self.collection)["fields"]
             found = next(f["params"]["dim"] for f in fields if f["name"] == "vector")
@@ -103,6 +113,13 @@ class MilvusVectors:
         if not self._ensure():
             return 0
         return int(self.client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+
+    def build_approximate(self, threshold: int) -> bool:
+        """Nothing to build: Milvus indexes its collection itself."""
+        return False
+
+    def problems(self) -> list[str]:
+        return []
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:
         if not self._ensure():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip.index import IMAGE_SUFFIXES, display, scan
+from altclip.files import IMAGE_SUFFIXES, display, scan
 
 
 class EmbedError(ValueError):

@@ -1,5 +1,5 @@
-"""A local image index for multilingual search: SQLite (WAL) for file metadata and vectors, exact search with
-torch, an approximate faiss index once the collection is large, or the vectors in Milvus.
+"""A local image index for multilingual search: SQLite (WAL) for file metadata, and the vectors in a store
+(``store.VectorStore``): the same SQLite file by default (``sqlite_store``), or Milvus (``milvus``).
 
 Indexing is incremental and crash-safe. Each batch of embedded images is committed in one transaction together
 with its file rows, so killing the indexer at any moment leaves a consistent index, and a re-run picks up where
@@ -13,31 +13,21 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-import stat
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import numpy as np
 
+from altclip.files import display, ordered_map, scan
 from altclip.image_processing import ImageError
-from altclip.stores import APPROX_THRESHOLD, SQLiteVectors, VectorStore, open_store
+from altclip.index.sqlite_store import APPROX_THRESHOLD, SQLiteVectors
+from altclip.index.store import IndexMismatchError, VectorStore
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DB_NAME = "index.sqlite3"
 SCHEMA_VERSION = "1"
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-class IndexMismatchError(ValueError):
-    """The index was built with another model or embedding size than the one asked for."""
 
 
 class Embedder(Protocol):
@@ -75,79 +65,11 @@ class UpdateReport:
     wait_seconds: float = 0.0  # time the model waited for decoded images
 
 
-def display(path: bytes) -> str:
-    """A file-system path as printable text; bytes that are not UTF-8 are shown as \\x.. escapes."""
-    return path.decode("utf-8", "backslashreplace")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Scanning
-
-
-@dataclass
-class Scan:
-    files: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
-    failed: dict[bytes, str] = field(default_factory=dict)  # image-named paths we could not stat (broken links)
-    problems: list[tuple[str, str]] = field(default_factory=list)  # directories we could not list
-
-
-def scan(roots: Iterable[str | os.PathLike]) -> Scan:
-    """Image files under ``roots``, following symbolic links without looping."""
-    result = Scan()
-    seen_dirs: set[tuple[int, int]] = set()
-    stack: list[bytes] = []
-    for root in roots:
-        path = os.fsencode(os.path.abspath(os.fspath(root)))
-        if os.path.isfile(path):
-            _add_file(result, path)
-        else:
-            stack.append(path)
-    while stack:
-        directory = stack.pop()
-        try:
-            info = os.stat(directory)
-            if (info.st_dev, info.st_ino) in seen_dirs:
-                continue  # a symbolic link back into a tree we already walk
-            seen_dirs.add((info.st_dev, info.st_ino))
-            entries = list(os.scandir(directory))
-        except OSError as e:
-            result.problems.append((display(directory), f"could not list directory: {e.strerror}"))
-            continue
-        for entry in entries:
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            if is_dir:
-                stack.append(entry.path)
-            elif entry.name.lower().endswith(tuple(s.encode() for s in IMAGE_SUFFIXES)):
-                _add_file(result, entry.path)
-    return result
-
-
-def _add_file(result: Scan, path: bytes) -> None:
-    try:
-        info = os.stat(path)
-    except OSError as e:
-        reason = "broken symbolic link" if os.path.islink(path) else f"could not be read: {e.strerror}"
-        if e.errno == 40:  # ELOOP
-            reason = "symbolic link loop"
-        result.failed[path] = reason
-        return
-    if stat.S_ISREG(info.st_mode):
-        result.files[path] = (info.st_size, info.st_mtime_ns)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The index
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS vectors (
-    id INTEGER PRIMARY KEY,
-    hash TEXT NOT NULL UNIQUE,          -- content hash of the image file
-    embedding BLOB NOT NULL             -- dim float32 values, unit norm
-);
 CREATE TABLE IF NOT EXISTS files (
     id INTEGER PRIMARY KEY,
     path BLOB NOT NULL UNIQUE,          -- absolute path, raw file-system bytes (names need not be UTF-8)
@@ -162,7 +84,8 @@ CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
 
 
 class ImageIndex:
-    """An image index in a directory: ``index.sqlite3`` and, for large collections, ``vectors.faiss``."""
+    """An image index in a directory: ``index.sqlite3`` (file rows, metadata and, with the default store, the
+    vectors) and, for large collections, ``vectors.faiss``."""
 
     def __init__(
         self, path: str | os.PathLike, *, create: bool = True, store: str | None = None, device: str | None = None
@@ -180,12 +103,15 @@ class ImageIndex:
             if self.meta("schema") is None:
                 self.set_meta("schema", SCHEMA_VERSION)
                 self.set_meta("generation", "0")
-        self.store: VectorStore = open_store(self, store or self.meta("store"), device)
+        self.store: VectorStore = open_store(store or self.meta("store"), self.db, self.path, device)
+        if self.dim:
+            self.store.bind(self.dim)
         if store and self.meta("store") is None:
             with self.db:
                 self.set_meta("store", store)
 
     def close(self) -> None:
+        self.store.close()
         self.db.close()
 
     def __enter__(self) -> ImageIndex:
@@ -219,6 +145,7 @@ class ImageIndex:
     def bind(self, model: str, dim: int) -> None:
         """Ties the index to one model; refuses another model or embedding size."""
         if self.model is None:
+            self.store.bind(dim)
             with self.db:
                 self.set_meta("model", model)
                 self.set_meta("dim", str(dim))
@@ -313,8 +240,7 @@ class ImageIndex:
             self.db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in gone])
             report.deleted = len(gone)
             self._collect_garbage()
-        if isinstance(self.store, SQLiteVectors):
-            self.store.build_approximate(approx_threshold)
+        self.store.build_approximate(approx_threshold)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -341,16 +267,13 @@ class ImageIndex:
                 vectors = embedder.embed_prepared(np.stack([a for _, _, a in pending]))
                 report.model_seconds += time.perf_counter() - t
                 report.embedded += len(pending)
-            if isinstance(self.store, SQLiteVectors):
-                with self.db:  # vectors and the file rows that refer to them commit together
-                    if vectors is not None:
-                        self.store.add([h for _, h, _ in pending], vectors)
-                    self._put_rows(ready + [(p, h, None) for p, h, _ in pending], stats)
-            else:  # an external store: vectors first, so no committed row ever lacks its vector
+            # Vectors first, then the file rows that refer to them, in one transaction of the index's database: with
+            # the SQLite store they commit together; an external store holds the vectors before any row refers to
+            # them (a crash in between leaves vectors of no file, collected on the next run).
+            with self.db:
                 if vectors is not None:
                     self.store.add([h for _, h, _ in pending], vectors)
-                with self.db:
-                    self._put_rows(ready + [(p, h, None) for p, h, _ in pending], stats)
+                self._put_rows(ready + [(p, h, None) for p, h, _ in pending], stats)
             pending, ready = [], []
             in_batch.clear()
 
@@ -405,12 +328,7 @@ class ImageIndex:
             problems.append(f"{len(referenced - stored)} file rows refer to missing vectors")
         if stored - referenced:
             problems.append(f"{len(stored - referenced)} vectors belong to no file")
-        if isinstance(self.store, SQLiteVectors):
-            bad = self.db.execute(
-                "SELECT COUNT(*) FROM vectors WHERE length(embedding) != ?", (4 * self.dim,)
-            ).fetchone()[0]
-            if bad:
-                problems.append(f"{bad} vectors have the wrong size")
+        problems += self.store.problems()
         both = self.db.execute("SELECT COUNT(*) FROM files WHERE (hash IS NULL) = (error IS NULL)").fetchone()[0]
         if both:
             problems.append(f"{both} file rows have both or neither of a hash and an error")
@@ -433,29 +351,20 @@ def _load(path: bytes, embedder: Embedder) -> tuple[str | None, np.ndarray | Non
     return content, array, None, time.perf_counter() - start
 
 
-def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, prefetch: int = 128
-) -> Iterator[tuple[T, R, float]]:
-    """``(item, fn(item), seconds waited)`` in input order, computed by a pool of threads at most ``prefetch``
-    items ahead. Decoding and resizing in Pillow release the GIL, so threads run them in parallel with the
-    model, without copying pixels between processes."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    items = iter(items)
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque[tuple[T, Future]] = deque((item, pool.submit(fn, item)) for item in islice(items, prefetch))
-        while queue:
-            item, future = queue.popleft()
-            start = time.perf_counter()
-            result = future.result()
-            waited = time.perf_counter() - start
-            for nxt in islice(items, 1):
-                queue.append((nxt, pool.submit(fn, nxt)))
-            yield item, result, waited
-
-
 def default_index_path() -> Path:
     """``$ALTCLIP_INDEX``, else ``$XDG_DATA_HOME/altclip/index`` (``~/.local/share/altclip/index``)."""
     if os.environ.get("ALTCLIP_INDEX"):
         return Path(os.environ["ALTCLIP_INDEX"])
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "altclip" / "index"
+
+
+def open_store(url: str | None, db: sqlite3.Connection, folder: Path, device: str | None) -> VectorStore:
+    """The vector store a ``--store`` URL names: ``sqlite`` (or None, the default) or ``milvus://...``."""
+    if url is None or url == "sqlite":
+        return SQLiteVectors(db, folder, device)
+    if url.startswith("milvus"):
+        from altclip.index.milvus import MilvusVectors
+
+        return MilvusVectors(url)
+    raise ValueError(f"Unknown vector store {url!r}; use 'sqlite' (default) or 'milvus://...'")
