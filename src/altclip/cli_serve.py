@@ -53,7 +53,7 @@ def serve(
     from altclip.index import ImageIndex
 
     try:
-        from altclip.server import ServerSettings, settings_dict
+        from altclip.server import ServerSettings
         from altclip.server import serve as run
     except ImportError as e:
         fail(f"{e}. The service needs: pip install 'altclip[serve]'", EXIT_USAGE)
@@ -91,5 +91,5 @@ def serve(
     settings.model = embedder.name
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.token is None:
         err.print(f"[yellow]warning:[/] serving on {settings.host} without --token: anyone who can reach it can use it")
-    err.print(f"Settings: {settings_dict(settings)}", highlight=False)
+    err.print(f"Settings: {settings.public()}", highlight=False)
     run(settings, embedder)

@@ -1,0 +1,95 @@
+"""The service's errors and their HTTP statuses, in one table. Handlers and request parsing raise these (or the
+library's own exceptions, such as ``ImageError`` or the batcher's ``QueueFull``); ``install`` turns each into its
+status with a JSON body ``{"detail": "what went wrong"}``, the shape every error response of the API has."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from altclip.image_processing import ImageError
+from altclip.server.batching import QueueFull
+
+
+class BadRequest(Exception):
+    """The body is not valid JSON, multipart or base64."""
+
+
+class Unauthorized(Exception):
+    """The API needs a bearer token, and the request has none or another."""
+
+
+class NotFound(Exception):
+    """No index, or no indexed image with that id."""
+
+
+class BodyTooLarge(Exception):
+    """The body is over ``max_body_bytes``."""
+
+
+class UnsupportedMediaType(Exception):
+    """The body has a content type the endpoint does not read."""
+
+
+class InvalidInput(Exception):
+    """The request is well-formed but its values cannot be used (limits, empty texts, bad templates)."""
+
+
+class Timeout(Exception):
+    """The request took longer than ``request_timeout_s``."""
+
+
+# exception -> (status, how its message reads in "detail", headers)
+STATUS: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
+    BadRequest: (400, "{}", None),
+    Unauthorized: (401, "{}", {"WWW-Authenticate": "Bearer"}),
+    NotFound: (404, "{}", None),
+    BodyTooLarge: (413, "{}", None),
+    UnsupportedMediaType: (415, "{}", None),
+    InvalidInput: (422, "{}", None),
+    ImageError: (422, "{}", None),  # undecodable images, images over the pixel or aspect-ratio limits
+    QueueFull: (429, "The server is busy: {}; retry later", {"Retry-After": "1"}),
+    Timeout: (504, "{}", None),
+}
+
+DESCRIPTIONS = {
+    400: "The body is not valid JSON, multipart or base64",
+    401: "Missing or wrong bearer token",
+    404: "Not found",
+    413: "The body is over the size limit",
+    415: "Unsupported content type",
+    422: "The request's values cannot be used",
+    429: "The server is busy; retry later",
+    503: "Not ready",
+    504: "The request took too long",
+}
+
+
+def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Registers the table, and the validation errors of paths and parameters, as the app's exception handlers."""
+    for exc_type in STATUS:
+        app.add_exception_handler(exc_type, _respond)
+    app.add_exception_handler(RequestValidationError, _invalid_parameters)
+
+
+async def _respond(request: Request, exc: Exception) -> JSONResponse:
+    status, detail, headers = next(entry for kind, entry in STATUS.items() if isinstance(exc, kind))
+    return error(status, detail.format(exc), headers)
+
+
+async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error(422, validation_message(exc.errors()))
+
+
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic's errors as one line: ``where: what`` for the first few."""
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "path", "query"))
+        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "; ".join(parts) or "Invalid request"

@@ -1,0 +1,52 @@
+"""What operators and browsers use: liveness and readiness probes, Prometheus metrics, and the search page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+
+from altclip.server.schemas import HealthResponse, ReadyResponse
+from altclip.server.service import Service, get_service
+
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+}
+
+router = APIRouter()
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+@router.get("/healthz", summary="The process is alive", response_model=HealthResponse)
+async def healthz() -> HealthResponse:
+    return HealthResponse(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="The model is loaded and warmed up, and the server is not draining",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "Not ready: loading, or draining after SIGTERM"}},
+)
+async def readyz(service: ServiceDep) -> JSONResponse:
+    ready = service.ready and not service.draining
+    body = ReadyResponse(ready=ready, draining=service.draining)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(service: ServiceDep) -> PlainTextResponse:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    data = service.metrics.exposition(service.queue_depths())
+    return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
+

@@ -1,0 +1,135 @@
+"""The ``/v1`` API: embeddings, zero-shot classification, similarity, index search and thumbnails (``router``, behind
+the bearer token when the server has one), and ``/v1/info`` (``public``, open: the page asks it whether it needs a
+token)."""
+
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from fastapi.responses import Response
+
+from altclip.server.inputs import body
+from altclip.server.openapi import errors, request_body
+from altclip.server.schemas import (
+    ClassifyForm,
+    ClassifyRequest,
+    ClassifyResponse,
+    EmbeddingsResponse,
+    ImagesForm,
+    ImagesRequest,
+    IndexInfo,
+    InfoResponse,
+    Limits,
+    SearchForm,
+    SearchRequest,
+    SearchResponse,
+    SimilarityRequest,
+    SimilarityResponse,
+    TextsRequest,
+)
+from altclip.server.service import Service, get_service
+
+router = APIRouter(prefix="/v1")
+public = APIRouter(prefix="/v1")
+ServiceDep = Annotated[Service, Depends(get_service)]
+BODY_ERRORS = (400, 413, 415, 422)  # every endpoint that reads a body
+MODEL_ERRORS = (429, 504)  # every endpoint that runs the model
+
+
+class JPEGResponse(Response):
+    media_type = "image/jpeg"
+
+
+@router.post(
+    "/embed/text",
+    summary="Unit-norm embeddings of texts",
+    response_model=EmbeddingsResponse,
+    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    openapi_extra=request_body(TextsRequest),
+)
+async def embed_text(service: ServiceDep, payload: TextsRequest = Depends(body(TextsRequest))) -> EmbeddingsResponse:
+    vectors = await service.embed_texts(payload.texts)
+    return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
+
+
+@router.post(
+    "/embed/image",
+    summary="Unit-norm embeddings of images",
+    response_model=EmbeddingsResponse,
+    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    openapi_extra=request_body(ImagesRequest, ImagesForm),
+)
+async def embed_image(
+    service: ServiceDep, payload: ImagesRequest | ImagesForm = Depends(body(ImagesRequest, ImagesForm))
+) -> EmbeddingsResponse:
+    vectors = await service.embed_images(payload.image_bytes())
+    return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
+
+
+@router.post(
+    "/classify",
+    summary="Zero-shot classification of one image against labels",
+    response_model=ClassifyResponse,
+    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    openapi_extra=request_body(ClassifyRequest, ClassifyForm),
+)
+async def classify(
+    service: ServiceDep, payload: ClassifyRequest | ClassifyForm = Depends(body(ClassifyRequest, ClassifyForm))
+) -> ClassifyResponse:
+    ranked = await service.classify(payload.image_bytes()[0], payload.labels, payload.templates)
+    return ClassifyResponse(labels=ranked)
+
+
+@router.post(
+    "/similarity",
+    summary="Image-text similarity matrix",
+    response_model=SimilarityResponse,
+    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    openapi_extra=request_body(SimilarityRequest),
+)
+async def similarity(
+    service: ServiceDep, payload: SimilarityRequest = Depends(body(SimilarityRequest))
+) -> SimilarityResponse:
+    scores = await service.similarity(payload.texts, payload.image_bytes())
+    return SimilarityResponse(**{key: value.tolist() for key, value in scores.items()})
+
+
+@router.post(
+    "/search",
+    summary="Search the index by text or by image",
+    response_model=SearchResponse,
+    responses=errors(*BODY_ERRORS, 404, *MODEL_ERRORS),
+    openapi_extra=request_body(SearchRequest, SearchForm),
+)
+async def search(
+    service: ServiceDep, payload: SearchRequest | SearchForm = Depends(body(SearchRequest, SearchForm))
+) -> SearchResponse:
+    hits = await service.search(payload.query, payload.image_bytes(), payload.top_k)
+    results = [{"id": h.id, "score": h.score, "name": FilePath(h.path).name, "duplicates": len(h.duplicates)} for h in hits]
+    return SearchResponse(results=results)
+
+
+@router.get(
+    "/thumbnails/{file_id}",
+    summary="A JPEG thumbnail of an indexed image, by its id",
+    response_class=JPEGResponse,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "The thumbnail"}, **errors(404, 422)},
+)
+async def thumbnail(service: ServiceDep, file_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> JPEGResponse:
+    data = await service.thumbnail(file_id)
+    return JPEGResponse(data, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@public.get("/info", summary="The model, the index, and whether the API needs a token", response_model=InfoResponse)
+async def info(service: ServiceDep) -> InfoResponse:
+    settings, embedder = service.settings, service.embedder
+    images = await service.indexed_images()
+    return InfoResponse(
+        model=embedder.name if embedder else settings.model,
+        dim=embedder.dim if embedder else None,
+        index=None if images is None else IndexInfo(images=images),
+        auth=settings.token is not None,
+        limits=Limits(max_items=settings.max_items, max_body_bytes=settings.max_body_bytes),
+    )

@@ -1,0 +1,110 @@
+"""The service's settings: one typed object, read (highest first) from command-line flags, ``ALTCLIP_<NAME>``
+environment variables, a JSON or TOML file (``--config``), and the defaults here."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    JsonConfigSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from altclip.registry import DEFAULT_MODEL
+
+
+class ServerSettings(BaseSettings):
+    """``ServerSettings(**values)`` reads the environment too; ``ServerSettings.load(config, **flags)`` adds a file."""
+
+    model_config = SettingsConfigDict(env_prefix="ALTCLIP_", extra="forbid")
+
+    model: str = DEFAULT_MODEL
+    index: str | None = None  # an index folder to search; without one, /v1/search answers 404
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str | None = None  # default: a GPU where there is one (altclip.devices)
+    dtype: str | None = None
+    max_batch_size: int = Field(32, ge=1)  # items per model call
+    max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits for more items after its first
+    max_queue: int = Field(256, ge=1)  # items waiting per modality; beyond that requests get 429
+    request_timeout_s: float = Field(30.0, gt=0)  # per request; then 504
+    max_body_bytes: int = Field(20 * 2**20, ge=1)  # then 413
+    max_items: int = Field(64, ge=1)  # texts, images or labels per request; then 422
+    max_text_chars: int = Field(4000, ge=1)
+    max_pixels: int = Field(40_000_000, ge=1)  # per image, checked before decoding
+    max_aspect_ratio: float = Field(50.0, ge=1)
+    token: str | None = None  # bearer token for /v1/*; None leaves the API open
+    cors_origins: Annotated[list[str], NoDecode] = []  # none: CORS off; from the environment: comma-separated
+    thumbnail_size: int = Field(256, ge=16)
+    drain_seconds: float = Field(0.0, ge=0)  # after SIGTERM, keep serving with /readyz false this long
+    access_log: bool = False  # uvicorn's log line per request
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _Environment(settings_cls, os.environ)
+
+    @classmethod
+    def load(
+        cls, config_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, **flags: Any
+    ) -> ServerSettings:
+        """Flags given (not None), then ``ALTCLIP_*`` variables of ``env`` (default ``os.environ``), then the file."""
+        sources: list[PydanticBaseSettingsSource] = [
+            InitSettingsSource(cls, {k: v for k, v in flags.items() if v is not None}),
+            _Environment(cls, os.environ if env is None else env),
+        ]
+        if config_file:
+            sources.append(_config_file(cls, Path(config_file)))
+        return cls(_build_sources=(tuple(sources), {}))
+
+    def public(self) -> dict[str, Any]:
+        """The settings to log: the token masked."""
+        return {**self.model_dump(), "token": "***" if self.token else None}
+
+
+class _Environment(InitSettingsSource):
+    """The ``ALTCLIP_<NAME>`` variables (any case) of ``environ`` as text, which validation turns into the settings'
+    types ("8000" -> 8000, "false" -> False, "a,b" -> ["a", "b"])."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]):
+        prefix = settings_cls.model_config["env_prefix"].lower()
+        lowered = {k.lower(): v for k, v in environ.items()}
+        values = {name: lowered[prefix + name] for name in settings_cls.model_fields if prefix + name in lowered}
+        super().__init__(settings_cls, values)
+
+
+def _config_file(cls: type[ServerSettings], path: Path) -> InitSettingsSource:
+    """A JSON or TOML file of settings; an error naming any key that is not a setting."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such settings file")
+    source = (
+        TomlConfigSettingsSource(cls, toml_file=path)
+        if path.suffix == ".toml"
+        else JsonConfigSettingsSource(cls, json_file=path)
+    )
+    unknown = set(source.init_kwargs) - set(cls.model_fields)
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {', '.join(sorted(unknown))}")
+    return source
