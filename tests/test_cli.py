@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 import altclip
-from altclip.cli import build, expand_multi_value_options
+from altclip.cli import build
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -24,9 +24,7 @@ def run(checkpoint):
 
     def invoke(*args: str, model: bool = True):
         env = {"ALTCLIP_MODEL": str(checkpoint)} if model else {}
-        return runner.invoke(
-            build(), expand_multi_value_options([str(a) for a in args]), env=env, catch_exceptions=False
-        )
+        return runner.invoke(build(), [str(a) for a in args], env=env, catch_exceptions=False)
 
     return invoke
 
@@ -174,8 +172,20 @@ def test_demo_runs(run, tmp_path):
     assert "random weights" in result.stderr
 
 
-def test_expand_multi_value_options():
-    assert expand_multi_value_options(["classify", "a.jpg", "--labels", "cat", "a dog", "--top-k", "2"]) == [
-        "classify", "a.jpg", "--labels", "cat", "--labels", "a dog", "--top-k", "2",
-    ]  # fmt: skip
-    assert expand_multi_value_options(["--texts", "-1 degrees", "x"]) == ["--texts", "-1 degrees", "--texts", "x"]
+def test_repeated_options_and_the_deprecated_several_values_form(run, tmp_path):
+    """One value per option is the syntax; several values after one option still work, with a warning."""
+    cat, rocket = PHOTOS / "cat.jpg", PHOTOS / "rocket-launch.jpg"
+    explicit = run("classify", cat, rocket, "-l", "猫", "-l", "a rocket", "--templates", "none", "--json")
+    assert explicit.exit_code == 0 and "deprecated" not in explicit.stderr
+    old = run("classify", cat, rocket, "--labels", "猫", "a rocket", "--templates", "none", "--json")
+    assert old.exit_code == 0 and "several values after one --labels are deprecated" in old.stderr
+    assert json.loads(old.stdout) == json.loads(explicit.stdout)
+    texts = run("similarity", "-i", cat, "-t", "-1 degrees", "-t", "x", "--json")
+    assert json.loads(texts.stdout)["texts"] == ["-1 degrees", "x"]
+    # Other options take one value and words after them stay where they are: a caption file, then a folder.
+    captions = tmp_path / "captions.txt"
+    captions.write_text("一只猫\na dog\n", encoding="utf-8")
+    make_images(tmp_path / "photos", 2)
+    result = run("embed", "--texts", captions, tmp_path / "photos", "--output", tmp_path / "emb", "--json")
+    assert result.exit_code == 0, result.output
+    assert (json.loads(result.stdout)["images"], json.loads(result.stdout)["texts"]) == (2, 2)

@@ -48,10 +48,13 @@ class ContrastiveModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(text embeddings, image embeddings, logit scale); ``images`` are pixels, or cached embeddings when the
         image tower is frozen."""
-        text = F.normalize(self.model.text_projection(self.model.text_model.pooled(input_ids, attention_mask)), dim=-1)
+        text = F.normalize(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask), dim=-1)
         if self.train_vision:
-            images = F.normalize(self.model.visual_projection(self.model.vision_model(images).pooler_output), dim=-1)
+            images = F.normalize(self.model.get_image_features(pixel_values=images), dim=-1)
         return text, images, self.model.logit_scale.clamp(max=MAX_LOGIT_SCALE)
+
+    def encoder_layers(self) -> list[nn.Module]:
+        return self.model.encoder_layers()
 
 
 def gather(x: torch.Tensor, d: Distributed) -> torch.Tensor:

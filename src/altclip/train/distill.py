@@ -39,6 +39,9 @@ class Student(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.text.pooled(input_ids, attention_mask)
 
+    def encoder_layers(self) -> nn.ModuleList:
+        return self.text.encoder_layers()
+
 
 def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
     """A registered shape (random weights), an AltCLIP checkpoint (its text tower), or an XLM-R checkpoint."""

@@ -28,6 +28,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from altclip.devices import resolve_device
+from altclip.pretrained import PreTrainedModel
+from altclip.progress import Progress
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, unusable data); the message says what to do."""
@@ -80,7 +84,7 @@ def setup_distributed(device: str) -> Distributed:
 
 def setup_device(config: TrainConfig) -> tuple[str, Distributed]:
     """The device this process trains on (its own GPU under torchrun) and its place among the processes."""
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(config.device)
     dist_info = setup_distributed(device)
     if device == "cuda":
         device = f"cuda:{dist_info.local_rank}"
@@ -119,19 +123,11 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def set_dropout(model: nn.Module, p: float) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = p
-        elif hasattr(module, "dropout") and isinstance(module.dropout, float):  # our attention's probability dropout
-            module.dropout = p
-
-
 class Trainer:
     """Runs ``loss_fn(model, batch) -> (loss, metrics)`` over ``batch_fn(indices) -> batch`` for ``config.steps``.
 
     ``model`` is the module whose trainable parameters are optimized; ``save_fn(model, directory)`` writes the
-    final, usable checkpoint.
+    final, usable checkpoint. ``model.encoder_layers()`` gives the layers FSDP shards one at a time.
     """
 
     def __init__(
@@ -153,7 +149,9 @@ class Trainer:
         if dataset_size < 1:
             raise TrainingError("The training data is empty (after skipping unusable samples)")
         if config.dropout is not None:
-            set_dropout(model, config.dropout)
+            for module in model.modules():
+                if isinstance(module, PreTrainedModel):
+                    module.set_dropout(config.dropout)
         if config.gradient_checkpointing:
             for module in model.modules():
                 if hasattr(module, "gradient_checkpointing_enable"):
@@ -191,10 +189,8 @@ class Trainer:
             self._template = copy.deepcopy(model).to("meta")
             # FSDP2 cannot shard 0-d parameters (logit_scale): they stay replicated, their gradients averaged here.
             self._replicated = {p for p in model.parameters() if p.dim() == 0}
-            for module in model.modules():
-                if isinstance(getattr(module, "layers", None), nn.ModuleList):
-                    for layer in module.layers:
-                        fully_shard(layer)
+            for layer in model.encoder_layers():
+                fully_shard(layer)
             fully_shard(model, ignored_params=self._replicated)
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -284,7 +280,7 @@ class Trainer:
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         self.wrapped.train()
         start, samples, last = time.perf_counter(), 0, None
-        progress = _progress(config.steps, self.step, enabled=config.progress and self.dist.main)
+        progress = Progress("training", total=config.steps, done=self.step, enabled=config.progress and self.dist.main, lines=False)
         while self.step < config.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(self.step, config)
@@ -324,7 +320,7 @@ class Trainer:
                 last |= {"samples_per_s": round(samples / elapsed, 2), "elapsed_s": round(elapsed, 2)}
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(last) + "\n")
-            progress(self.step, last)
+            progress(self.step, config.steps, f"loss {last['loss']:.4f}")
             if self.step % config.save_every == 0 or self.step == config.steps:
                 self.save_checkpoint()
         progress.close()
@@ -386,38 +382,6 @@ def _restore_random_states(state: dict[str, torch.Tensor]) -> None:
     )
     gauss_next = state["python_gauss"].item()
     random.setstate((3, tuple(state["python"].tolist()), None if math.isnan(gauss_next) else gauss_next))
-
-
-class _progress:
-    """A rich progress bar on a terminal; quiet otherwise (the metrics log has the numbers)."""
-
-    def __init__(self, total: int, done: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.console import Console
-
-            console = Console(stderr=True)
-            if console.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-                self.bar = Progress(
-                    TextColumn("training"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.fields[loss]}"),
-                    TimeRemainingColumn(),
-                    console=console,
-                )
-                self.bar.start()
-                self.task = self.bar.add_task("train", total=total, completed=done, loss="")
-
-    def __call__(self, step: int, metrics: dict | None) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"loss {metrics['loss']:.4f}" if metrics else "")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def plot_metrics(metrics_path: Path, out: Path, keys: Sequence[str] = ()) -> Path | None:

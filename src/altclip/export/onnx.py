@@ -29,15 +29,14 @@ FP32_TOLERANCE = 1e-4
 
 
 class TextGraph(nn.Module):
-    """input_ids, attention_mask (B, T) -> text_embeds (B, projection_dim): the padded path, traceable."""
+    """input_ids, attention_mask (B, T) -> text_embeds (B, projection_dim): the unpacked path, traceable."""
 
     def __init__(self, model: AltCLIPModel):
         super().__init__()
-        self.text, self.projection = model.text_model, model.text_projection
+        self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h, _, _ = self.text.encode(input_ids, attention_mask)
-        return self.projection(self.text.transformation(self.text.final_norm(h[:, 0])))
+        return self.model.text_projection(self.model.text_model.pooled(input_ids, attention_mask, packed=False))
 
 
 class VisionGraph(nn.Module):
@@ -45,10 +44,10 @@ class VisionGraph(nn.Module):
 
     def __init__(self, model: AltCLIPModel):
         super().__init__()
-        self.vision, self.projection = model.vision_model, model.visual_projection
+        self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.vision(pixel_values).pooler_output)
+        return self.model.get_image_features(pixel_values=pixel_values)
 
 
 def _probe_texts(vocab: int, max_positions: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from altclip.cli import EXIT_MODEL, EXIT_USAGE, DeviceOpt, JsonOpt, app, emit_json, err, fail
+from altclip.cli.common import EXIT_ERROR, EXIT_MODEL, EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail
 
+app = typer.Typer()
 export_app = typer.Typer(help="Export a model for other runtimes.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
@@ -94,7 +95,7 @@ def export_onnx_command(
     except ImportError as e:
         fail(f"{e}. Export needs: pip install 'altclip[onnx]'", EXIT_USAGE)
     except RuntimeError as e:
-        fail(str(e), 1)
+        fail(str(e), EXIT_ERROR)
     if as_json:
         emit_json(manifest)
         return

@@ -18,52 +18,27 @@ import json
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from altclip.files import IMAGE_SUFFIXES
-
-
-def classification_metrics(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Top-1 and top-5 accuracy and the mean over classes of per-class recall, from (N, C) scores."""
-    order = np.argsort(-scores, axis=1)
-    top1 = order[:, 0] == labels
-    top5 = (order[:, : min(5, scores.shape[1])] == labels[:, None]).any(axis=1)
-    recalls = [top1[labels == c].mean() for c in np.unique(labels)]
-    return {"acc1": float(top1.mean()), "acc5": float(top5.mean()), "mean_per_class_recall": float(np.mean(recalls))}
-
-
-def retrieval_metrics(
-    image_embeds: np.ndarray, text_embeds: np.ndarray, text_image: np.ndarray, ks=(1, 5, 10)
-) -> dict[str, float]:
-    """Recall@k both ways (the CLIP paper's definition). ``text_image[t]`` is the image caption ``t`` describes."""
-    similarity = text_embeds @ image_embeds.T  # (texts, images)
-    # A caption finds its image: the image's rank among all images for that caption.
-    target = similarity[np.arange(len(text_image)), text_image][:, None]
-    image_rank = (similarity > target).sum(axis=1)
-    # An image finds a caption: the best rank among its captions.
-    by_image = similarity.T  # (images, texts)
-    text_rank = np.full(len(image_embeds), len(text_embeds))
-    for t, i in enumerate(text_image):
-        text_rank[i] = min(text_rank[i], int((by_image[i] > by_image[i, t]).sum()))
-    described = np.unique(text_image)
-    metrics = {}
-    for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = float((image_rank < k).mean())
-        metrics[f"text_retrieval_recall@{k}"] = float((text_rank[described] < k).mean())
-    metrics["mean_recall"] = float(np.mean(list(metrics.values())))
-    return metrics
+from altclip import zeroshot
+from altclip.evaluate.metrics import classification_metrics, retrieval_metrics
+from altclip.files import is_image_name
+from altclip.inference import Embedder
 
 
 def zero_shot_classification(
-    embedder, dataset: str | Path, *, classnames: dict[str, str] | None = None, templates: Any = "auto"
+    embedder: Embedder,
+    dataset: str | Path,
+    *,
+    classnames: dict[str, str] | None = None,
+    templates: zeroshot.Templates = "auto",
 ) -> dict[str, Any]:
-    """An image-folder dataset (one folder per class) classified against its class names in prompt templates."""
-    from altclip.inference import zero_shot_classifier
-    from altclip.templates import TEMPLATES, guess_language, templates_for
-
+    """An image-folder dataset (one folder per class) classified against its class names in prompt templates
+    (``templates`` as ``altclip.zeroshot`` describes them)."""
     root = Path(dataset)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
@@ -72,31 +47,29 @@ def zero_shot_classification(
     paths, labels = [], []
     for label, c in enumerate(classes):
         for path in sorted((root / c).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if is_image_name(path.name):
                 paths.append(path)
                 labels.append(label)
-    if templates == "auto":
-        chosen = [list(TEMPLATES[guess_language(n)]) for n in names]
-    elif templates in (None, "none"):
-        chosen = ["{}"]  # the class names alone
-    elif isinstance(templates, str):
-        chosen = list(templates_for(templates))
-    else:
-        chosen = list(templates)
-    skipped: Counter = Counter()
-    image_embeds, kept, failed = embedder.embed_readable(paths)
-    skipped["unreadable image"] += len(failed)
-    classifier = zero_shot_classifier(embedder.model, embedder.processor, names, chosen).cpu().numpy()
-    metrics = classification_metrics(image_embeds @ classifier.T, np.array(labels)[kept])
-    count = len(chosen[0]) if chosen and isinstance(chosen[0], list) else len(chosen)
+    probs, kept, failed = zero_shot_scores(embedder, paths, names, templates)
     return {
         "task": "zeroshot_classification",
-        "metrics": metrics,
+        "metrics": classification_metrics(probs, np.array(labels)[kept]),
         "samples": len(kept),
         "classes": len(classes),
-        "skipped": dict(skipped),
-        "templates": count,
+        "skipped": {"unreadable image": len(failed)},
+        "templates": len(zeroshot.label_prompts(names[:1], templates)[0]),
     }
+
+
+def zero_shot_scores(
+    embedder: Embedder, images: Sequence[Any], labels: Sequence[str], templates: zeroshot.Templates = "auto"
+) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """(readable images, labels) zero-shot probabilities, the same the pipeline and the service give; the indices
+    of the readable images; (index, reason) for the others."""
+    prompts = zeroshot.label_prompts(labels, templates)
+    image_embeds, kept, failed = embedder.embed_readable(images)
+    probs = embedder.scores(image_embeds, embedder.zero_shot_classifier(prompts))["probs"]
+    return probs, kept, failed
 
 
 def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None = None) -> dict[str, Any]:

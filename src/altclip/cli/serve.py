@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
-from altclip.cli import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, app, err, fail, load_embedder
+from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, err, fail, load_embedder
+
+app = typer.Typer()
 
 
 @app.command()
@@ -47,6 +49,7 @@ def serve(
     drain_seconds: Annotated[
         float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [0]")
     ] = None,
+    access_log: Annotated[bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [off]")] = None,
 ) -> None:
     """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.
     Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""
@@ -76,6 +79,7 @@ def serve(
             token=token,
             cors_origins=cors_origins or None,
             drain_seconds=drain_seconds,
+            access_log=access_log,
         )
     except (OSError, ValueError, TypeError) as e:
         fail(f"Bad settings: {e}", EXIT_USAGE)

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from altclip.cli import (
+from altclip.cli.common import (
     EXIT_INDEX,
     EXIT_INPUT,
     EXIT_USAGE,
@@ -20,16 +20,18 @@ from altclip.cli import (
     IndexOpt,
     JsonOpt,
     ModelOpt,
-    Progress,
-    app,
     emit_json,
     err,
     fail,
     load_embedder,
     out,
 )
+from altclip.files import IMAGE_SUFFIXES
 from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
+from altclip.progress import Progress
 from altclip.registry import is_random
+
+app = typer.Typer()
 
 StoreOpt = Annotated[
     str | None,
@@ -119,7 +121,7 @@ def index_command(
             fail(str(e), EXIT_INDEX)
         if report.found == 0 and not report.failed:
             err.print(
-                f"[yellow]No image files under {', '.join(map(str, folders))}[/] (looked for .jpg, .png, .webp, ...)"
+                f"[yellow]No image files under {', '.join(map(str, folders))}[/] (looked for {', '.join(IMAGE_SUFFIXES)})"
             )
         _report(report, idx, as_json)
 
@@ -263,7 +265,7 @@ def demo(
     table = Table(title="Zero-shot classification", title_justify="left")
     for column in ("photo", "top label", "score", "second", "score "):
         table.add_column(column)
-    chosen = sorted(photos.glob("*.jp*g"))[:3]
+    chosen = sorted(photos.glob("*.jp*g"))[:3]  # a few photos, in a stable order
     for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto")):
         table.add_row(
             path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"

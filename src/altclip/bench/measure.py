@@ -165,13 +165,16 @@ def benchmark(
     *,
     shape: str = "tiny",
     checkpoint: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     workload: Workload | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Runs each engine in a worker process on the same checkpoint (a random one of ``shape`` unless given)."""
+    """Runs each engine in a worker process on the same checkpoint (a random one of ``shape`` unless given), on
+    ``device`` (default: a GPU where there is one)."""
+    from altclip.devices import resolve_device
     from altclip.registry import write_random_checkpoint
 
+    device = resolve_device(device)
     w = workload or Workload()
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
@@ -238,7 +241,3 @@ def _versions() -> dict[str, str]:
         pass
     return versions
 
-
-if __name__ == "__main__":  # worker: python -m altclip.bench ENGINE CHECKPOINT DEVICE WORKLOAD_JSON PROBE_OUT
-    engine, checkpoint, device, workload, probe_out = sys.argv[1:6]
-    print(json.dumps(run_engine(engine, checkpoint, device, Workload(**json.loads(workload)), probe_out)))

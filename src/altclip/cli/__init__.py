@@ -1,0 +1,38 @@
+"""The ``altclip`` command. Each module owns its commands (a Typer app); ``build`` adds them to one app.
+
+    common.py       exit codes, shared options, loading the model (imports no command module)
+    predict.py      classify, similarity              checkpoints.py   models, random-checkpoint
+    index.py        index, search, embed, demo        serve.py         serve
+    train.py        train distill|contrastive          evaluate.py      eval zeroshot|retrieval
+    deploy.py       quantize, export onnx              bench.py         bench
+"""
+
+from __future__ import annotations
+
+import typer
+
+from altclip.cli import bench, checkpoints, deploy, evaluate, index, predict, serve, train
+from altclip.cli.common import err
+
+COMMANDS = (predict, index, serve, train, evaluate, deploy, bench, checkpoints)
+
+
+def build() -> typer.Typer:
+    """The ``altclip`` app with every command."""
+    app = typer.Typer(
+        help="AltCLIP: multilingual image-text embeddings, zero-shot classification and image search.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for module in COMMANDS:
+        app.add_typer(module.app)
+    return app
+
+
+def main() -> None:
+    try:
+        build()()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None

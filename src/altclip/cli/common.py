@@ -1,0 +1,126 @@
+"""What the commands share: exit codes, the common options, output, loading the model, and the options that still
+take the deprecated ``--labels a b c`` form. Command modules import this; it imports none of them.
+
+Exit codes: 0 success, 1 unexpected error, 2 bad usage or input (a missing file, an empty query), 3 the model
+could not be loaded, 4 an image or text could not be used, 5 the index does not fit the model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperCommand
+
+from altclip.registry import DEFAULT_MODEL
+
+EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_INDEX = 1, 2, 3, 4, 5
+
+out = Console()
+err = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", "-m", envvar="ALTCLIP_MODEL", help=f"Hub id or checkpoint folder [default: {DEFAULT_MODEL}]"),
+]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... [default: cuda if available]")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact, default), bfloat16 or float16")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images or texts per model call")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout")]
+IndexOpt = Annotated[
+    Path | None, typer.Option("--index", help="Index folder [default: $ALTCLIP_INDEX or the user data dir]")
+]
+TEMPLATES_HELP = (
+    "Prompts: 'auto' (the built-in set of each label's language), 'none' (the label alone), a language code "
+    "(en, zh, ...), or a file of templates with '{}', one per line"
+)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+
+
+def load_embedder(model: str | None, device: str | None, dtype: str | None, batch_size: int = 32):
+    """The model, its processor and an Embedder, or a clear exit when the model cannot be had."""
+    from altclip import CheckpointError, CheckpointNotFoundError
+    from altclip.devices import resolve_device
+    from altclip.inference import Embedder
+    from altclip.pipeline import load
+
+    name = model or DEFAULT_MODEL
+    if Path(name).exists():
+        name = str(Path(name).resolve())
+    if not Path(name).exists():
+        err.print(f"Loading {name} (downloaded into the Hugging Face cache on first use)...", highlight=False)
+    try:
+        loaded, processor = load(name, device=resolve_device(device), dtype=dtype)
+    except CheckpointNotFoundError as e:
+        fail(
+            f"{e}\nTo try things out without downloads, write a small random checkpoint and point at it:\n"
+            "  altclip random-checkpoint ./checkpoints/tiny\n"
+            "  ALTCLIP_MODEL=./checkpoints/tiny altclip ...",
+            EXIT_MODEL,
+        )
+    except (CheckpointError, ValueError, OSError) as e:
+        fail(f"Could not load {name}: {e}", EXIT_MODEL)
+    return Embedder(loaded, processor, name, batch_size=batch_size)
+
+
+def read_templates(value: str) -> str | list[str]:
+    """A ``--templates`` value: a file of templates (one per line) as a list, else the mode or language code."""
+    path = Path(value)
+    if path.is_file():
+        return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    return value
+
+
+def several_values(*options: str) -> type[TyperCommand]:
+    """A command class for which ``OPTION a b c`` still means ``OPTION a OPTION b OPTION c`` for the named options,
+    with a deprecation warning. Each option takes one value; the form with several values after one option is
+    kept for old command lines, and reads every word up to the next option as a value."""
+
+    class Command(TyperCommand):
+        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, _repeat_options(args, set(options)))
+
+    return Command
+
+
+def _repeat_options(args: list[str], options: set[str]) -> list[str]:
+    result: list[str] = []
+    current, extra = None, []
+    for arg in args:
+        if arg == "--":
+            current = None
+            result.append(arg)
+        elif arg in options:
+            current = arg
+            result.append(arg)
+            taken = 0
+        elif current is not None and not (arg.startswith("-") and len(arg) > 1 and not arg[1:2].isdigit()):
+            if taken:
+                result.append(current)
+                extra.append((current, arg))
+            result.append(arg)
+            taken += 1
+        else:
+            current = None
+            result.append(arg)
+    if extra:
+        names = sorted({name for name, _ in extra})
+        err.print(
+            f"[yellow]warning:[/] several values after one {'/'.join(names)} are deprecated; repeat the option for "
+            f"each value instead (for example --labels cat --labels dog, or -l cat -l dog)",
+            highlight=False,
+        )
+    return result

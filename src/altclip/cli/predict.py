@@ -1,0 +1,103 @@
+"""``altclip classify`` and ``altclip similarity``: a model's answers about images and texts you give it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from altclip.cli.common import (
+    EXIT_INPUT,
+    EXIT_USAGE,
+    TEMPLATES_HELP,
+    BatchOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    emit_json,
+    fail,
+    load_embedder,
+    out,
+    read_templates,
+    several_values,
+)
+
+app = typer.Typer()
+
+
+@app.command(cls=several_values("--labels", "-l"))
+def classify(
+    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    labels: Annotated[
+        list[str], typer.Option("--labels", "-l", help="A candidate label, in any language (repeat for each label)")
+    ],
+    top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image")] = 5,
+    templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchOpt = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """Zero-shot classification of images against labels you type."""
+    from altclip import ImageError
+    from altclip.pipeline import ZeroShotImageClassificationPipeline
+
+    labels = [label for label in labels if label.strip()]
+    if not labels:
+        fail("Give at least one non-empty label with --labels", EXIT_USAGE)
+    embedder = load_embedder(model, device, dtype, batch_size)
+    pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor, batch_size=batch_size)
+    try:
+        results = pipe([str(p) for p in images], candidate_labels=labels, templates=read_templates(templates), top_k=top_k)
+    except ImageError as e:
+        fail(str(e), EXIT_INPUT)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    if as_json:
+        emit_json([{"image": str(p), "labels": r} for p, r in zip(images, results)])
+        return
+    table = Table()
+    for column in ("image", "label", "score"):
+        table.add_column(column, justify="right" if column == "score" else "left")
+    for path, ranked in zip(images, results):
+        for i, r in enumerate(ranked):
+            table.add_row(
+                str(path) if i == 0 else "", r["label"], f"{r['score']:.4f}", end_section=i == len(ranked) - 1
+            )
+    out.print(table)
+
+
+@app.command(cls=several_values("--images", "-i", "--texts", "-t"))
+def similarity(
+    images: Annotated[list[Path], typer.Option("--images", "-i", help="An image file (repeat for each image)")],
+    texts: Annotated[list[str], typer.Option("--texts", "-t", help="A text, in any language (repeat for each text)")],
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    batch_size: BatchOpt = 16,
+    as_json: JsonOpt = False,
+) -> None:
+    """The image-text similarity matrix: per image, the probability of each text (softmax of the logits)."""
+    if not texts or not any(t.strip() for t in texts):
+        fail("Give at least one non-empty text with --texts", EXIT_USAGE)
+    embedder = load_embedder(model, device, dtype, batch_size)
+    try:
+        image_embeds = embedder.embed_images([str(p) for p in images])
+        text_embeds = embedder.embed_texts(texts)
+    except ValueError as e:  # an unreadable image (ImageError) or text
+        fail(str(e), EXIT_INPUT)
+    scores = embedder.scores(image_embeds, text_embeds)
+    if as_json:
+        emit_json({"images": [str(p) for p in images], "texts": texts, **{k: v.tolist() for k, v in scores.items()}})
+        return
+    table = Table(title="P(text | image)", title_justify="left")
+    table.add_column("image")
+    for t in texts:
+        table.add_column(t, justify="right")
+    for path, row in zip(images, scores["probs"]):
+        table.add_row(str(path), *(f"{p:.4f}" for p in row))
+    out.print(table)
