@@ -39,7 +39,11 @@ schemathesis.openapi.media_type("image/jpeg", image_files(("JPEG",)))
 # The multipart `labels` field (its part declared text/plain): labels separated by commas, or a JSON list. Its schema
 # pattern says the same; this strategy stands in for it because Schemathesis' coverage phase fills required text
 # parts of multipart bodies with "" when other parts have custom strategies.
-WORDS = st.text(st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters=',[]"\\'), min_size=1, max_size=12)
+WORDS = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Zs", "Zl", "Zp"), blacklist_characters=',[]"\\'),
+    min_size=1,
+    max_size=12,
+)
 LABELS = st.lists(WORDS, min_size=1, max_size=8)
 schemathesis.openapi.media_type(
     "text/plain",

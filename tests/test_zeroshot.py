@@ -87,7 +87,9 @@ def test_evaluation_reports_the_scores_it_ranks_by(embedder, pipeline, tmp_path)
         (tmp_path / label).mkdir()
         (tmp_path / label / f"{label}.jpg").write_bytes((PHOTOS / f"{label}.jpg").read_bytes())
     result = zero_shot_classification(embedder, tmp_path, templates="en")
-    ranked = [pipeline(PHOTOS / f"{c}.jpg", candidate_labels=["cat", "coffee"], templates="en")[0] for c in ("cat", "coffee")]
+    ranked = [
+        pipeline(PHOTOS / f"{c}.jpg", candidate_labels=["cat", "coffee"], templates="en")[0] for c in ("cat", "coffee")
+    ]
     assert result["metrics"]["acc1"] == sum(r["label"] == c for r, c in zip(ranked, ("cat", "coffee"))) / 2
     assert result["templates"] == len(altclip.templates.TEMPLATES["en"])
 
@@ -95,7 +97,9 @@ def test_evaluation_reports_the_scores_it_ranks_by(embedder, pipeline, tmp_path)
 def test_templates_none_is_transformers_hypothesis_template():
     assert zeroshot.label_prompts(["cat"]) == [["This is a photo of cat."]]
     assert zeroshot.label_prompts(["cat"], "none") == [["cat"]]
-    assert zeroshot.label_prompts(["猫", "cat"], "auto")[0][0] == altclip.templates.TEMPLATES["zh"][0].replace("{}", "猫")
+    assert zeroshot.label_prompts(["猫", "cat"], "auto")[0][0] == altclip.templates.TEMPLATES["zh"][0].replace(
+        "{}", "猫"
+    )
 
 
 def test_labels_go_into_templates_literally():

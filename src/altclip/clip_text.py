@@ -12,7 +12,6 @@ import json
 import os
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -235,29 +234,3 @@ def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig):
         source=f"CLIP checkpoint {clip_path}", ignore=re.compile(r"^text_model\."), missing_ok=re.compile(r"^text_model\."),
     )  # fmt: skip
     return model
-
-
-def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.PathLike) -> Path:
-    """Writes vocab.json and merges.txt of a small CLIP-style BPE tokenizer trained on ``texts`` (for tests and
-    random teachers; real teachers ship their tokenizer)."""
-    from tokenizers import trainers
-
-    tokenizer = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return path

@@ -7,7 +7,7 @@ import torch
 
 
 def default_device() -> str:
-    """"cuda" where PyTorch sees a GPU, else "cpu"."""
+    """ "cuda" where PyTorch sees a GPU, else "cpu"."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

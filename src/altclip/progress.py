@@ -46,7 +46,9 @@ class Progress:
             self._bar.update(self._task, completed=done, total=total or self._bar.tasks[0].total, status=status)
         elif self.lines and (time.monotonic() - self._last > 2 or done == total):
             self._last = time.monotonic()
-            self.console.print(f"{self.description}: {done}/{total}" + (f" {status}" if status else ""), highlight=False)
+            self.console.print(
+                f"{self.description}: {done}/{total}" + (f" {status}" if status else ""), highlight=False
+            )
 
     def close(self) -> None:
         if self._bar is not None:

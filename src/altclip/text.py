@@ -248,7 +248,9 @@ class AltCLIPTextModel(PreTrainedModel):
             attention_mask is not None and attention_mask.shape == input_ids.shape
         )  # else encode says what is wrong
         lengths = attention_mask.sum(1) if shaped and packed else None
-        packed = packed and shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
+        packed = (
+            packed and shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
+        )
         packing = Packing(attention_mask) if packed else None
         h, _, _ = self.encode(input_ids, attention_mask, packing=packing)
         cls = h[packing.first] if packing is not None else h[:, 0]

@@ -90,7 +90,9 @@ def _templates_per_label(labels: list[str], templates: Templates, hypothesis_tem
         if templates == "auto":
             return [TEMPLATES[guess_language(label)] for label in labels]
         if "{}" in templates:
-            raise ValueError(f"templates={templates!r} names no template set; give templates as a list: [{templates!r}]")
+            raise ValueError(
+                f"templates={templates!r} names no template set; give templates as a list: [{templates!r}]"
+            )
         return [templates_for(templates)] * len(labels)
     templates = list(templates)
     if templates and all(isinstance(t, str) for t in templates):

@@ -240,4 +240,3 @@ def _versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
-

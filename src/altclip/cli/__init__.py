@@ -1,10 +1,10 @@
 """The ``altclip`` command. Each module owns its commands (a Typer app); ``build`` adds them to one app.
 
-    common.py       exit codes, shared options, loading the model (imports no command module)
-    predict.py      classify, similarity              checkpoints.py   models, random-checkpoint
-    index.py        index, search, embed, demo        serve.py         serve
-    train.py        train distill|contrastive          evaluate.py      eval zeroshot|retrieval
-    deploy.py       quantize, export onnx              bench.py         bench
+common.py       exit codes, shared options, loading the model (imports no command module)
+predict.py      classify, similarity              checkpoints.py   models, random-checkpoint
+index.py        index, search, embed, demo        serve.py         serve
+train.py        train distill|contrastive          evaluate.py      eval zeroshot|retrieval
+deploy.py       quantize, export onnx              bench.py         bench
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ err = Console(stderr=True)
 
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", envvar="ALTCLIP_MODEL", help=f"Hub id or checkpoint folder [default: {DEFAULT_MODEL}]"),
+    typer.Option(
+        "--model", "-m", envvar="ALTCLIP_MODEL", help=f"Hub id or checkpoint folder [default: {DEFAULT_MODEL}]"
+    ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... [default: cuda if available]")]
 DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact, default), bfloat16 or float16")]

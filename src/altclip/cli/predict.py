@@ -52,7 +52,9 @@ def classify(
     embedder = load_embedder(model, device, dtype, batch_size)
     pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor, batch_size=batch_size)
     try:
-        results = pipe([str(p) for p in images], candidate_labels=labels, templates=read_templates(templates), top_k=top_k)
+        results = pipe(
+            [str(p) for p in images], candidate_labels=labels, templates=read_templates(templates), top_k=top_k
+        )
     except ImageError as e:
         fail(str(e), EXIT_INPUT)
     except ValueError as e:

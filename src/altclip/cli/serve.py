@@ -49,7 +49,9 @@ def serve(
     drain_seconds: Annotated[
         float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [0]")
     ] = None,
-    access_log: Annotated[bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [off]")] = None,
+    access_log: Annotated[
+        bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [off]")
+    ] = None,
 ) -> None:
     """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.
     Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""

@@ -1,15 +1,15 @@
 """The HTTP service (``altclip serve``), as a package:
 
-    settings.py    ServerSettings: flags > ALTCLIP_* environment > JSON/TOML file, typed (pydantic-settings)
-    app.py         create_app: the FastAPI app, its routers, middleware and error handlers
-    run.py         serve: uvicorn, and draining on SIGTERM
-    service.py     Service: the model, batchers, index, classifier cache and metrics behind the routes
-    routes.py      the /v1 API          ops.py    probes, /metrics and the search page (static/)
-    schemas.py     request and response types      inputs.py   reading JSON and multipart bodies into them
-    openapi.py     the OpenAPI document, with the deployment's limits
-    auth.py        bearer token         middleware.py   body limit, request metrics, CORS
-    errors.py      exceptions -> HTTP statuses, in one table
-    batching.py    dynamic batching     metrics.py      Prometheus metrics
+settings.py    ServerSettings: flags > ALTCLIP_* environment > JSON/TOML file, typed (pydantic-settings)
+app.py         create_app: the FastAPI app, its routers, middleware and error handlers
+run.py         serve: uvicorn, and draining on SIGTERM
+service.py     Service: the model, batchers, index, classifier cache and metrics behind the routes
+routes.py      the /v1 API          ops.py    probes, /metrics and the search page (static/)
+schemas.py     request and response types      inputs.py   reading JSON and multipart bodies into them
+openapi.py     the OpenAPI document, with the deployment's limits
+auth.py        bearer token         middleware.py   body limit, request metrics, CORS
+errors.py      exceptions -> HTTP statuses, in one table
+batching.py    dynamic batching     metrics.py      Prometheus metrics
 """
 
 from altclip.server.app import create_app

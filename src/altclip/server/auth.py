@@ -4,18 +4,19 @@ compared in constant time. The app requires it only when the server has a token 
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from altclip.server.errors import Unauthorized
-from altclip.server.service import Service, get_service
+from altclip.server.service import ServiceDep
 
 bearer = HTTPBearer(auto_error=False, description="The token the server was started with (--token, ALTCLIP_TOKEN)")
 
 
 async def require_token(
-    credentials: HTTPAuthorizationCredentials | None = Depends(bearer), service: Service = Depends(get_service)
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)], service: ServiceDep
 ) -> None:
     token = service.settings.token
     if token is None:

@@ -9,12 +9,12 @@ import json
 import typing
 from typing import Any, TypeVar
 
-from fastapi import Depends, HTTPException, Request
-from starlette.datastructures import UploadFile
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
 
 from altclip.server.errors import BadRequest, BodyTooLarge, InvalidInput, UnsupportedMediaType, validation_message
-from altclip.server.service import Service, get_service
+from altclip.server.service import ServiceDep
 from altclip.server.settings import ServerSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -23,7 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 def body(json_model: type[BaseModel], form_model: type[BaseModel] | None = None):
     """A dependency giving the request's body as ``json_model``, or as ``form_model`` when it is a multipart form."""
 
-    async def read(request: Request, service: Service = Depends(get_service)) -> BaseModel:
+    async def read(request: Request, service: ServiceDep) -> BaseModel:
         settings = service.settings
         if _is_json(request, accepts_forms=form_model is not None):
             return validate(json_model, await _json(request), settings)
@@ -82,7 +82,9 @@ async def _form(request: Request, model: type[BaseModel], settings: ServerSettin
 def _file_fields(model: type[BaseModel]) -> frozenset[str]:
     """The fields of a form model that hold files (``format: binary`` in its schema)."""
     properties = model.model_json_schema()["properties"]
-    return frozenset(n for n, p in properties.items() if "binary" in (p.get("format"), p.get("items", {}).get("format")))
+    return frozenset(
+        n for n, p in properties.items() if "binary" in (p.get("format"), p.get("items", {}).get("format"))
+    )
 
 
 async def _part(value: UploadFile | str, binary: bool) -> bytes | str:

@@ -33,9 +33,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def document(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
     """The app's OpenAPI document (made once), with this deployment's limits."""
     if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         app.openapi_schema = _with_limits(schema, settings)
     return app.openapi_schema
 

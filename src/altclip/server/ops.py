@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from altclip.server.schemas import HealthResponse, ReadyResponse
-from altclip.server.service import Service, get_service
+from altclip.server.service import ServiceDep
 
 STATIC = Path(__file__).parent / "static"
 PAGE_HEADERS = {
@@ -18,7 +17,6 @@ PAGE_HEADERS = {
 }
 
 router = APIRouter()
-ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 @router.get("/", include_in_schema=False)
@@ -49,4 +47,3 @@ async def metrics(service: ServiceDep) -> PlainTextResponse:
 
     data = service.metrics.exposition(service.queue_depths())
     return PlainTextResponse(data, media_type=CONTENT_TYPE_LATEST)
-

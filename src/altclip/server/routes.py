@@ -29,11 +29,15 @@ from altclip.server.schemas import (
     SimilarityResponse,
     TextsRequest,
 )
-from altclip.server.service import Service, get_service
+from altclip.server.service import ServiceDep
 
 router = APIRouter(prefix="/v1")
 public = APIRouter(prefix="/v1")
-ServiceDep = Annotated[Service, Depends(get_service)]
+TextsBody = Annotated[TextsRequest, Depends(body(TextsRequest))]
+ImagesBody = Annotated[ImagesRequest | ImagesForm, Depends(body(ImagesRequest, ImagesForm))]
+ClassifyBody = Annotated[ClassifyRequest | ClassifyForm, Depends(body(ClassifyRequest, ClassifyForm))]
+SimilarityBody = Annotated[SimilarityRequest, Depends(body(SimilarityRequest))]
+SearchBody = Annotated[SearchRequest | SearchForm, Depends(body(SearchRequest, SearchForm))]
 BODY_ERRORS = (400, 413, 415, 422)  # every endpoint that reads a body
 MODEL_ERRORS = (429, 504)  # every endpoint that runs the model
 
@@ -49,7 +53,7 @@ class JPEGResponse(Response):
     responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
     openapi_extra=request_body(TextsRequest),
 )
-async def embed_text(service: ServiceDep, payload: TextsRequest = Depends(body(TextsRequest))) -> EmbeddingsResponse:
+async def embed_text(service: ServiceDep, payload: TextsBody) -> EmbeddingsResponse:
     vectors = await service.embed_texts(payload.texts)
     return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
@@ -61,9 +65,7 @@ async def embed_text(service: ServiceDep, payload: TextsRequest = Depends(body(T
     responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
     openapi_extra=request_body(ImagesRequest, ImagesForm),
 )
-async def embed_image(
-    service: ServiceDep, payload: ImagesRequest | ImagesForm = Depends(body(ImagesRequest, ImagesForm))
-) -> EmbeddingsResponse:
+async def embed_image(service: ServiceDep, payload: ImagesBody) -> EmbeddingsResponse:
     vectors = await service.embed_images(payload.image_bytes())
     return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
@@ -75,9 +77,7 @@ async def embed_image(
     responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
     openapi_extra=request_body(ClassifyRequest, ClassifyForm),
 )
-async def classify(
-    service: ServiceDep, payload: ClassifyRequest | ClassifyForm = Depends(body(ClassifyRequest, ClassifyForm))
-) -> ClassifyResponse:
+async def classify(service: ServiceDep, payload: ClassifyBody) -> ClassifyResponse:
     ranked = await service.classify(payload.image_bytes()[0], payload.labels, payload.templates)
     return ClassifyResponse(labels=ranked)
 
@@ -89,9 +89,7 @@ async def classify(
     responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
     openapi_extra=request_body(SimilarityRequest),
 )
-async def similarity(
-    service: ServiceDep, payload: SimilarityRequest = Depends(body(SimilarityRequest))
-) -> SimilarityResponse:
+async def similarity(service: ServiceDep, payload: SimilarityBody) -> SimilarityResponse:
     scores = await service.similarity(payload.texts, payload.image_bytes())
     return SimilarityResponse(**{key: value.tolist() for key, value in scores.items()})
 
@@ -103,11 +101,11 @@ async def similarity(
     responses=errors(*BODY_ERRORS, 404, *MODEL_ERRORS),
     openapi_extra=request_body(SearchRequest, SearchForm),
 )
-async def search(
-    service: ServiceDep, payload: SearchRequest | SearchForm = Depends(body(SearchRequest, SearchForm))
-) -> SearchResponse:
+async def search(service: ServiceDep, payload: SearchBody) -> SearchResponse:
     hits = await service.search(payload.query, payload.image_bytes(), payload.top_k)
-    results = [{"id": h.id, "score": h.score, "name": FilePath(h.path).name, "duplicates": len(h.duplicates)} for h in hits]
+    results = [
+        {"id": h.id, "score": h.score, "name": FilePath(h.path).name, "duplicates": len(h.duplicates)} for h in hits
+    ]
     return SearchResponse(results=results)
 
 

@@ -292,7 +292,9 @@ class _QueryOrImage(BaseModel, json_schema_extra=QUERY_OR_IMAGE):
 
 
 class SearchRequest(_QueryOrImage):
-    query: Annotated[Text, AfterValidator(_query), Field(description="Text to search for", json_schema_extra=_optional)] = None
+    query: Annotated[
+        Text, AfterValidator(_query), Field(description="Text to search for", json_schema_extra=_optional)
+    ] = None
     image: Annotated[Base64Image, Field(description="Or an image to search with", json_schema_extra=_optional)] = None
     top_k: TopK = 10
 
@@ -301,7 +303,9 @@ class SearchRequest(_QueryOrImage):
 
 
 class SearchForm(_QueryOrImage):
-    query: Annotated[Text, AfterValidator(_query), Field(description="Text to search for", json_schema_extra=_optional)] = None
+    query: Annotated[
+        Text, AfterValidator(_query), Field(description="Text to search for", json_schema_extra=_optional)
+    ] = None
     image: Annotated[ImageFile, Field(description="Or an image to search with", json_schema_extra=_optional)] = None
     top_k: TopK = 10
 

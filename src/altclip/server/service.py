@@ -9,11 +9,11 @@ import dataclasses
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from altclip import zeroshot
@@ -158,6 +158,9 @@ def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
 def _load(settings: ServerSettings) -> Embedder:
     from altclip.devices import resolve_device
     from altclip.pipeline import load
@@ -178,4 +181,3 @@ def _thumbnail(path: bytes, size: int) -> bytes:
     except OSError:
         raise NotFound("The indexed image is no longer readable") from None
     return out.getvalue()
-

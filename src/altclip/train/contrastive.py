@@ -18,8 +18,8 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
-from altclip.image_processing import ImageError
 from altclip.files import ordered_map
+from altclip.image_processing import ImageError
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 from altclip.train.data import TarMember, read_pairs

@@ -21,7 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from altclip.files import IMAGE_SUFFIXES
+
 IMAGE_COLUMNS = ("image", "filepath", "path", "file", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title")
 
@@ -205,7 +206,7 @@ def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
         return
     for key, files in sorted(samples.items()):
         report.read += 1
-        image = next((files[e.lstrip(".")] for e in IMAGE_EXTENSIONS if e.lstrip(".") in files), None)
+        image = next((files[e.lstrip(".")] for e in IMAGE_SUFFIXES if e.lstrip(".") in files), None)
         if image is None:
             report.skip("missing image", f"{path.name}:{key}")
             continue

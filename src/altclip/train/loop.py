@@ -280,7 +280,9 @@ class Trainer:
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
         self.wrapped.train()
         start, samples, last = time.perf_counter(), 0, None
-        progress = Progress("training", total=config.steps, done=self.step, enabled=config.progress and self.dist.main, lines=False)
+        progress = Progress(
+            "training", total=config.steps, done=self.step, enabled=config.progress and self.dist.main, lines=False
+        )
         while self.step < config.steps:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(self.step, config)
