@@ -439,3 +439,19 @@ def test_settings_from_env_and_config(tmp_path):
 
 def test_env_is_clean():
     assert "ALTCLIP_TOKEN" not in os.environ
+
+
+def test_typed_settings_read_false_as_false(tmp_path):
+    assert ServerSettings.load(env={"ALTCLIP_ACCESS_LOG": "false"}).access_log is False
+    assert ServerSettings.load(env={"ALTCLIP_ACCESS_LOG": "true"}).access_log is True
+    with pytest.raises(ValueError, match="port"):
+        ServerSettings.load(env={"ALTCLIP_PORT": "eighty"})
+
+
+def test_the_server_works_on_its_own_image_processor(embedder):
+    before = embedder.processor.image_processor.to_dict(), embedder.processor.image_processor.max_pixels
+    with running_server(ServerSettings(max_pixels=1234, max_aspect_ratio=2), embedder) as url:
+        r = httpx.post(url + "/v1/embed/image", json={"images": [b64(CAT)]})
+        assert r.status_code == 422 and "over the limit of 1,234" in r.json()["detail"]
+    processor = embedder.processor.image_processor
+    assert (processor.to_dict(), processor.max_pixels) == before and processor.allow_urls
