@@ -22,8 +22,8 @@ from torch import nn
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config_file
 from altclip.hub import resolve_file, resolve_first
-from altclip.layers import PreNormLayer, embedding, run_layers
-from altclip.pretrained import checkpoint_files
+from altclip.layers import PreNormLayer, run_layers
+from altclip.pretrained import checkpoint_files, empty_weights
 
 
 @dataclass
@@ -67,8 +67,8 @@ CLIP_TEXT_WEIGHTS: ckpt.WeightMap = {
 class CLIPTextEmbeddings(nn.Module):
     def __init__(self, config: CLIPTextConfig):
         super().__init__()
-        self.token = embedding(config.vocab_size, config.hidden_size)
-        self.position = embedding(config.max_position_embeddings, config.hidden_size)
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.token(input_ids) + self.position.weight[: input_ids.shape[1]]
@@ -128,7 +128,7 @@ class CLIPTextTower(nn.Module):
         keys = files.keys()
         prefix = "text_model." if any(k.startswith("text_model.") for k in keys) else ""
         with_projection = "text_projection.weight" in keys
-        with torch.device("meta"):
+        with empty_weights():
             model = cls(config, with_projection=with_projection)
         weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
         if with_projection:
@@ -227,7 +227,7 @@ def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig):
     text tower still empty (on the meta device), for a trained student to fill."""
     from altclip.model import AltCLIPModel
 
-    with torch.device("meta"):
+    with empty_weights():
         model = AltCLIPModel(config, initialize=False)
     ckpt.load_weights(
         model, ckpt.TensorFiles(checkpoint_files(clip_path)), ckpt.MODEL_WEIGHTS, dtype=torch.float32,

@@ -196,13 +196,6 @@ def run_layers(
     )
 
 
-def embedding(num_embeddings: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
-    """An ``nn.Embedding`` whose table is left uninitialised, for the model's init step (``init_weights``) or a
-    checkpoint to fill. ``nn.Embedding``'s constructor would draw normal values, which on the meta device (where
-    models are built for loading) costs importing torch._dynamo, about 2 s."""
-    return nn.Embedding.from_pretrained(torch.empty(num_embeddings, dim), freeze=False, padding_idx=padding_idx)
-
-
 def init_linear(module: nn.Linear, std: float) -> None:
     nn.init.normal_(module.weight, std=std)
     if module.bias is not None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from altclip import checkpoint as ckpt
 from altclip.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
@@ -133,7 +136,7 @@ class PreTrainedModel(nn.Module):
         if dtype == "auto":
             saved = raw.get("dtype") or raw.get("torch_dtype")
             dtype = parse_dtype(saved) if saved not in (None, "auto") else (files.float_dtype() or torch.float32)
-        with torch.device("meta"):
+        with empty_weights():
             model = cls(config, initialize=False)  # type: ignore[call-arg]
         # A tower can be read out of a full AltCLIP checkpoint; a standalone vision tower saved by transformers 4
         # keeps the `vision_model.` prefix, one saved by transformers 5 drops it.
@@ -167,7 +170,7 @@ class PreTrainedModel(nn.Module):
         qconfig = QuantizationConfig.coerce(settings)
         if qconfig.backend == "torchao":
             import torchao.quantization  # noqa: F401  (registers its tensor types as safe to load)
-        with torch.device("meta"):
+        with empty_weights():
             model = cls(config, initialize=False)  # type: ignore[call-arg]
         prepare_for_quantized_state(model, qconfig)
         path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, revision=revision)
@@ -194,6 +197,26 @@ class PreTrainedModel(nn.Module):
         config.save_pretrained(path)
         ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
         return path
+
+
+@contextlib.contextmanager
+def empty_weights() -> Iterator[None]:
+    """Models built inside have their parameters on the meta device, and no initialiser runs: the skeleton that
+    loading fills. Our towers skip their init step with ``initialize=False``; PyTorch's own modules (``nn.Linear``,
+    ``nn.Embedding``, ...) initialise in their constructors, which ``_SkipInitialisers`` turns off here."""
+    with torch.device("meta"), _SkipInitialisers():
+        yield
+
+
+class _SkipInitialisers(TorchFunctionMode):
+    """Returns the tensor untouched from every ``torch.nn.init`` function: their values would be replaced, and on
+    the meta device ``normal_`` even costs an import of torch._dynamo (about 2 s). A torch function mode holds only
+    inside its ``with`` block and on its own thread; ``torch.nn.init`` itself is not changed."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:

@@ -19,7 +19,6 @@ from altclip.layers import (
     Attention,
     Packing,
     checks_enabled,
-    embedding,
     expand_head_mask,
     init_layer_norm,
     init_linear,
@@ -34,9 +33,11 @@ class TextEmbeddings(nn.Module):
     def __init__(self, config: AltCLIPTextConfig):
         super().__init__()
         self.pad = config.pad_token_id
-        self.token = embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = embedding(config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id)
-        self.token_type = embedding(config.type_vocab_size, config.hidden_size)
+        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

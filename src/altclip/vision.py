@@ -12,7 +12,7 @@ from torch import nn
 
 from altclip import checkpoint as ckpt
 from altclip.config import AltCLIPVisionConfig
-from altclip.layers import PreNormLayer, embedding, init_layer_norm, init_linear, run_layers
+from altclip.layers import PreNormLayer, init_layer_norm, init_linear, run_layers
 from altclip.outputs import VisionModelOutput
 from altclip.pretrained import PreTrainedModel
 
@@ -27,7 +27,7 @@ class VisionEmbeddings(nn.Module):
         self.patch = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size, bias=False
         )
-        self.position = embedding(self.grid**2 + 1, config.hidden_size)
+        self.position = nn.Embedding(self.grid**2 + 1, config.hidden_size)
 
     def positions(self, height: int, width: int) -> torch.Tensor:
         """(1 + patches, C) position embeddings; the patch grid resized bicubically for other image sizes."""
