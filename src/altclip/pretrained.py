@@ -209,9 +209,10 @@ def empty_weights() -> Iterator[None]:
 
 
 class _SkipInitialisers(TorchFunctionMode):
-    """Returns the tensor untouched from every ``torch.nn.init`` function: their values would be replaced, and on
-    the meta device ``normal_`` even costs an import of torch._dynamo (about 2 s). A torch function mode holds only
-    inside its ``with`` block and on its own thread; ``torch.nn.init`` itself is not changed."""
+    """Returns the tensor untouched from the ``torch.nn.init`` functions that draw values (``uniform_``,
+    ``normal_``, ``kaiming_uniform_``, ...; PyTorch lets a torch function mode intercept them): their values would
+    be replaced, and on the meta device ``normal_`` even costs an import of torch._dynamo (about 2 s). The mode holds
+    only inside its ``with`` block and on its own thread; ``torch.nn.init`` itself is not changed."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if getattr(func, "__module__", None) == "torch.nn.init":
