@@ -55,6 +55,10 @@ class CLIPImageProcessor:
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
     max_aspect_ratio: float = 50.0  # 1x20000 would become 224x4,480,000 pixels before the crop
     allow_urls: bool = True  # fetch http(s) URLs given as inputs (never enabled by the server)
+    # Decode JPEGs at a reduced scale (1/2, 1/4, 1/8, done by the decoder in the DCT domain) as long as the image
+    # stays larger than the resize's output. Several times faster and lighter on big photos, but not the exact
+    # path: the pixels differ slightly from transformers' (benchmarks/jpeg_throughput.py measures by how much).
+    draft: bool = False
 
     def __post_init__(self) -> None:
         # Older configs (BAAI/AltCLIP's) give sizes as one int.
@@ -75,7 +79,7 @@ class CLIPImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["image_mean"], out["image_std"] = list(self.image_mean), list(self.image_std)
-        for ours in ("max_pixels", "max_aspect_ratio", "allow_urls"):
+        for ours in ("max_pixels", "max_aspect_ratio", "allow_urls", "draft"):
             del out[ours]
         return {**out, "image_processor_type": "CLIPImageProcessor", "processor_class": "AltCLIPProcessor"}
 
@@ -130,13 +134,20 @@ class CLIPImageProcessor:
         return array
 
     def normalize(self, arrays: np.ndarray) -> np.ndarray:
-        """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised, in transformers' order
-        of operations (rescale in float64, then float32 arithmetic)."""
-        x = arrays.astype(np.float64) * self.rescale_factor if self.do_rescale else arrays.astype(np.float64)
-        x = x.astype(np.float32)
+        """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised."""
+        return self.normalize_tensor(torch.from_numpy(np.asarray(arrays))).numpy()
+
+    def normalize_tensor(self, arrays: torch.Tensor) -> torch.Tensor:
+        """``normalize`` for a (B, H, W, C) uint8 tensor, on its device (a GPU spares the CPU this work): in
+        transformers' order of operations (rescale in float64, then float32 arithmetic), each step correctly
+        rounded, so every device gives the same numbers."""
+        x = arrays.double() * self.rescale_factor if self.do_rescale else arrays.double()
+        x = x.float()
         if self.do_normalize:
-            x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            mean = torch.tensor(self.image_mean, dtype=torch.float32, device=x.device)
+            std = torch.tensor(self.image_std, dtype=torch.float32, device=x.device)
+            x = (x - mean) / std
+        return x.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
     def load(self, image: ImageInput, index: int = 0) -> Image.Image:
         """Opens any supported input as a PIL image, checked against the size limits before it is decoded.
@@ -153,6 +164,9 @@ class CLIPImageProcessor:
                 pil = self._open(image)
             self.check_size(pil.size)
             if not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
+                if self.draft and pil.format == "JPEG":
+                    need = max(self.size.values())  # both sides at least this, whatever the EXIF rotation
+                    pil.draft(pil.mode, (need, need))
                 pil = _exif_transpose(pil)
         except ImageError as e:
             raise ImageError(e.reason, index, _source(image)) from None
