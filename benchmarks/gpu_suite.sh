@@ -9,7 +9,9 @@
 # Every step is time-boxed and writes its own JSON and log into OUTDIR, so one failing step loses nothing else:
 #
 #   env.txt          the machine, versions and features (variable-length attention, torchao)
-#   tests.log        tests/test_cuda.py: parity on CUDA, fast paths within tolerance, CUDA-graph replay
+#   summary.txt      each step's command, exit status, time and last lines
+#   suite.log        every step's whole output, one after the other; the tests step runs tests/test_cuda.py
+#                    (parity on CUDA, fast paths within tolerance, CUDA-graph replay) and tests/test_fast_paths.py
 #   bench_cuda.json  altclip bench at B=256 and B=1: float32, bf16, fp16, bf16 + CUDA graphs, transformers
 #   bench_quant.json the same for the torchao int8 / int4 engines
 #   jpeg_cuda.json   JPEG files -> embeddings, exact and fast preprocessing, and their distance
@@ -30,7 +32,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 left() { echo $((budget - (SECONDS - start))); }
-# run NAME SECONDS COMMAND...: time-boxed to the smaller of SECONDS and what is left, logged to NAME.log.
+# run NAME SECONDS COMMAND...: time-boxed to the smaller of SECONDS and what is left, its output appended to suite.log.
 run() {
   local name=$1 limit=$2; shift 2
   local remaining; remaining=$(left)
@@ -38,10 +40,11 @@ run() {
   if (( limit < 20 )); then echo "== $name: skipped, out of time" | tee -a "$out/summary.txt"; return; fi
   echo "== $name (limit ${limit}s): $*" | tee -a "$out/summary.txt"
   local t0=$SECONDS
-  timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+  timeout --kill-after=10 "$limit" "$@" >"$work/$name.log" 2>&1
   local rc=$?
   echo "   $name: exit $rc after $((SECONDS - t0))s" | tee -a "$out/summary.txt"
-  tail -n 5 "$out/$name.log" | sed 's/^/   | /' | tee -a "$out/summary.txt"
+  tail -n 5 "$work/$name.log" | sed 's/^/   | /' | tee -a "$out/summary.txt"
+  { echo "===== $name: $* (exit $rc)"; cat "$work/$name.log"; } >>"$out/suite.log"
 }
 want() { [[ " $steps " == *" $1 "* ]]; }
 
