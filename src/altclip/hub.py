@@ -9,6 +9,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
+HUB_KEYWORDS = ("revision", "subfolder", "cache_dir", "local_files_only", "token")
+"""The keywords of ``resolve_file`` that say where a checkpoint's files are, shared by every ``from_pretrained``."""
+
+
 class CheckpointNotFoundError(OSError):
     """A checkpoint, or a file it needs, could not be found locally or downloaded."""
 

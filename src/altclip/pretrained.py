@@ -62,6 +62,8 @@ class PreTrainedModel(nn.Module):
     supports_gradient_checkpointing: ClassVar[bool] = True
     _no_split_modules: ClassVar[list[str]] = []  # blocks accelerate's device_map must keep on one device
     _supports_sdpa: ClassVar[bool] = True
+    _keep_in_fp32_modules: ClassVar[set[str]] = set()  # no module needs float32 under a lower dtype
+    _keep_in_fp32_modules_strict: ClassVar[set[str]] = set()
     is_encoder_decoder: ClassVar[bool] = False
 
     def __init__(self, config: _Config):
@@ -307,7 +309,7 @@ class PreTrainedModel(nn.Module):
 
             quantize(model, quantization_config)
         if output_loading_info:
-            return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+            return model, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
         return model
 
     @classmethod
