@@ -113,6 +113,9 @@ class AltCLIPModel(PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
     ) -> AltCLIPOutput | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "AltCLIPModel.forward needs both input_ids and pixel_values; for one modality use "

@@ -290,8 +290,8 @@ class PreTrainedModel(nn.Module):
                 config = cls.config_class.from_hf_dict(raw, source=f"{name}/{CONFIG_NAME}")
             else:
                 config = copy.deepcopy(config)
-            config._set_overrides(config_overrides)
-            config_overrides = {}
+            known = {k: config_overrides.pop(k) for k in list(config_overrides) if hasattr(config, k)}
+            config._set_overrides(known)
             if "quantization_config" in raw:
                 model = cls._from_quantized(name, config, raw["quantization_config"], device=device, hub=hub)
             elif state_dict is not None:
