@@ -200,6 +200,7 @@ class XLMRobertaTokenizer:
             truncation,
             max_length,
             add_special_tokens,
+            padding,
         )
         rows: list[tuple[int, list[tuple[int, tuple[int, int], int]]]] = []  # (text index, [(id, offsets, special)])
         for i, a in enumerate(first):
@@ -271,13 +272,17 @@ class XLMRobertaTokenizer:
         truncation: bool | str | None,
         max_length: int | None,
         add_special_tokens: bool,
+        padding: bool | str = False,
     ) -> int | None:
         """The total length (special tokens included) to truncate to, or None."""
         if truncation is False or truncation == "do_not_truncate":
             return None
         extra = (4 if second is not None else 2) if add_special_tokens else 0
         if truncation is None:
-            limit = max_length or self.model_max_length
+            # As in transformers, max_length truncates when it does not say how far to pad; beyond that, only what
+            # exceeds model_max_length (the position table) is cut.
+            padding_to_max = padding not in (False, None, "do_not_pad")
+            limit = (max_length if not padding_to_max else None) or self.model_max_length
             lengths = [len(a) + (0 if second is None else len(second[i])) + extra for i, a in enumerate(first)]
             too_long = [i for i, n in enumerate(lengths) if n > limit]
             if not too_long:
