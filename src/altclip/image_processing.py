@@ -8,6 +8,7 @@ absurd aspect ratios) are refused with an error naming the image, before they ar
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,9 +22,11 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altclip.batch import BatchFeature
+from altclip.hub import HUB_KEYWORDS
 from altclip.registry import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_FILE = "processor_config.json"  # transformers 5 saves the image processor's settings nested in it
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
 
 
@@ -84,13 +87,28 @@ class CLIPImageProcessor:
         return {**out, "image_processor_type": "CLIPImageProcessor", "processor_class": "AltCLIPProcessor"}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> CLIPImageProcessor:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CLIPImageProcessor:
+        """Reads ``preprocessor_config.json``, or the ``image_processor`` part of transformers 5's
+        ``processor_config.json``. Keywords: the hub keywords of ``altclip.hub.resolve_file`` (revision, subfolder,
+        ...) and settings that override the file's (``size={"shortest_edge": 180}``)."""
+        from altclip.hub import resolve_file, resolve_first
+
+        hub = {k: kwargs.pop(k) for k in HUB_KEYWORDS if k in kwargs}
+        path = resolve_first(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], what="an image processor config", **hub)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.name == PROCESSOR_FILE:
+            if "image_processor" not in data:
+                raise ValueError(f"{path} has no image_processor settings")
+            data = data["image_processor"]
+        return cls.from_dict({**data, **kwargs})
+
+    @classmethod
+    def has_config(cls, name_or_path: str | os.PathLike, **hub: Any) -> bool:
         from altclip.hub import resolve_file
 
-        path = resolve_file(name_or_path, PREPROCESSOR_FILE, revision=revision)
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[union-attr]
+        return any(resolve_file(name_or_path, f, required=False, **hub) for f in (PREPROCESSOR_FILE, PROCESSOR_FILE))
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / PREPROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -98,8 +116,15 @@ class CLIPImageProcessor:
 
     # -----------------------------------------------------------------------------------------------------------
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> BatchFeature:
-        """``pixel_values`` (B, 3, H, W) float32 for one image or a list of them."""
+    model_input_names = ["pixel_values"]
+
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt", **settings: Any
+    ) -> BatchFeature:
+        """``pixel_values`` (B, 3, H, W) float32 for one image or a list of them. ``settings`` override this
+        processor's for the call (``size={"shortest_edge": 180}``, ``do_center_crop=False``, ...)."""
+        if settings:
+            return dataclasses.replace(self, **settings)(images, return_tensors=return_tensors)
         batch = images if isinstance(images, (list, tuple)) else [images]
         if not batch:
             raise ImageError("No images given")

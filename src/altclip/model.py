@@ -23,6 +23,7 @@ def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 class AltCLIPModel(PreTrainedModel):
     config_class = AltCLIPConfig
     weight_map = ckpt.MODEL_WEIGHTS
+    _no_split_modules = [*AltCLIPTextModel._no_split_modules, *AltCLIPVisionModel._no_split_modules]
 
     def __init__(self, config: AltCLIPConfig):
         super().__init__(config)
@@ -44,6 +45,13 @@ class AltCLIPModel(PreTrainedModel):
         self.text_model.init_weights()
         self.vision_model.init_weights()
         self._init_head()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text tower's token embeddings (what peft and ``resize_token_embeddings`` work on)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
 
     def get_text_features(
         self,
@@ -105,6 +113,9 @@ class AltCLIPModel(PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
     ) -> AltCLIPOutput | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "AltCLIPModel.forward needs both input_ids and pixel_values; for one modality use "
@@ -149,4 +160,4 @@ class AltCLIPModel(PreTrainedModel):
             text_model_output=text,
             vision_model_output=vision,
         )
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return out if (self.config.use_return_dict if return_dict is None else return_dict) else out.to_tuple()

@@ -95,6 +95,8 @@ class AltCLIPTextModel(PreTrainedModel):
     config_class = AltCLIPTextConfig
     weight_map = ckpt.TEXT_WEIGHTS
     checkpoint_prefix = "text_model."
+    input_modalities = ("text",)
+    _no_split_modules = ["TextEmbeddings", "TextLayer"]
 
     def __init__(self, config: AltCLIPTextConfig):
         super().__init__(config)
@@ -149,6 +151,9 @@ class AltCLIPTextModel(PreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.token
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.token = value
 
     def encode(
         self,
@@ -218,7 +223,7 @@ class AltCLIPTextModel(PreTrainedModel):
             attentions=attentions,
             projection_state=cls,
         )
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return out if (self.config.use_return_dict if return_dict is None else return_dict) else out.to_tuple()
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, project_dim) ``pooler_output`` without computing on padding.
