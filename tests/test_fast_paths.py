@@ -119,3 +119,40 @@ def test_transformers_style_config_objects(checkpoint):
 
     config = QuantizationConfig.coerce(TorchAoConfig())
     assert (config.method, config.group_size) == ("int8_weight_only", 64)
+
+
+def test_variable_length_attention_plumbing(checkpoint, inputs, monkeypatch):
+    """The packed rows and sequence offsets handed to the variable-length kernel (CUDA only) are right: with a
+    reference kernel (attention within each sequence, one at a time) the packed path equals the padded one."""
+    from altclip import layers
+
+    def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
+        assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and int(cu_q[-1]) == len(q)
+        assert max_q >= int((cu_q[1:] - cu_q[:-1]).max())
+        out = torch.empty_like(q)
+        for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist()):
+            qs, ks, vs = (t[start:end].transpose(0, 1) for t in (q, k, v))  # (nh, n, hs)
+            out[start:end] = F.scaled_dot_product_attention(qs, ks, vs).transpose(0, 1)
+        return out
+
+    model = AltCLIPModel.from_pretrained(checkpoint)
+    ids, mask, _ = inputs
+    with torch.inference_mode():
+        padded = model.get_text_features(input_ids=ids, attention_mask=mask)
+        monkeypatch.setattr(layers, "_varlen_attn", reference_varlen)
+        monkeypatch.setattr(layers, "varlen_supported", lambda x: True)
+        packed = model.get_text_features(input_ids=ids, attention_mask=mask)
+    assert (packed - padded).abs().max() <= 1e-5
+
+
+def test_recorded_path_equals_eager(checkpoint, inputs):
+    """What a CUDA graph records (the padded path, no value-dependent branches) equals the default path."""
+    from altclip.layers import recording
+
+    model = AltCLIPModel.from_pretrained(checkpoint)
+    ids, mask, pixels = inputs
+    with torch.inference_mode():
+        eager = model.get_text_features(input_ids=ids, attention_mask=mask)
+        with recording():
+            recorded = model.get_text_features(input_ids=ids, attention_mask=mask)
+    assert (recorded - eager).abs().max() <= 1e-5

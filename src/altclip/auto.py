@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from altclip.config import CONFIG_CLASSES, CONFIG_NAME, _Config, read_config_file
-from altclip.hub import resolve_file
+from altclip.hub import HUB_KEYWORDS, resolve_file
 from altclip.pretrained import PreTrainedModel
 
 
@@ -18,8 +18,9 @@ def _model_classes() -> dict[str, type[PreTrainedModel]]:
     return {"altclip": AltCLIPModel, "altclip_text_model": AltCLIPTextModel, "altclip_vision_model": AltCLIPVisionModel}
 
 
-def _model_type(name_or_path: str | os.PathLike, revision: str | None) -> str:
-    data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))  # type: ignore[arg-type]
+def _model_type(name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> str:
+    hub = {k: kwargs[k] for k in HUB_KEYWORDS if k in kwargs}
+    data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, **hub))  # type: ignore[arg-type]
     model_type = data.get("model_type")
     if model_type not in CONFIG_CLASSES:
         raise ValueError(
@@ -31,41 +32,44 @@ def _model_type(name_or_path: str | os.PathLike, revision: str | None) -> str:
 
 class AutoConfig:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None) -> _Config:
-        return CONFIG_CLASSES[_model_type(name_or_path, revision)].from_pretrained(name_or_path, revision=revision)
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> _Config:
+        """Same keywords as ``AltCLIPConfig.from_pretrained``; returns the class the checkpoint's config names."""
+        name = pretrained_model_name_or_path
+        return CONFIG_CLASSES[_model_type(name, kwargs)].from_pretrained(name, **kwargs)
 
 
 class AutoModel:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrainedModel:
         """Same arguments as ``AltCLIPModel.from_pretrained``; returns the class the checkpoint's config names."""
-        cls = _model_classes()[_model_type(name_or_path, kwargs.get("revision"))]
-        return cls.from_pretrained(name_or_path, **kwargs)
+        name = pretrained_model_name_or_path
+        return _model_classes()[_model_type(name, kwargs)].from_pretrained(name, **kwargs)
 
     @staticmethod
-    def from_config(config: _Config) -> PreTrainedModel:
-        return _model_classes()[config.model_type](config)
+    def from_config(config: _Config, **kwargs: Any) -> PreTrainedModel:
+        """A randomly initialised model of the class ``config`` is for (``dtype=``, ``attn_implementation=``)."""
+        return _model_classes()[config.model_type]._from_config(config, **kwargs)
 
 
 class AutoProcessor:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         from altclip.processor import AltCLIPProcessor
 
-        return AltCLIPProcessor.from_pretrained(name_or_path, **kwargs)
+        return AltCLIPProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
 class AutoTokenizer:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         from altclip.tokenizer import XLMRobertaTokenizer
 
-        return XLMRobertaTokenizer.from_pretrained(name_or_path, **kwargs)
+        return XLMRobertaTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
 
 class AutoImageProcessor:
     @staticmethod
-    def from_pretrained(name_or_path: str | os.PathLike, **kwargs: Any):
+    def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
         from altclip.image_processing import CLIPImageProcessor
 
-        return CLIPImageProcessor.from_pretrained(name_or_path, **kwargs)
+        return CLIPImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -1,13 +1,16 @@
 """Configurations of the AltCLIP towers and of the whole model.
 
-Plain dataclasses with the parameter names and defaults of the transformers documentation, reading and writing
-the Hugging Face ``config.json`` of the released checkpoints. Keys we do not use (BAAI/AltCLIP carries leftovers
-such as ``direct_kd``, ``num_layers`` or generation settings) are ignored, never fatal.
+Dataclasses with the parameter names and defaults of the transformers documentation, reading and writing the Hugging
+Face ``config.json`` of the released checkpoints. They take every keyword transformers' configs take: the fields
+below, the settings all transformers configs share (``id2label``, ``return_dict``, ...), aliases (``torch_dtype``,
+``num_labels``, ``attn_implementation``), and any other key, which is kept as an attribute and written back on save,
+so a checkpoint's extra keys (BAAI/AltCLIP carries leftovers such as ``direct_kd``) survive a load and a save.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -19,48 +22,218 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 
+# Keys a config never keeps: transformers' bookkeeping, recomputed where it is needed.
+_DROPPED_KEYS = {"_commit_hash", "_attn_implementation_internal", "_experts_implementation_internal", "use_return_dict"}
 
-@dataclass
+
+def config_dataclass(cls: type) -> type:
+    """``@dataclass``, with an ``__init__`` that also takes keys that are not fields (see ``_Config._set_extra``)."""
+    cls = dataclass(cls, eq=False)
+    init = cls.__init__
+    names = {f.name for f in fields(cls) if f.init}
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        extra = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        init(self, *args, **kwargs)
+        self._set_extra(extra)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@dataclass(kw_only=True)
 class _Config:
-    """What every config shares: dict/JSON round trips and the output switches of the transformers API."""
+    """What every config shares: the settings of every transformers config, dict/JSON round trips, loading."""
 
     model_type: ClassVar[str]
+    sub_configs: ClassVar[dict[str, type[_Config]]] = {}  # nested configs, by attribute name (transformers' name)
+    base_config_key: ClassVar[str] = ""  # where this config sits inside the full AltCLIP config
 
     output_attentions: bool = False  # default for the forward argument of the same name
     output_hidden_states: bool = False  # default for the forward argument of the same name
     return_dict: bool = True  # False makes forward return plain tuples
+    torchscript: bool = False  # True also makes forward return tuples, for torch.jit.trace
+    dtype: str | None = None  # dtype the weights were saved in ("float32", ...); read by dtype="auto"
+    architectures: list[str] | None = None  # the class that wrote the checkpoint, set by save_pretrained
+    # Fine-tuning settings transformers keeps on every config; AltCLIP has no classification head that reads them.
+    id2label: dict[int, str] | None = None
+    label2id: dict[str, int] | None = None
+    problem_type: str | None = None
+    chunk_size_feed_forward: int = 0  # transformers' feed-forward chunking; our layers always run whole
+    is_encoder_decoder: bool = False
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> _Config:
-        known = {f.name for f in fields(cls)}
-        unused = sorted(k for k in data if k not in known and k != "model_type")
-        if unused:
-            logger.debug("%s ignores config keys it does not use: %s", cls.__name__, ", ".join(unused))
-        return cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in known})
+    def __post_init__(self) -> None:
+        if self.dtype is not None and not isinstance(self.dtype, str):  # a torch.dtype: keep its name
+            self.dtype = str(self.dtype).removeprefix("torch.")
+        if self.id2label is None:
+            self.num_labels = 2  # transformers' default, which its configs leave out of config.json
+        else:  # JSON keys are strings
+            self.id2label = {int(k): v for k, v in self.id2label.items()}
+        self._attn_implementation = None  # "eager" or "sdpa"; None lets the model pick (sdpa)
+        self._name_or_path = ""
+
+    def _set_extra(self, extra: dict[str, Any]) -> None:
+        """Keys that are not fields: transformers' aliases, and anything else, kept as an attribute."""
+        for key, value in extra.items():
+            if key == "model_type":  # a class attribute; from_hf_dict checks it
+                continue
+            if key == "torch_dtype":  # transformers' former name of dtype
+                if self.dtype is None and value is not None:
+                    self.dtype = value if isinstance(value, str) else str(value).removeprefix("torch.")
+            elif key == "num_labels":
+                self.num_labels = value
+            elif key == "attn_implementation":
+                self._attn_implementation = value
+            elif key in ("name_or_path", "_name_or_path"):
+                self._name_or_path = str(value)
+            elif key not in _DROPPED_KEYS:
+                setattr(self, key, copy.deepcopy(value))
+
+    # -----------------------------------------------------------------------------------------------------------
+    # The settings transformers derives
+
+    @property
+    def num_labels(self) -> int | None:
+        return None if self.id2label is None else len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        if self.num_labels != num_labels:
+            self.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+            self.label2id = {label: i for i, label in self.id2label.items()}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return self.return_dict and not self.torchscript
+
+    @property
+    def torch_dtype(self) -> str | None:
+        return self.dtype
+
+    @property
+    def _attn_implementation(self) -> str | None:
+        return self.__dict__.get("_attn")
+
+    @_attn_implementation.setter
+    def _attn_implementation(self, value: str | None) -> None:
+        """Set on the nested configs too, as transformers does."""
+        self.__dict__["_attn"] = value
+        for key in self.sub_configs:
+            nested = getattr(self, key, None)
+            if isinstance(nested, _Config):
+                nested._attn_implementation = value
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
+
+    @name_or_path.setter
+    def name_or_path(self, value: str | os.PathLike) -> None:
+        self._name_or_path = str(value)
+
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> _Config:
+        """The config of the text tower: ``text_config`` of a full config, else this config."""
+        return getattr(self, "text_config", self)
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Dicts and JSON
+
+    def _keys(self) -> list[str]:
+        """The fields, then the extra keys, in the order ``to_dict`` writes them (``model_type`` aside)."""
+        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
+        return names + [k for k in self.__dict__ if not k.startswith("_") and k not in names]
+
+    def __iter__(self):
+        return iter(self._keys())
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"model_type": self.model_type}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, _Config) else copy.deepcopy(value)
+        out: dict[str, Any] = {"model_type": getattr(self, "model_type", "")}
+        for key in self._keys():
+            value = getattr(self, key)
+            out[key] = value.to_dict() if isinstance(value, _Config) else copy.deepcopy(value)
         return out
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    def to_diff_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the shared settings that still hold their defaults (what ``config.json`` holds)."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if key in _SHARED_DEFAULTS and value == _SHARED_DEFAULTS[key]:
+                continue
+            nested = getattr(self, key, None)
+            out[key] = nested.to_diff_dict() if isinstance(nested, _Config) else value
+        return out
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def to_json_string(self, use_diff: bool = True) -> str:
+        data = self.to_diff_dict() if use_diff else self.to_dict()
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        Path(json_file_path).write_text(self.to_json_string(use_diff=use_diff), encoding="utf-8")
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
+        if kwargs.get("push_to_hub"):
+            raise NotImplementedError("push_to_hub is not offered; upload the folder with huggingface_hub")
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_NAME).write_text(self.to_json_string(), encoding="utf-8")
+        self.to_json_file(path / CONFIG_NAME)
         return path / CONFIG_NAME
 
+    # -----------------------------------------------------------------------------------------------------------
+    # Reading
+
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> _Config:
-        """Reads ``config.json`` from a local folder, a file, or a Hugging Face Hub model id."""
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> _Config:
+        """A config from a dict; ``kwargs`` override its values."""
+        return cls(**{k: copy.deepcopy(v) for k, v in {**data, **kwargs}.items()})
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> _Config:
+        return cls.from_hf_dict(read_config_file(json_file), source=str(json_file))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        subfolder: str = "",
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        **kwargs: Any,
+    ) -> _Config:
+        """Reads ``config.json`` from a local folder, a file, or a Hugging Face Hub model id.
+
+        Other keywords override the file's values; a dict for a nested config (``text_config={"vocab_size": 20}``)
+        overrides only the keys it names.
+        """
         from altclip.hub import resolve_file
 
-        data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))
-        return cls.from_hf_dict(data, source=str(name_or_path))
+        hub = dict(
+            revision=revision, subfolder=subfolder, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **hub)
+        config = cls.from_hf_dict(read_config_file(path), source=str(pretrained_model_name_or_path))
+        config._set_overrides(kwargs)
+        return config
+
+    def _set_overrides(self, overrides: dict[str, Any]) -> None:
+        for key, value in overrides.items():
+            nested = getattr(self, key, None)
+            if isinstance(nested, _Config) and isinstance(value, dict):
+                nested._set_overrides(value)
+            elif key in {f.name for f in fields(self)}:  # type: ignore[arg-type]
+                setattr(self, key, value)
+            else:
+                self._set_extra({key: value})
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> _Config:
@@ -68,20 +241,23 @@ class _Config:
         model_type = data.get("model_type", cls.model_type)
         if model_type == cls.model_type:
             return cls.from_dict(data)
-        if model_type == AltCLIPConfig.model_type and cls in (AltCLIPTextConfig, AltCLIPVisionConfig):
-            full = AltCLIPConfig.from_dict(data)
-            return full.text_config if cls is AltCLIPTextConfig else full.vision_config
+        if model_type == AltCLIPConfig.model_type and cls.base_config_key:
+            return getattr(AltCLIPConfig.from_dict(data), cls.base_config_key)
         raise ValueError(
             f"{source} holds a config of model_type {model_type!r}; {cls.__name__} reads {cls.model_type!r}"
             + (" or 'altclip'" if cls is not AltCLIPConfig else "")
         )
 
 
-@dataclass
+_SHARED_DEFAULTS = _Config().to_dict()
+
+
+@config_dataclass
 class AltCLIPTextConfig(_Config):
     """The XLM-RoBERTa text tower, plus AltCLIP's ``pre_LN`` and ``transformation`` (hidden_size -> project_dim)."""
 
     model_type: ClassVar[str] = "altclip_text_model"
+    base_config_key: ClassVar[str] = "text_config"
 
     vocab_size: int = 250002  # XLM-R: 250,000 sentencepiece pieces, fairseq's <s> <pad> </s> <unk>, and <mask>
     hidden_size: int = 1024
@@ -104,14 +280,16 @@ class AltCLIPTextConfig(_Config):
     project_dim: int = 768  # width of the teacher's (CLIP text) state that ``transformation`` maps onto
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_heads(self)
 
 
-@dataclass
+@config_dataclass
 class AltCLIPVisionConfig(_Config):
     """The CLIP ViT image tower. The defaults are ViT-B/32, as documented; BAAI/AltCLIP uses ViT-L/14."""
 
     model_type: ClassVar[str] = "altclip_vision_model"
+    base_config_key: ClassVar[str] = "vision_config"
 
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -128,25 +306,30 @@ class AltCLIPVisionConfig(_Config):
     initializer_factor: float = 1.0  # scales CLIP's width-dependent init stds
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_heads(self)
         if self.image_size % self.patch_size:
             logger.warning("image_size %d is not a multiple of patch_size %d", self.image_size, self.patch_size)
 
 
-@dataclass
+@config_dataclass
 class AltCLIPConfig(_Config):
     """The whole model: both towers and the joint embedding space they are projected into."""
 
     model_type: ClassVar[str] = "altclip"
+    sub_configs: ClassVar[dict[str, type[_Config]]] = {
+        "text_config": AltCLIPTextConfig,
+        "vision_config": AltCLIPVisionConfig,
+    }
 
     text_config: AltCLIPTextConfig = field(default_factory=AltCLIPTextConfig)
     vision_config: AltCLIPVisionConfig = field(default_factory=AltCLIPVisionConfig)
     projection_dim: int = 768  # width of the joint space of text_embeds and image_embeds
     logit_scale_init_value: float = 2.6592  # log(1 / 0.07), CLIP's initial temperature
     initializer_factor: float = 1.0
-    dtype: str | None = None  # dtype the weights were saved in ("float32", ...); used by dtype="auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.text_config is None:
             self.text_config = AltCLIPTextConfig()
         elif isinstance(self.text_config, dict):
@@ -163,24 +346,15 @@ class AltCLIPConfig(_Config):
         return cls(text_config=copy.deepcopy(text_config), vision_config=copy.deepcopy(vision_config), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AltCLIPConfig:
-        data = dict(data)
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> AltCLIPConfig:
+        data = {**data, **kwargs}
         # Configs written by transformers < 4.27 (BAAI/AltCLIP among them) carry `*_config_dict` entries whose values
         # override those of `*_config`; transformers applies them the same way.
         for name in ("text_config", "vision_config"):
             merged = dict(data.get(name) or {})
             merged.update(data.pop(f"{name}_dict", None) or {})
             data[name] = merged
-        if "dtype" not in data and "torch_dtype" in data:
-            data["dtype"] = data["torch_dtype"]
         return super().from_dict(data)  # type: ignore[return-value]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["architectures"] = ["AltCLIPModel"]
-        if out["dtype"] is None:
-            del out["dtype"]
-        return out
 
 
 def _check_heads(config: AltCLIPTextConfig | AltCLIPVisionConfig) -> None:

@@ -9,6 +9,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
+HUB_KEYWORDS = ("revision", "subfolder", "cache_dir", "local_files_only", "token")
+"""The keywords of ``resolve_file`` that say where a checkpoint's files are, shared by every ``from_pretrained``."""
+
+
 class CheckpointNotFoundError(OSError):
     """A checkpoint, or a file it needs, could not be found locally or downloaded."""
 
@@ -28,12 +32,21 @@ def _download_help(repo_id: str) -> str:
 
 
 def resolve_file(
-    name_or_path: str | os.PathLike, filename: str, *, revision: str | None = None, required: bool = True
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    required: bool = True,
+    subfolder: str = "",
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
 ) -> Path | None:
     """The local path of ``filename`` of a checkpoint, downloading it into the Hub cache when needed.
 
     ``name_or_path`` is a folder, a file (returned as is when it is ``filename`` itself), or a Hub model id.
-    Returns None for a file that does not exist when ``required`` is False.
+    Returns None for a file that does not exist when ``required`` is False. ``subfolder``, ``cache_dir``,
+    ``local_files_only`` and ``token`` mean what they mean to huggingface_hub (and to transformers).
     """
     path = Path(name_or_path)
     if path.is_file():
@@ -41,16 +54,20 @@ def resolve_file(
             return path
         path = path.parent
     if path.is_dir():
+        path = path / subfolder if subfolder else path
         candidate = path / filename
         if candidate.is_file():
             return candidate
         if required:
             raise CheckpointNotFoundError(f"{path} has no {filename}")
         return None
-    return _hub_file(str(name_or_path), filename, revision=revision, required=required)
+    hub = dict(subfolder=subfolder or None, cache_dir=cache_dir, token=token)
+    return _hub_file(str(name_or_path), filename, revision=revision, required=required, local_only=local_files_only, **hub)
 
 
-def _hub_file(repo_id: str, filename: str, *, revision: str | None, required: bool) -> Path | None:
+def _hub_file(
+    repo_id: str, filename: str, *, revision: str | None, required: bool, local_only: bool = False, **hub
+) -> Path | None:
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
         raise CheckpointNotFoundError(
             f"{repo_id!r} is neither an existing local path nor a Hugging Face Hub model id (like 'BAAI/AltCLIP')"
@@ -65,8 +82,8 @@ def _hub_file(repo_id: str, filename: str, *, revision: str | None, required: bo
     )
 
     try:
-        offline = not hub_reachable()  # then the cache alone answers, without minutes of retries
-        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline))
+        offline = local_only or not hub_reachable()  # then the cache alone answers, without minutes of retries
+        return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=offline, **hub))
     except GatedRepoError as e:
         raise CheckpointNotFoundError(f"{repo_id} is gated on the Hugging Face Hub; log in with access: {e}") from None
     except RepositoryNotFoundError:
@@ -112,11 +129,12 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def resolve_first(
-    name_or_path: str | os.PathLike, filenames: list[str], *, revision: str | None = None, what: str = "files"
+    name_or_path: str | os.PathLike, filenames: list[str], *, what: str = "files", **hub
 ) -> Path:
-    """The first of ``filenames`` the checkpoint has; an error naming them all when it has none."""
+    """The first of ``filenames`` the checkpoint has; an error naming them all when it has none. ``hub``: the
+    keywords of ``resolve_file`` (revision, subfolder, ...)."""
     for name in filenames:
-        found = resolve_file(name_or_path, name, revision=revision, required=False)
+        found = resolve_file(name_or_path, name, required=False, **hub)
         if found is not None:
             return found
     if is_local(name_or_path):

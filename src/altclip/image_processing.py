@@ -8,6 +8,7 @@ absurd aspect ratios) are refused with an error naming the image, before they ar
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,8 +22,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altclip.batch import BatchFeature
+from altclip.hub import HUB_KEYWORDS
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+PROCESSOR_FILE = "processor_config.json"  # transformers 5 saves the image processor's settings nested in it
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
@@ -56,6 +59,10 @@ class CLIPImageProcessor:
     max_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485
     max_aspect_ratio: float = 50.0  # 1x20000 would become 224x4,480,000 pixels before the crop
     allow_urls: bool = True  # fetch http(s) URLs given as inputs (never enabled by the server)
+    # Decode JPEGs at a reduced scale (1/2, 1/4, 1/8, done by the decoder in the DCT domain) as long as the image
+    # stays larger than the resize's output. Several times faster and lighter on big photos, but not the exact
+    # path: the pixels differ slightly from transformers' (benchmarks/jpeg_throughput.py measures by how much).
+    draft: bool = False
 
     def __post_init__(self) -> None:
         # Older configs (BAAI/AltCLIP's) give sizes as one int.
@@ -76,18 +83,33 @@ class CLIPImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["image_mean"], out["image_std"] = list(self.image_mean), list(self.image_std)
-        for ours in ("max_pixels", "max_aspect_ratio", "allow_urls"):
+        for ours in ("max_pixels", "max_aspect_ratio", "allow_urls", "draft"):
             del out[ours]
         return {**out, "image_processor_type": "CLIPImageProcessor", "processor_class": "AltCLIPProcessor"}
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> CLIPImageProcessor:
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CLIPImageProcessor:
+        """Reads ``preprocessor_config.json``, or the ``image_processor`` part of transformers 5's
+        ``processor_config.json``. Keywords: the hub keywords of ``altclip.hub.resolve_file`` (revision, subfolder,
+        ...) and settings that override the file's (``size={"shortest_edge": 180}``)."""
+        from altclip.hub import resolve_file, resolve_first
+
+        hub = {k: kwargs.pop(k) for k in HUB_KEYWORDS if k in kwargs}
+        path = resolve_first(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], what="an image processor config", **hub)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if path.name == PROCESSOR_FILE:
+            if "image_processor" not in data:
+                raise ValueError(f"{path} has no image_processor settings")
+            data = data["image_processor"]
+        return cls.from_dict({**data, **kwargs})
+
+    @classmethod
+    def has_config(cls, name_or_path: str | os.PathLike, **hub: Any) -> bool:
         from altclip.hub import resolve_file
 
-        path = resolve_file(name_or_path, PREPROCESSOR_FILE, revision=revision)
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))  # type: ignore[union-attr]
+        return any(resolve_file(name_or_path, f, required=False, **hub) for f in (PREPROCESSOR_FILE, PROCESSOR_FILE))
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         (path / PREPROCESSOR_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -95,8 +117,15 @@ class CLIPImageProcessor:
 
     # -----------------------------------------------------------------------------------------------------------
 
-    def __call__(self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt") -> BatchFeature:
-        """``pixel_values`` (B, 3, H, W) float32 for one image or a list of them."""
+    model_input_names = ["pixel_values"]
+
+    def __call__(
+        self, images: ImageInput | Sequence[ImageInput], return_tensors: str | None = "pt", **settings: Any
+    ) -> BatchFeature:
+        """``pixel_values`` (B, 3, H, W) float32 for one image or a list of them. ``settings`` override this
+        processor's for the call (``size={"shortest_edge": 180}``, ``do_center_crop=False``, ...)."""
+        if settings:
+            return dataclasses.replace(self, **settings)(images, return_tensors=return_tensors)
         batch = images if isinstance(images, (list, tuple)) else [images]
         if not batch:
             raise ImageError("No images given")
@@ -131,13 +160,20 @@ class CLIPImageProcessor:
         return array
 
     def normalize(self, arrays: np.ndarray) -> np.ndarray:
-        """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised, in transformers' order
-        of operations (rescale in float64, then float32 arithmetic)."""
-        x = arrays.astype(np.float64) * self.rescale_factor if self.do_rescale else arrays.astype(np.float64)
-        x = x.astype(np.float32)
+        """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised."""
+        return self.normalize_tensor(torch.from_numpy(np.asarray(arrays))).numpy()
+
+    def normalize_tensor(self, arrays: torch.Tensor) -> torch.Tensor:
+        """``normalize`` for a (B, H, W, C) uint8 tensor, on its device (a GPU spares the CPU this work): in
+        transformers' order of operations (rescale in float64, then float32 arithmetic), each step correctly
+        rounded, so every device gives the same numbers."""
+        x = arrays.double() * self.rescale_factor if self.do_rescale else arrays.double()
+        x = x.float()
         if self.do_normalize:
-            x = (x - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            mean = torch.tensor(self.image_mean, dtype=torch.float32, device=x.device)
+            std = torch.tensor(self.image_std, dtype=torch.float32, device=x.device)
+            x = (x - mean) / std
+        return x.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
     def load(self, image: ImageInput, index: int = 0) -> Image.Image:
         """Opens any supported input as a PIL image, checked against the size limits before it is decoded.
@@ -154,6 +190,9 @@ class CLIPImageProcessor:
                 pil = self._open(image)
             self.check_size(pil.size)
             if not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
+                if self.draft and pil.format == "JPEG":
+                    need = max(self.size.values())  # both sides at least this, whatever the EXIF rotation
+                    pil.draft(pil.mode, (need, need))
                 pil = _exif_transpose(pil)
         except ImageError as e:
             raise ImageError(e.reason, index, _source(image)) from None

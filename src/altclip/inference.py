@@ -93,25 +93,46 @@ def zero_shot_classifier(
 
 class Embedder:
     """A model and its processor turned into unit-norm float32 numpy embeddings: what the index, the command
-    line and the server use. ``name`` identifies the model in an index (a Hub id or a checkpoint path)."""
+    line and the server use. ``name`` identifies the model in an index (a Hub id or a checkpoint path).
 
-    def __init__(self, model: AltCLIPModel, processor: AltCLIPProcessor, name: str, batch_size: int = 32):
+    On CUDA, small batches replay CUDA graphs (``cuda_graphs``, on by default there; see ``altclip.cuda_graphs``).
+    """
+
+    def __init__(
+        self,
+        model: AltCLIPModel,
+        processor: AltCLIPProcessor,
+        name: str,
+        batch_size: int = 32,
+        *,
+        cuda_graphs: bool | None = None,
+    ):
         self.model = model.eval()
         self.processor = processor
         self.name = name
         self.dim = model.config.projection_dim
         self.batch_size = batch_size
+        if cuda_graphs is None:
+            cuda_graphs = model.device.type == "cuda"
+        # What computes the features: the model, or CUDA graphs of it (the same methods).
+        self.features = model
+        if cuda_graphs:
+            from altclip.cuda_graphs import GraphedFeatures
+
+            self.features = GraphedFeatures(model)
 
     def prepare(self, image: Any) -> np.ndarray:
         """Decode, resize and crop one image to (H, W, 3) uint8; thread-safe, for decoding workers."""
         return self.processor.image_processor.prepare(image)
 
     def embed_prepared(self, arrays: np.ndarray) -> np.ndarray:
-        pixels = torch.from_numpy(self.processor.image_processor.normalize(arrays))
-        return F.normalize(embed_pixels(self.model, pixels), dim=-1).cpu().numpy()
+        """Unit-norm embeddings of (B, H, W, 3) uint8 images from ``prepare``; normalised on the model's device."""
+        uint8 = torch.from_numpy(np.ascontiguousarray(arrays)).to(self.model.device)
+        pixels = self.processor.image_processor.normalize_tensor(uint8)
+        return F.normalize(embed_pixels(self.features, pixels), dim=-1).cpu().numpy()
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
-        return embed_images(self.model, self.processor, images, batch_size=self.batch_size).cpu().numpy()
+        return embed_images(self.features, self.processor, images, batch_size=self.batch_size).cpu().numpy()
 
     def embed_readable(
         self, sources: Sequence[Any], progress=None
@@ -142,7 +163,7 @@ class Embedder:
         return (np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)), kept, failed
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return embed_texts(self.model, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
+        return embed_texts(self.features, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
 
     @property
     def logit_scale(self) -> float:

@@ -3,7 +3,9 @@ loop over layers that collects hidden states and attention maps."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +38,18 @@ class Packing:
     """Where the real tokens of a right-padded (B, T) batch sit when only they are kept, packed as (N, C) rows.
 
     Linear layers, norms and the MLP work row by row, so they run on the packed rows alone and spend nothing on
-    padding; attention, which needs the (B, T) layout, re-pads around its own few operations.
+    padding. Attention runs on the packed rows too where a variable-length kernel exists (half precision on CUDA,
+    see ``varlen_attention``); elsewhere it re-pads to the (B, T) layout around its own few operations.
     """
 
     def __init__(self, attention_mask: torch.Tensor):
         self.batch, self.length = attention_mask.shape
         self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions of real tokens in B * T
         lengths = attention_mask.sum(1)
-        self.first = torch.cumsum(lengths, 0) - lengths  # (B,) row of each sequence's first token
+        ends = torch.cumsum(lengths, 0)
+        self.first = ends - lengths  # (B,) row of each sequence's first token
+        self.cu_seqlens = F.pad(ends, (1, 0)).to(torch.int32)  # (B + 1,) where each sequence starts, then N
+        self.max_length = self.length  # an upper bound of the longest sequence is all the kernel needs
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.batch * self.length, -1)[self.index]  # (B, T, C) -> (N, C)
@@ -77,13 +83,18 @@ class Attention(nn.Module):
         packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for packed rows
+        p = self.dropout if self.training else 0.0
+        if packing is not None and not need_weights and head_mask is None and p == 0.0 and varlen_supported(qkv):
+            N = qkv.shape[0]
+            q, k, v = qkv.view(N, 3, self.num_heads, self.head_dim).unbind(1)  # each (N, nh, hs)
+            y = varlen_attention(q, k, v, packing.cu_seqlens, packing.max_length)  # (N, nh, hs)
+            return self.out(y.reshape(N, -1)), None
         if packing is not None:
             qkv = packing.unpack(qkv)
         B, T, C3 = qkv.shape
         C = C3 // 3
         qkv = qkv.view(B, T, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, hs)
-        p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = torch.matmul(q, k.transpose(-2, -1)) * (self.head_dim**-0.5)  # (B, nh, T, T)
@@ -101,6 +112,31 @@ class Attention(nn.Module):
         if packing is not None:
             y = packing.pack(y)
         return self.out(y), weights
+
+
+def _load_varlen() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # PyTorch before 2.10
+        return None
+    return varlen_attn
+
+
+_varlen_attn = _load_varlen()
+
+
+def varlen_supported(x: torch.Tensor) -> bool:
+    """Whether attention over packed sequences can run without re-padding: PyTorch's variable-length (flash)
+    kernel, CUDA and half precision only. Float32 never takes it, so the exact path is unchanged."""
+    return _varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_length: int
+) -> torch.Tensor:
+    """Attention within each of the packed sequences: q, k, v (N, nh, hs), sequence ``i`` in rows
+    ``cu_seqlens[i]:cu_seqlens[i + 1]``; returns (N, nh, hs)."""
+    return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length)
 
 
 class MLP(nn.Module):
@@ -142,10 +178,10 @@ class PreNormLayer(nn.Module):
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, the dtype's minimum where padded.
 
-    None when nothing is padded, which lets SDPA pick its fastest kernel (not while tracing for export or
-    compilation, where the graph must not depend on the values).
+    None when nothing is padded, which lets SDPA pick its fastest kernel (not while a graph is recorded, which
+    must not depend on the values).
     """
-    if attention_mask is None or (not tracing() and bool(attention_mask.all())):
+    if attention_mask is None or (not graph_mode() and bool(attention_mask.all())):
         return None
     keep = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - keep) * torch.finfo(dtype).min
@@ -213,9 +249,31 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+_recording: contextvars.ContextVar[bool] = contextvars.ContextVar("altclip_recording", default=False)
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[None]:
+    """Runs the model as it will be recorded into a graph (see ``graph_mode``), for the warm-up runs before a
+    CUDA-graph capture: they must take the same path, so that the capture meets only kernels already loaded."""
+    token = _recording.set(True)
+    try:
+        yield
+    finally:
+        _recording.reset(token)
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def graph_mode() -> bool:
+    """Whether operations are being recorded into a graph (tracing, or CUDA-graph capture) rather than run: the
+    code must then take the same path whatever the values, and must not read them (no host synchronisation)."""
+    return _recording.get() or tracing() or capturing()
+
+
 def checks_enabled() -> bool:
-    """Whether to run the input checks that read tensor values. They would break a traced graph or a CUDA graph
-    capture, so those skip them."""
-    if tracing():
-        return False
-    return not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    """Whether to run the input checks that read tensor values; a graph being recorded skips them."""
+    return not graph_mode()

@@ -27,6 +27,7 @@ class AltCLIPModel(PreTrainedModel):
 
     config_class = AltCLIPConfig
     weight_map = ckpt.MODEL_WEIGHTS
+    _no_split_modules = [*AltCLIPTextModel._no_split_modules, *AltCLIPVisionModel._no_split_modules]
 
     def __init__(self, config: AltCLIPConfig, *, initialize: bool = True):
         super().__init__(config)
@@ -53,6 +54,13 @@ class AltCLIPModel(PreTrainedModel):
     def encoder_layers(self) -> list[nn.Module]:
         """The transformer layers of the text tower, then of the image tower."""
         return [*self.text_model.encoder_layers(), *self.vision_model.encoder_layers()]
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The text tower's token embeddings (what peft and ``resize_token_embeddings`` work on)."""
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_model.set_input_embeddings(value)
 
     def get_text_features(
         self,
@@ -112,6 +120,9 @@ class AltCLIPModel(PreTrainedModel):
         interpolate_pos_encoding: bool = False,
         return_dict: bool | None = None,
     ) -> AltCLIPOutput | tuple:
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         if input_ids is None or pixel_values is None:
             raise ValueError(
                 "AltCLIPModel.forward needs both input_ids and pixel_values; for one modality use "
@@ -156,4 +167,4 @@ class AltCLIPModel(PreTrainedModel):
             text_model_output=text,
             vision_model_output=vision,
         )
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return out if (self.config.use_return_dict if return_dict is None else return_dict) else out.to_tuple()

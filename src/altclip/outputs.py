@@ -1,49 +1,50 @@
-"""Model outputs: dataclasses with attribute access that also index and unpack like tuples.
+"""Model outputs: dataclasses that are also ordered mappings, as transformers' ``ModelOutput`` is.
 
-The fields and their order are those of transformers' outputs, so ``outputs[0]``, ``outputs["pooler_output"]``
-and ``logits_per_image, logits_per_text, *rest = outputs`` behave as users of the seed documents expect. As in
-transformers, fields that are None are left out of the tuple view.
+The fields and their order are those of transformers' outputs. As there, a field that is None is not a key: iteration
+and ``keys()`` give the names of the fields that are set, ``outputs["pooler_output"]`` reads one, ``outputs[0]`` and
+``outputs[1:]`` index the tuple of the values that are set, and ``to_tuple()`` gives that tuple. So
+``for k in out: out[k]``, ``model(**inputs)[0]`` and ``logits_per_image, logits_per_text, *rest = out.to_tuple()``
+work as transformers' users expect. The classes are registered with ``torch.export``, so exported graphs return them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 
-class ModelOutput:
-    """Mixin for output dataclasses: tuple-style indexing and unpacking over the fields that are set."""
+class ModelOutput(OrderedDict):
+    """Base of the output dataclasses: the mapping holds the fields that are not None, kept in step with them."""
 
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]  # type: ignore[arg-type]
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is not None:
+                super().__setitem__(f.name, value)
 
-    def values(self) -> list[Any]:
-        return [getattr(self, k) for k in self.keys()]
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if value is not None and name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+            super().__setitem__(name, value)
 
-    def items(self) -> list[tuple[str, Any]]:
-        return [(k, getattr(self, k)) for k in self.keys()]
-
-    def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        super().__setattr__(key, value)
 
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):
-            if key not in self.keys():
-                raise KeyError(key)
-            return getattr(self, key)
-        return self.values()[key]
+            return super().__getitem__(key)
+        return self.to_tuple()[key]
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.values())
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The values that are set, in field order (a nested output becomes a tuple too, as in CLIP's outputs)."""
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
-    def __len__(self) -> int:
-        return len(self.keys())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
+    def __reduce__(self):  # pickle and copy.deepcopy through the dataclass fields, not the dict
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -97,3 +98,7 @@ class AltCLIPOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     text_model_output: TextModelOutput | None = None
     vision_model_output: VisionModelOutput | None = None
+
+
+for _cls in (TextModelOutput, VisionModelOutput, AltCLIPOutput):
+    torch.export.register_dataclass(_cls, serialized_type_name=f"altclip.outputs.{_cls.__name__}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import os
 import warnings
 from collections.abc import Iterator
@@ -43,6 +43,9 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
     return _DTYPES[name]
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
 class PreTrainedModel(nn.Module):
     """A model built from a config that loads and saves Hugging Face checkpoint folders.
 
@@ -54,12 +57,25 @@ class PreTrainedModel(nn.Module):
     weight_map: ClassVar[ckpt.WeightMap]
     checkpoint_prefix: ClassVar[str] = ""
 
+    # What transformers' tools (peft, accelerate, Trainer, pipelines) read off a model, with transformers' values.
+    base_model_prefix: ClassVar[str] = "altclip"
+    main_input_name: ClassVar[str] = "input_ids"  # the first argument of forward
+    input_modalities: ClassVar[tuple[str, ...]] = ("image", "text")
+    supports_gradient_checkpointing: ClassVar[bool] = True
+    _no_split_modules: ClassVar[list[str]] = []  # blocks accelerate's device_map must keep on one device
+    _supports_sdpa: ClassVar[bool] = True
+    _keep_in_fp32_modules: ClassVar[set[str]] = set()  # no module needs float32 under a lower dtype
+    _keep_in_fp32_modules_strict: ClassVar[set[str]] = set()
+    is_encoder_decoder: ClassVar[bool] = False
+
     def __init__(self, config: _Config):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
         self.gradient_checkpointing = False
+        if config._attn_implementation is None:
+            config._attn_implementation = "sdpa"
 
     def init_weights(self) -> None:
         """Random initialisation, as transformers does it for this architecture: the last step of building a model,
@@ -83,11 +99,93 @@ class PreTrainedModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    @property
+    def base_model(self) -> nn.Module:
+        return self
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute each layer's activations in the backward pass instead of storing them (training only)."""
+    @classmethod
+    def can_generate(cls) -> bool:
+        """AltCLIP encodes; it does not generate text (there is no ``generate``)."""
+        return False
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for p in self.parameters()
+            if (p.requires_grad or not only_trainable) and id(p) not in skip
+        )
+
+    # -----------------------------------------------------------------------------------------------------------
+    # Embeddings, attention, gradient checkpointing
+
+    def get_input_embeddings(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} has no input embeddings")
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no input embeddings")
+
+    def get_output_embeddings(self) -> None:
+        return None  # no language-model head
+
+    def resize_token_embeddings(
+        self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Resizes the token embeddings (for tokens added to the tokenizer) and ``vocab_size`` in the config.
+
+        Kept rows keep their values; new rows are the mean of the old ones (``mean_resizing``, as transformers
+        does), else drawn with the init std. Returns the embedding.
+        """
+        old = self.get_input_embeddings()
+        if not isinstance(old, nn.Embedding):
+            raise NotImplementedError(f"{type(self).__name__} has no token embeddings to resize")
+        if new_num_tokens is None:
+            new_num_tokens = old.num_embeddings
+        if pad_to_multiple_of is not None:
+            new_num_tokens = -(-new_num_tokens // pad_to_multiple_of) * pad_to_multiple_of
+        if new_num_tokens == old.num_embeddings:
+            return old
+        new = nn.Embedding(
+            new_num_tokens, old.embedding_dim, padding_idx=old.padding_idx, device=old.weight.device,
+            dtype=old.weight.dtype,
+        )  # fmt: skip
+        kept = min(old.num_embeddings, new_num_tokens)
+        with torch.no_grad():
+            if mean_resizing:
+                new.weight[:] = old.weight.mean(0)
+            else:
+                new.weight.normal_(std=self.config.get_text_config().initializer_range)
+            new.weight[:kept] = old.weight[:kept]
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.set_input_embeddings(new)
+        self.config.get_text_config().vocab_size = new_num_tokens
+        return new
+
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """"eager" or "sdpa", recorded in the config of this model and of its towers. Both compute the same
+        attention; ours runs SDPA unless attention maps are asked for, then the explicit softmax (as "eager")."""
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f'Specified `attn_implementation="{attn_implementation}"` is not supported; use one of '
+                f"{', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                module.config._attn_implementation = attn_implementation
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute each layer's activations in the backward pass instead of storing them (training only).
+
+        Checkpointing is non-reentrant; ``gradient_checkpointing_kwargs`` may only confirm that
+        (``{"use_reentrant": False}``)."""
+        if (gradient_checkpointing_kwargs or {}).get("use_reentrant", False):
+            raise ValueError("Only non-reentrant gradient checkpointing is offered (use_reentrant=False)")
         for module in self.modules():
             if isinstance(module, PreTrainedModel):
                 module.gradient_checkpointing = True
@@ -97,25 +195,73 @@ class PreTrainedModel(nn.Module):
             if isinstance(module, PreTrainedModel):
                 module.gradient_checkpointing = False
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules())
+
+    # transformers 5's names for the same switches
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+    is_activation_checkpointing = is_gradient_checkpointing
+
+    def enable_input_require_grads(self) -> None:
+        """Makes the input embeddings' outputs require grad, so gradients reach adapters (LoRA) or checkpointed
+        layers of a frozen model."""
+        self.disable_input_require_grads()
+        seen: set[int] = set()
+        for module in self.modules():
+            if not isinstance(module, PreTrainedModel):
+                continue
+            try:
+                embeddings = module.get_input_embeddings()
+            except NotImplementedError:
+                continue
+            if id(embeddings) not in seen:
+                seen.add(id(embeddings))
+                hook = embeddings.register_forward_hook(lambda _module, _input, output: output.requires_grad_(True))
+                self._require_grads_hooks.append(hook)
+
+    def disable_input_require_grads(self) -> None:
+        for hook in getattr(self, "_require_grads_hooks", []):
+            hook.remove()
+        self._require_grads_hooks: list = []
+
     # -----------------------------------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(
         cls: type[M],
-        name_or_path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None,
         *,
-        dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
         config: _Config | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        device_map: torch.device | str | int | None = None,
+        attn_implementation: str | None = None,
         revision: str | None = None,
+        subfolder: str = "",
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        output_loading_info: bool = False,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        low_cpu_mem_usage: bool | None = None,
         quantization_config: Any = None,
+        **config_overrides: Any,
     ) -> M:
         """Loads a checkpoint folder or Hugging Face Hub model id (downloaded into the Hub cache).
 
         dtype: a torch dtype (or its name) to cast the weights to, "auto" for the dtype they were saved in, or
-            None for float32, the exact path.
-        device: where the weights go (default CPU).
-        config: overrides the checkpoint's config.json.
+            None for float32, the exact path. ``torch_dtype`` is the same (transformers' former name).
+        device / device_map: where the weights go (default CPU); ``device_map`` takes one device only.
+        config: overrides the checkpoint's config.json. Other keywords (``output_hidden_states=True``, ...)
+            override single values of it.
+        attn_implementation: "sdpa" (default) or "eager", see ``set_attn_implementation``.
+        revision, subfolder, cache_dir, local_files_only, token: where on the Hub, as in huggingface_hub.
+        output_loading_info: also return transformers' loading report; loading is strict, so its lists are empty.
+        state_dict: weights (our parameter names) to use instead of the checkpoint's; then the name may be None.
+        low_cpu_mem_usage: accepted for compatibility; loading always builds on the meta device.
         quantization_config: quantize after loading: a method name ("int8_dynamic", "int8_weight_only",
             "int4_weight_only"), a dict, or an ``altclip.quantize.QuantizationConfig``.
 
@@ -123,15 +269,64 @@ class PreTrainedModel(nn.Module):
         built without initialising its weights and filled from the checkpoint; any missing, unexpected or
         wrong-shaped tensor is an error naming the key. The model is returned in eval mode.
         """
-        raw = read_config_file(resolve_file(name_or_path, CONFIG_NAME, revision=revision))
-        if config is None:
-            config = cls.config_class.from_hf_dict(raw, source=f"{name_or_path}/{CONFIG_NAME}")
-        if "quantization_config" in raw:
-            return cls._from_quantized(
-                name_or_path, config, raw["quantization_config"], device=device, revision=revision
+        if torch.get_default_device().type == "meta":
+            raise RuntimeError(
+                "You are using `from_pretrained` with a meta device context manager (`with torch.device('meta')`); "
+                "it would load nothing. To build a model without weights, call the class on a config inside that "
+                "context instead."
             )
-        files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise TypeError("Pass dtype or torch_dtype, not both")
+            dtype = torch_dtype
+        if device_map is not None:
+            if isinstance(device_map, dict) or device_map in ("auto", "balanced", "sequential"):
+                raise NotImplementedError("device_map places the whole model on one device here; pass a device")
+            device = device if device is not None else device_map
+        if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(
+                f'Specified `attn_implementation="{attn_implementation}"` is not supported; use one of '
+                f"{', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        hub = dict(
+            revision=revision, subfolder=subfolder, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+        )
+        name = pretrained_model_name_or_path
+        if name is None:
+            if config is None or state_dict is None:
+                raise ValueError("from_pretrained(None, ...) needs both config= and state_dict=")
+            model = cls._from_state_dict(config, state_dict, device=device)
+        else:
+            raw = read_config_file(resolve_file(name, CONFIG_NAME, **hub))
+            if config is None:
+                config = cls.config_class.from_hf_dict(raw, source=f"{name}/{CONFIG_NAME}")
+            else:
+                config = copy.deepcopy(config)
+            known = {k: config_overrides.pop(k) for k in list(config_overrides) if hasattr(config, k)}
+            config._set_overrides(known)
+            if "quantization_config" in raw:
+                model = cls._from_quantized(name, config, raw["quantization_config"], device=device, hub=hub)
+            elif state_dict is not None:
+                model = cls._from_state_dict(config, state_dict, device=device)
+            else:
+                model = cls._from_checkpoint(name, config, raw, dtype=dtype, device=device, hub=hub)
+            model.config.name_or_path = name
+        if config_overrides:
+            raise TypeError(f"from_pretrained got unexpected keyword arguments: {', '.join(config_overrides)}")
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        model.eval()
+        if quantization_config is not None:
+            from altclip.quantize import quantize
 
+            quantize(model, quantization_config)
+        if output_loading_info:
+            return model, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+        return model
+
+    @classmethod
+    def _from_checkpoint(cls: type[M], name, config: _Config, raw: dict, *, dtype, device, hub: dict) -> M:
+        files = ckpt.TensorFiles(checkpoint_files(name, **hub))
         dtype = parse_dtype(dtype)
         if dtype == "auto":
             saved = raw.get("dtype") or raw.get("torch_dtype")
@@ -153,17 +348,30 @@ class PreTrainedModel(nn.Module):
             prefix=prefix,
             dtype=dtype or torch.float32,
             device=device,
-            source=f"Checkpoint {name_or_path}",
+            source=f"Checkpoint {name}",
         )
-        model.eval()
-        if quantization_config is not None:
-            from altclip.quantize import quantize
-
-            quantize(model, quantization_config)
         return model
 
     @classmethod
-    def _from_quantized(cls: type[M], name_or_path, config: _Config, settings: dict, *, device, revision) -> M:
+    def _from_state_dict(cls: type[M], config: _Config, state_dict: dict[str, torch.Tensor], *, device) -> M:
+        with empty_weights():
+            model = cls(copy.deepcopy(config), initialize=False)  # type: ignore[call-arg]
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        return model.to(device) if device is not None else model
+
+    @classmethod
+    def _from_config(
+        cls: type[M], config: _Config, *, dtype: torch.dtype | str | None = None, attn_implementation: str | None = None
+    ) -> M:
+        """A randomly initialised model from a config (transformers' ``_from_config``, used by auto classes)."""
+        model = cls(copy.deepcopy(config))  # type: ignore[arg-type]
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        dtype = parse_dtype(dtype)
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+
+    @classmethod
+    def _from_quantized(cls: type[M], name_or_path, config: _Config, settings: dict, *, device, hub: dict) -> M:
         """A checkpoint written by ``save_pretrained`` of a quantized model: loads without re-quantizing."""
         from altclip.quantize import QUANTIZED_WEIGHTS, QuantizationConfig, prepare_for_quantized_state
 
@@ -173,17 +381,30 @@ class PreTrainedModel(nn.Module):
         with empty_weights():
             model = cls(config, initialize=False)  # type: ignore[call-arg]
         prepare_for_quantized_state(model, qconfig)
-        path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, revision=revision)
+        path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, **hub)
         with warnings.catch_warnings():  # quantized tensors still go through TypedStorage, which warns
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, map_location=device or "cpu", weights_only=True)
         model.load_state_dict(state, strict=True, assign=True)
         model.quantization_config, model.quantization_backend = qconfig, qconfig.backend
-        return model.eval()
+        return model
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, max_shard_size: int | str = "10GB") -> Path:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        max_shard_size: int | str = "10GB",
+        safe_serialization: bool = True,
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> Path:
         """Writes config.json and safetensors weights under the checkpoint names transformers reads (a quantized
-        model writes its own format, see ``altclip.quantize.save_quantized``)."""
+        model writes its own format, see ``altclip.quantize.save_quantized``). Other transformers keywords
+        (``is_main_process``, ...) are accepted and have no effect; weights are always safetensors."""
+        if push_to_hub:
+            raise NotImplementedError("push_to_hub is not offered; upload the folder with huggingface_hub")
+        if not safe_serialization:
+            raise NotImplementedError("Only safetensors are written (safe_serialization=True)")
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         if getattr(self, "quantization_config", None) is not None:
@@ -191,9 +412,9 @@ class PreTrainedModel(nn.Module):
 
             save_quantized(self, path)
             return path
-        config = self.config
-        if isinstance(config, AltCLIPConfig):
-            config = dataclasses.replace(config, dtype=str(self.dtype).removeprefix("torch."))
+        config = copy.deepcopy(self.config)
+        config.dtype = str(self.dtype).removeprefix("torch.")
+        config.architectures = [type(self).__name__]
         config.save_pretrained(path)
         ckpt.save_tensors(ckpt.to_checkpoint(self, self.weight_map), path, max_shard_size=max_shard_size)
         return path
@@ -220,12 +441,13 @@ class _SkipInitialisers(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def checkpoint_files(name_or_path: str | os.PathLike, *, revision: str | None = None) -> list[Path]:
-    """The weight files of a checkpoint: safetensors first, then legacy pickles; shards through their index."""
-    found = resolve_first(name_or_path, ckpt.WEIGHT_FILES, revision=revision, what="model weights")
+def checkpoint_files(name_or_path: str | os.PathLike, **hub: Any) -> list[Path]:
+    """The weight files of a checkpoint: safetensors first, then legacy pickles; shards through their index.
+    ``hub``: the keywords of ``resolve_file`` (revision, subfolder, ...)."""
+    found = resolve_first(name_or_path, ckpt.WEIGHT_FILES, what="model weights", **hub)
     if not found.name.endswith(".index.json"):
         return [found]
     return [
-        resolve_file(name_or_path, shard.name, revision=revision)  # type: ignore[misc]
+        resolve_file(name_or_path, shard.name, **hub)  # type: ignore[misc]
         for shard in ckpt.shard_files(found)
     ]

@@ -194,7 +194,12 @@ def _torchao_config(config: QuantizationConfig):
             f"{', '.join(supported) or 'none of our methods'}. Install torchao >= 0.10"
         )
     if config.method == "int4_weight_only":
-        return getattr(ao, name)(group_size=config.group_size)
+        kwargs: dict[str, Any] = {"group_size": config.group_size}
+        if "int4_packing_format" in getattr(getattr(ao, name), "__dataclass_fields__", {}):
+            # The tile-packed layout runs on PyTorch's own int4 kernels (tinygemm); torchao's default layout since
+            # 0.14 needs a separate kernel package (fbgemm-gpu-genai or mslk).
+            kwargs["int4_packing_format"] = "tile_packed_to_4d"
+        return getattr(ao, name)(**kwargs)
     return getattr(ao, name)()
 
 

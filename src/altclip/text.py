@@ -20,6 +20,7 @@ from altclip.layers import (
     Packing,
     checks_enabled,
     expand_head_mask,
+    graph_mode,
     init_layer_norm,
     init_linear,
     padding_mask,
@@ -98,6 +99,8 @@ class AltCLIPTextModel(PreTrainedModel):
     config_class = AltCLIPTextConfig
     weight_map = ckpt.TEXT_WEIGHTS
     checkpoint_prefix = "text_model."
+    input_modalities = ("text",)
+    _no_split_modules = ["TextEmbeddings", "TextLayer"]
 
     def __init__(self, config: AltCLIPTextConfig, *, initialize: bool = True):
         super().__init__(config)
@@ -176,7 +179,7 @@ class AltCLIPTextModel(PreTrainedModel):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...] | None]:
         """The XLM-R encoder alone: last layer output (B, T, hidden), hidden states, attentions. With ``packing``,
         the layers see only the real tokens, and the output is (real tokens, hidden)."""
-        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        self.check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
         mask = padding_mask(attention_mask, x.dtype)
         if packing is not None:
@@ -230,28 +233,22 @@ class AltCLIPTextModel(PreTrainedModel):
             attentions=attentions,
             projection_state=cls,
         )
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return out if (self.config.use_return_dict if return_dict is None else return_dict) else out.to_tuple()
 
-    def pooled(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, packed: bool = True
-    ) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, project_dim) ``pooler_output`` without computing on padding.
 
         The real tokens of a right-padded batch are packed into one (tokens, C) matrix, so the linear layers (nearly
         all of the work) run on them alone, in full-size matrix products; attention re-pads around itself. ``pre_LN``
         and ``transformation`` run on the CLS tokens only. Padding is masked out of attention anyway, so this
-        equals ``forward(...).pooler_output`` up to float round-off.
-
-        ``packed=False`` computes on the padding too: one graph whatever the padding, which is what tracing for
-        export (ONNX) needs.
+        equals ``forward(...).pooler_output`` up to float round-off. A graph being recorded (CUDA graphs, export)
+        takes the padded path, whose shapes do not depend on the mask's values.
         """
         shaped = (
-            attention_mask is not None and attention_mask.shape == input_ids.shape
+            attention_mask is not None and attention_mask.shape == input_ids.shape and not graph_mode()
         )  # else encode says what is wrong
-        lengths = attention_mask.sum(1) if shaped and packed else None
-        packed = (
-            packed and shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
-        )
+        lengths = attention_mask.sum(1) if shaped else None
+        packed = shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
         packing = Packing(attention_mask) if packed else None
         h, _, _ = self.encode(input_ids, attention_mask, packing=packing)
         cls = h[packing.first] if packing is not None else h[:, 0]
@@ -263,15 +260,16 @@ class AltCLIPTextModel(PreTrainedModel):
         h, _, _ = self.encode(input_ids, attention_mask)
         return self.transformation(h)
 
-    def _check_inputs(
+    def check_inputs(
         self,
         input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        token_type_ids: torch.Tensor | None,
-        position_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> None:
-        """Clear errors for inputs that would otherwise fail deep inside (an index error in an embedding)."""
+        """Clear errors for inputs that would otherwise fail deep inside (an index error in an embedding, which
+        on a GPU is a device-side assertion that ends the process's use of the GPU)."""
         config = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds")

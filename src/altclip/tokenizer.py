@@ -49,6 +49,7 @@ class XLMRobertaTokenizer:
     """
 
     model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"  # where padding goes; a call's padding_side= overrides it, as in transformers
 
     def __init__(
         self, vocab: list[tuple[str, float]], charsmap: bytes | None = None, model_max_length: int = DEFAULT_MAX_LENGTH
@@ -68,17 +69,19 @@ class XLMRobertaTokenizer:
     # Loading and saving
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, revision: str | None = None) -> XLMRobertaTokenizer:
-        """Reads ``tokenizer.json``, or else ``sentencepiece.bpe.model``, from a folder or a Hub model id."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **hub: Any) -> XLMRobertaTokenizer:
+        """Reads ``tokenizer.json``, or else ``sentencepiece.bpe.model``, from a folder or a Hub model id. ``hub``:
+        revision, subfolder, cache_dir, local_files_only, token (see ``altclip.hub.resolve_file``)."""
         from altclip.hub import resolve_file, resolve_first
 
-        found = resolve_first(name_or_path, [TOKENIZER_FILE, SENTENCEPIECE_FILE], revision=revision, what="a tokenizer")
+        name_or_path = pretrained_model_name_or_path
+        found = resolve_first(name_or_path, [TOKENIZER_FILE, SENTENCEPIECE_FILE], what="a tokenizer", **hub)
         if found.name == TOKENIZER_FILE:
             vocab, charsmap = read_tokenizer_json(found)
         else:
             vocab, charsmap = read_sentencepiece(found)
         max_length = DEFAULT_MAX_LENGTH
-        config_path = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, revision=revision, required=False)
+        config_path = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, required=False, **hub)
         if config_path is not None:
             config = json.loads(config_path.read_text(encoding="utf-8"))
             # transformers writes a huge sentinel (1e30) when no length was set.
@@ -86,7 +89,7 @@ class XLMRobertaTokenizer:
                 max_length = config["model_max_length"]
         return cls(vocab, charsmap, model_max_length=max_length)
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> Path:
         path = Path(save_directory)
         path.mkdir(parents=True, exist_ok=True)
         self._tokenizer.save(str(path / TOKENIZER_FILE))
@@ -115,8 +118,17 @@ class XLMRobertaTokenizer:
     def get_vocab(self) -> dict[str, int]:
         return self._tokenizer.get_vocab(with_added_tokens=True)
 
-    def tokenize(self, text: str) -> list[str]:
-        return self._tokenizer.encode(_check_text(text, 0), add_special_tokens=False).tokens
+    @property
+    def all_special_tokens(self) -> list[str]:
+        return list(SPECIAL_TOKENS.values())
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        return [getattr(self, f"{name}_id") for name in SPECIAL_TOKENS]
+
+    def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
+        tokens = self._tokenizer.encode(_check_text(text, 0), add_special_tokens=False).tokens
+        return [self.bos_token, *tokens, self.eos_token] if add_special_tokens else tokens  # type: ignore[attr-defined]
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
@@ -124,10 +136,11 @@ class XLMRobertaTokenizer:
             return self.unk_token_id if found is None else found  # type: ignore[attr-defined]
         return [self.convert_tokens_to_ids(t) for t in tokens]  # type: ignore[misc]
 
-    def convert_ids_to_tokens(self, ids: int | Sequence[int]) -> str | list[str]:
+    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
-        return [self._tokenizer.id_to_token(int(i)) for i in ids]
+        skip = set(self.all_special_ids) if skip_special_tokens else set()
+        return [self._tokenizer.id_to_token(int(i)) for i in ids if int(i) not in skip]
 
     def encode(self, text: str, add_special_tokens: bool = True, **kwargs: Any) -> list[int]:
         return self(text, add_special_tokens=add_special_tokens, **kwargs)["input_ids"]
@@ -140,16 +153,29 @@ class XLMRobertaTokenizer:
         padding: bool | str = False,
         truncation: bool | str | None = None,
         max_length: int | None = None,
+        stride: int = 0,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
         return_tensors: str | None = None,
         return_attention_mask: bool = True,
+        return_overflowing_tokens: bool = False,
+        return_special_tokens_mask: bool = False,
+        return_offsets_mapping: bool = False,
+        return_length: bool = False,
         add_special_tokens: bool = True,
     ) -> BatchFeature:
-        """Tokenizes one text or a batch.
+        """Tokenizes one text or a batch (or pairs of them, with ``text_pair``).
 
-        padding: False, True / "longest" (to the longest in the batch), or "max_length".
+        padding: False, True / "longest" (to the longest in the batch), or "max_length"; rounded up to a multiple of
+            ``pad_to_multiple_of``; on ``padding_side`` ("right", the default, or "left").
         truncation: None (truncate what exceeds ``model_max_length``, with a warning), True (truncate to
             ``max_length``, default ``model_max_length``), or False (never; an over-long text then fails in the
             model with a clear error).
+        return_overflowing_tokens: instead of dropping what truncation cuts off, return it as further rows, each
+            window overlapping the previous one by ``stride`` tokens; ``overflow_to_sample_mapping`` says which text
+            each row came from (single texts only, not pairs).
+        return_special_tokens_mask / return_offsets_mapping / return_length: 1 for <s> </s> and padding; each
+            token's (start, end) characters in its text, (0, 0) for special tokens; each row's unpadded length.
         return_tensors: "pt", "np", or None for Python lists (flat for a single text, as in transformers).
         """
         single = isinstance(text, (str, bytes))
@@ -161,41 +187,83 @@ class XLMRobertaTokenizer:
                 raise ValueError(f"Got {len(texts)} texts but {len(pairs)} text pairs")
         texts = [_check_text(t, i) for i, t in enumerate(texts)]
         pairs = None if pairs is None else [_check_text(t, i) for i, t in enumerate(pairs)]
+        if return_overflowing_tokens and pairs is not None:
+            raise NotImplementedError("return_overflowing_tokens is offered for single texts, not pairs")
 
-        first = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
-        second = (
-            None if pairs is None else [e.ids for e in self._tokenizer.encode_batch(pairs, add_special_tokens=False)]
+        first = [_pieces(e) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        second = None
+        if pairs is not None:
+            second = [_pieces(e) for e in self._tokenizer.encode_batch(pairs, add_special_tokens=False)]
+        limit = self._length_limit(
+            [[i for i, _ in a] for a in first],
+            None if second is None else [[i for i, _ in b] for b in second],
+            truncation,
+            max_length,
+            add_special_tokens,
+            padding,
         )
-        limit = self._length_limit(first, second, truncation, max_length, add_special_tokens)
-        ids = [
-            self._assemble(a, None if second is None else second[i], limit, add_special_tokens)
-            for i, a in enumerate(first)
-        ]
+        rows: list[tuple[int, list[tuple[int, tuple[int, int], int]]]] = []  # (text index, [(id, offsets, special)])
+        for i, a in enumerate(first):
+            if return_overflowing_tokens and limit is not None:
+                budget = limit - (2 if add_special_tokens else 0)
+                rows += [(i, self._with_specials(w, None, add_special_tokens)) for w in _windows(a, budget, stride)]
+            else:
+                a, b = self._truncate(a, None if second is None else second[i], limit, add_special_tokens)
+                rows.append((i, self._with_specials(a, b, add_special_tokens)))
 
-        if padding is True or padding == "longest":
-            width = max(len(x) for x in ids)
-        elif padding == "max_length":
-            width = max_length or self.model_max_length
-        elif padding in (False, None, "do_not_pad"):
-            width = None
-        else:
-            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
-        masks = [[1] * len(x) for x in ids]
-        if width is not None:
-            masks = [m + [0] * (width - len(m)) for m in masks]
-            ids = [x + [self.pad_token_id] * (width - len(x)) for x in ids]  # type: ignore[attr-defined]
-        elif return_tensors is not None and len({len(x) for x in ids}) > 1:
+        width = self._padded_width([len(r) for _, r in rows], padding, max_length, pad_to_multiple_of)
+        if width is None and return_tensors is not None and len({len(r) for _, r in rows}) > 1:
             raise ValueError(
                 "Texts of different lengths cannot form one tensor: pass padding=True (or padding='max_length')"
             )
+        side = padding_side or self.padding_side
+        if side not in ("right", "left"):
+            raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
+        pad = (self.pad_token_id, (0, 0), 1)  # type: ignore[attr-defined]
+        columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "special_tokens_mask": [], "offset_mapping": []}
+        for _, row in rows:
+            fill = [pad] * (0 if width is None else width - len(row))
+            mask = [1] * len(row)
+            if side == "right":
+                row, mask = row + fill, mask + [0] * len(fill)
+            else:
+                row, mask = fill + row, [0] * len(fill) + mask
+            columns["input_ids"].append([t for t, _, _ in row])
+            columns["attention_mask"].append(mask)
+            columns["special_tokens_mask"].append([s for _, _, s in row])
+            columns["offset_mapping"].append([o for _, o, _ in row])
 
-        out = BatchFeature(input_ids=ids)
-        if return_attention_mask:
-            out["attention_mask"] = masks
+        wanted = {
+            "input_ids": True,
+            "attention_mask": return_attention_mask,
+            "special_tokens_mask": return_special_tokens_mask,
+            "offset_mapping": return_offsets_mapping,
+        }
+        out = BatchFeature({k: v for k, v in columns.items() if wanted[k]})
+        if return_length:
+            out["length"] = [sum(m) for m in columns["attention_mask"]]
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = [i for i, _ in rows]
+        flat = single and return_tensors is None and not return_overflowing_tokens
         for key in list(out):
-            values = out[key][0] if single and return_tensors is None else out[key]
+            values = out[key][0] if flat else out[key]
             out[key] = as_tensors(values, return_tensors, "int64")
         return out
+
+    def _padded_width(
+        self, lengths: list[int], padding: bool | str, max_length: int | None, multiple: int | None
+    ) -> int | None:
+        if padding is True or padding == "longest":
+            width = max(lengths)
+        elif padding == "max_length":
+            width = max_length or self.model_max_length
+        elif padding in (False, None, "do_not_pad"):
+            return None
+        else:
+            raise ValueError(f"padding must be True, False, 'longest' or 'max_length', got {padding!r}")
+        if multiple:
+            width = -(-width // multiple) * multiple
+        return width
 
     def _length_limit(
         self,
@@ -204,13 +272,17 @@ class XLMRobertaTokenizer:
         truncation: bool | str | None,
         max_length: int | None,
         add_special_tokens: bool,
+        padding: bool | str = False,
     ) -> int | None:
         """The total length (special tokens included) to truncate to, or None."""
         if truncation is False or truncation == "do_not_truncate":
             return None
         extra = (4 if second is not None else 2) if add_special_tokens else 0
         if truncation is None:
-            limit = max_length or self.model_max_length
+            # As in transformers, max_length truncates when it does not say how far to pad; beyond that, only what
+            # exceeds model_max_length (the position table) is cut.
+            padding_to_max = padding not in (False, None, "do_not_pad")
+            limit = (max_length if not padding_to_max else None) or self.model_max_length
             lengths = [len(a) + (0 if second is None else len(second[i])) + extra for i, a in enumerate(first)]
             too_long = [i for i, n in enumerate(lengths) if n > limit]
             if not too_long:
@@ -228,32 +300,60 @@ class XLMRobertaTokenizer:
             raise ValueError(f"truncation must be True, False or None, got {truncation!r}")
         return max_length or self.model_max_length
 
-    def _assemble(self, a: list[int], b: list[int] | None, limit: int | None, add_special_tokens: bool) -> list[int]:
-        if limit is not None:
-            budget = limit - ((4 if b is not None else 2) if add_special_tokens else 0)
-            if budget < 0:
-                raise ValueError(f"max_length={limit} leaves no room for the special tokens")
-            if b is None:
-                a = a[:budget]
-            else:  # longest first: drop tokens from the longer of the two until both fit
-                while len(a) + len(b) > budget:
-                    if len(a) >= len(b):
-                        a = a[:-1]
-                    else:
-                        b = b[:-1]
+    def _truncate(self, a: list, b: list | None, limit: int | None, add_special_tokens: bool) -> tuple[list, list | None]:
+        """Cuts token lists to ``limit`` tokens in all (special tokens included); pairs lose from the longer first."""
+        if limit is None:
+            return a, b
+        budget = limit - ((4 if b is not None else 2) if add_special_tokens else 0)
+        if budget < 0:
+            raise ValueError(f"max_length={limit} leaves no room for the special tokens")
+        if b is None:
+            return a[:budget], None
+        while len(a) + len(b) > budget:  # longest first: drop tokens from the longer of the two until both fit
+            if len(a) >= len(b):
+                a = a[:-1]
+            else:
+                b = b[:-1]
+        return a, b
+
+    def _with_specials(self, a: list, b: list | None, add_special_tokens: bool) -> list[tuple[int, tuple[int, int], int]]:
+        """(id, offsets, is-special) rows: <s> a </s>, or <s> a </s></s> b </s> for a pair."""
+        a = [(i, o, 0) for i, o in a]
+        b = None if b is None else [(i, o, 0) for i, o in b]
         if not add_special_tokens:
             return a + (b or [])
-        bos, eos = self.bos_token_id, self.eos_token_id  # type: ignore[attr-defined]
+        bos, eos = (self.bos_token_id, (0, 0), 1), (self.eos_token_id, (0, 0), 1)  # type: ignore[attr-defined]
         return [bos, *a, eos] if b is None else [bos, *a, eos, eos, *b, eos]
 
     # -----------------------------------------------------------------------------------------------------------
     # Decoding
 
-    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
-        return self._tokenizer.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+    def decode(self, token_ids: Any, skip_special_tokens: bool = False, **kwargs: Any) -> str:
+        """Text of ``token_ids``; ``clean_up_tokenization_spaces`` is accepted and, as for XLM-R in transformers,
+        changes nothing."""
+        return self._tokenizer.decode(_id_list(token_ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
-        return [self.decode(s, skip_special_tokens=skip_special_tokens) for s in sequences]
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False, **kwargs: Any) -> list[str]:
+        return [self.decode(s, skip_special_tokens=skip_special_tokens, **kwargs) for s in sequences]
+
+
+def _pieces(encoding: Any) -> list[tuple[int, tuple[int, int]]]:
+    """(id, (start, end)) of each token of a ``tokenizers`` encoding."""
+    return list(zip(encoding.ids, encoding.offsets))
+
+
+def _windows(tokens: list, size: int, stride: int) -> list[list]:
+    """``tokens`` cut into windows of ``size``, each starting ``stride`` tokens before the previous one ended."""
+    if size <= 0:
+        raise ValueError("max_length leaves no room for the special tokens")
+    if stride >= size:
+        raise ValueError(f"stride ({stride}) must be smaller than the tokens per row ({size})")
+    windows, start = [], 0
+    while True:
+        windows.append(tokens[start : start + size])
+        if start + size >= len(tokens):
+            return windows
+        start += size - stride
 
 
 def _id_list(ids: Any) -> list[int]:

@@ -58,6 +58,9 @@ class AltCLIPVisionModel(PreTrainedModel):
     config_class = AltCLIPVisionConfig
     weight_map = ckpt.VISION_WEIGHTS
     checkpoint_prefix = "vision_model."
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["VisionEmbeddings", "PreNormLayer"]
 
     def __init__(self, config: AltCLIPVisionConfig, *, initialize: bool = True):
         super().__init__(config)
@@ -98,6 +101,9 @@ class AltCLIPVisionModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.embeddings.patch
 
+    def set_input_embeddings(self, value: nn.Conv2d) -> None:
+        self.embeddings.patch = value
+
     def encoder_layers(self) -> nn.ModuleList:
         """The transformer layers, in order: what quantization and FSDP work on one at a time."""
         return self.layers
@@ -131,7 +137,7 @@ class AltCLIPVisionModel(PreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
         )
-        return out if (self.config.return_dict if return_dict is None else return_dict) else out.to_tuple()
+        return out if (self.config.use_return_dict if return_dict is None else return_dict) else out.to_tuple()
 
     def _check_pixels(self, pixel_values: torch.Tensor | None, interpolate_pos_encoding: bool) -> None:
         c = self.config

@@ -24,14 +24,27 @@ from typing import Any
 import numpy as np
 import torch
 
-# engine name -> (library, dtype, quantization method)
-ENGINES: dict[str, tuple[str, str, str | None]] = {
-    "exact": ("altclip", "float32", None),
-    "bf16": ("altclip", "bfloat16", None),
-    "fp16": ("altclip", "float16", None),
-    "int8": ("altclip", "float32", "int8_dynamic"),
-    "transformers": ("transformers", "float32", None),
-    "transformers-bf16": ("transformers", "bfloat16", None),
+@dataclass(frozen=True)
+class Engine:
+    library: str  # "altclip" or "transformers"
+    dtype: str
+    quantization: str | None = None  # an altclip.quantize method
+    graphs: bool = False  # batches of up to 8 through CUDA graphs (altclip.cuda_graphs)
+    compile: bool = False  # torch.compile the image tower
+
+
+ENGINES: dict[str, Engine] = {
+    "exact": Engine("altclip", "float32"),
+    "bf16": Engine("altclip", "bfloat16"),
+    "fp16": Engine("altclip", "float16"),
+    "bf16-graphs": Engine("altclip", "bfloat16", graphs=True),
+    "bf16-compile": Engine("altclip", "bfloat16", compile=True),
+    "int8": Engine("altclip", "float32", "int8_dynamic"),
+    "int8-bf16": Engine("altclip", "bfloat16", "int8_dynamic"),
+    "int8wo-bf16": Engine("altclip", "bfloat16", "int8_weight_only"),
+    "int4-bf16": Engine("altclip", "bfloat16", "int4_weight_only"),
+    "transformers": Engine("transformers", "float32"),
+    "transformers-bf16": Engine("transformers", "bfloat16"),
 }
 
 
@@ -88,17 +101,25 @@ def _latency_ms(fn, runs: int, device: str) -> float:
 
 def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out: str) -> dict[str, Any]:
     """Measures one engine in this process."""
-    library, dtype_name, method = ENGINES[engine]
-    dtype = getattr(torch, dtype_name)
+    spec = ENGINES[engine]
+    dtype = getattr(torch, spec.dtype)
     config = json.loads((Path(checkpoint) / "config.json").read_text())
     pixels, ids, mask = make_inputs(config, w, device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    if library == "altclip":
+    if spec.library == "altclip":
         from altclip import AltCLIPModel
 
-        model = AltCLIPModel.from_pretrained(checkpoint, dtype=dtype, device=device, quantization_config=method)
+        model = AltCLIPModel.from_pretrained(
+            checkpoint, dtype=dtype, device=device, quantization_config=spec.quantization
+        )
+        if spec.compile:
+            model.vision_model.compile()
+        if spec.graphs:
+            from altclip.cuda_graphs import GraphedFeatures
+
+            model = GraphedFeatures(model)
     else:
         import transformers
 
@@ -191,9 +212,8 @@ def benchmark(
             command = [sys.executable, "-m", "altclip.bench", engine, checkpoint, device, json.dumps(w.__dict__), probe]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
-                results.append(
-                    {"engine": engine, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-                )
+                lines = done.stderr.strip().splitlines() or ["failed"]
+                results.append({"engine": engine, "error": lines[-1], "stderr_tail": "\n".join(lines[-30:])})
                 continue
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             probes[engine] = dict(np.load(probe))

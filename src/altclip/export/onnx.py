@@ -29,14 +29,15 @@ FP32_TOLERANCE = 1e-4
 
 
 class TextGraph(nn.Module):
-    """input_ids, attention_mask (B, T) -> text_embeds (B, projection_dim): the unpacked path, traceable."""
+    """input_ids, attention_mask (B, T) -> text_embeds (B, projection_dim). While it is traced, get_text_features
+    takes the padded path, whose shapes do not depend on the mask's values."""
 
     def __init__(self, model: AltCLIPModel):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.text_projection(self.model.text_model.pooled(input_ids, attention_mask, packed=False))
+        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
 
 
 class VisionGraph(nn.Module):
