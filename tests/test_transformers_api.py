@@ -320,3 +320,16 @@ def test_jit_trace_and_export_both_towers(ref_checkpoint, text_ids, pixels):
             exported = torch.export.export(model, args)
             a, b = exported.module()(*args), model(*args)
             assert type(a) is type(b) and torch.allclose(a.pooler_output, b.pooler_output, atol=1e-6)
+
+
+def test_feature_methods_take_the_transformers_4_signature(ref_checkpoint, text_ids, pixels):
+    """Code written for transformers 4.x passes return_dict to the feature methods; the seeds say they return
+    tensors, and so they do, whatever return_dict says."""
+    ours = AltCLIPModel.from_pretrained(ref_checkpoint)
+    ids, mask = text_ids
+    with torch.no_grad():
+        plain = ours.get_text_features(input_ids=ids, attention_mask=mask)
+        for flag in (True, False):
+            text = ours.get_text_features(input_ids=ids, attention_mask=mask, return_dict=flag)
+            image = ours.get_image_features(pixel_values=pixels, return_dict=flag)
+            assert torch.is_tensor(text) and torch.is_tensor(image) and torch.equal(text, plain)

@@ -70,11 +70,14 @@ class AltCLIPModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> torch.Tensor:
         """(B, projection_dim) text embeddings, not normalised: ``text_projection`` of the pooled CLS state.
 
         Padded batches skip the work on padding (see ``AltCLIPTextModel.pooled``); the result equals the full
-        forward's up to float round-off.
+        forward's up to float round-off. The result is a tensor whatever ``return_dict`` says, as in transformers
+        4.x, where that argument only shaped the tower's internal output; it is accepted so that callers written
+        for that signature run unchanged.
         """
         simple = position_ids is None and token_type_ids is None and input_ids is not None
         if simple and not (output_attentions or output_hidden_states):
@@ -96,8 +99,10 @@ class AltCLIPModel(PreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
     ) -> torch.Tensor:
-        """(B, projection_dim) image embeddings, not normalised: ``visual_projection`` of the pooled class token."""
+        """(B, projection_dim) image embeddings, not normalised: ``visual_projection`` of the pooled class token (a
+        tensor whatever ``return_dict`` says, see ``get_text_features``)."""
         out = self.vision_model(
             pixel_values=pixel_values,
             output_attentions=output_attentions,
