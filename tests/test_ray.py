@@ -128,6 +128,14 @@ def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
     assert np.load(tmp_path / "out" / "img_emb" / "img_emb_2.npy").shape == (0, 16)  # a tar without images
 
 
+def test_ray_leaves_a_cpu_for_decoding(cluster, checkpoint, tmp_path):
+    from altclip.ray_embed import embed_on_ray
+
+    make_images(tmp_path / "photos", 2)
+    with pytest.raises(ValueError, match="leave none of the cluster's 2 CPUs for decoding"):
+        embed_on_ray(str(checkpoint), [tmp_path / "photos"], output=tmp_path / "out", actors=2)
+
+
 def test_ray_usage_errors(checkpoint, tmp_path):
     runner = CliRunner()
     env = {"ALTCLIP_MODEL": str(checkpoint)}

@@ -271,6 +271,8 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
         fail(str(e), EXIT_INPUT)
     except (CheckpointError, CheckpointNotFoundError) as e:
         fail(f"Could not load {name}: {e}", EXIT_MODEL)
+    except ValueError as e:  # a setting the cluster cannot honour
+        fail(str(e), EXIT_USAGE)
     except ImportError as e:
         fail(f"{e}. Embedding on Ray needs: pip install 'altclip[ray]'", EXIT_USAGE)
     if as_json:

@@ -38,7 +38,7 @@ from altclip.embed_files import EmbedError, image_inputs, shard_of, text_inputs
 from altclip.index import IMAGE_SUFFIXES
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
-MAX_BLOCK_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
+MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
 
 
 def embed_on_ray(
@@ -71,14 +71,17 @@ def embed_on_ray(
 
     Returns a summary: ``shards``, the shard indices ``written`` and ``skipped`` (already done), the number of
     ``images`` and ``texts`` embedded, the images that ``failed`` (path and reason), ``seconds`` and ``files``.
+    Raises ``EmbedError`` for inputs that cannot be listed and ``ValueError`` for settings the cluster cannot honour.
     """
     import ray
+    import ray.data
 
     from altclip import AltCLIPConfig, AltCLIPProcessor
 
     start = time.perf_counter()
     if device not in (None, "cpu", "cuda"):
-        raise EmbedError(f"On Ray the device is cpu or cuda (one GPU per actor), not {device}")
+        raise ValueError(f"On Ray the device is cpu or cuda (one GPU per actor), not {device}")
+    images, texts = [Path(p) for p in images], [Path(p) for p in texts]
     plan = _plan(images, texts, Path(output), shards, rows_per_shard, overwrite)
     # Loaded here, so that a missing checkpoint fails before Ray starts; the image processor travels to the tasks.
     processor = AltCLIPProcessor.from_pretrained(model).image_processor
@@ -89,9 +92,13 @@ def embed_on_ray(
         connected = ray.is_initialized()
         if not connected:
             ray.init(address=address)
+        context = ray.data.DataContext.get_current()
+        bars = context.enable_progress_bars
+        context.enable_progress_bars = bars and progress is None  # the caller shows progress
         try:
             _run(ray, plan, writer, model, processor, device, dtype, batch_size, actors, cpus_per_actor)
         finally:
+            context.enable_progress_bars = bars
             if not connected:
                 ray.shutdown()
     return {
@@ -110,21 +117,21 @@ def embed_on_ray(
 
 
 def _run(ray, plan, writer, model, processor, device, dtype, batch_size, actors, cpus_per_actor) -> None:
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    if writer.progress is not None:
-        DataContext.get_current().enable_progress_bars = False  # the caller shows progress
     resources = ray.cluster_resources()
     gpus = 0 if device == "cpu" else int(resources.get("GPU", 0))
     if device == "cuda" and not gpus:
-        raise EmbedError("The Ray cluster has no GPUs (leave the device out, or ask for cpu)")
+        raise ValueError("The Ray cluster has no GPUs (leave the device out, or ask for cpu)")
     cpus = max(1, int(resources.get("CPU", 1)))
     embed = dict(
-        compute=ActorPoolStrategy(size=actors or gpus or max(1, int(cpus // (2 * cpus_per_actor)))),
+        compute=ActorPoolStrategy(size=_pool_size(actors, gpus, cpus, cpus_per_actor)),
         batch_size=batch_size,
         num_cpus=cpus_per_actor,
         num_gpus=1 if gpus else 0,
-        fn_constructor_kwargs=dict(model=model, gpu=bool(gpus), dtype=dtype, threads=cpus_per_actor),
+        fn_constructor_kwargs=dict(
+            model=model, gpu=bool(gpus), dtype=dtype, batch_size=batch_size, threads=cpus_per_actor
+        ),
     )
     # Decoding in a task pool of its own size (one task per CPU at most), which Ray Data does not fuse into the
     # actors even where their resources match (CPU clusters): it runs on every CPU the actors leave.
@@ -137,11 +144,23 @@ def _run(ray, plan, writer, model, processor, device, dtype, batch_size, actors,
         )
         writer.consume("image", decoded.map_batches(_Embed, **embed), {index for index, _ in plan.tars}, tars=True)
     if plan.images:
-        decoded = _blocks(ray, plan.images, "path", cpus).map_batches(_read_files, batch_size=None, **read)
+        decoded = _pieces(ray, plan.images, cpus).map_batches(_read_files, batch_size=1, **read)
         writer.consume("image", decoded.map_batches(_Embed, **embed), {index for index, _ in plan.images})
     if plan.texts:
-        encoded = _blocks(ray, plan.texts, "text", cpus)
-        writer.consume("text", encoded.map_batches(_Embed, **embed), {index for index, _ in plan.texts})
+        rows = _pieces(ray, plan.texts, cpus).map_batches(_text_rows, batch_size=1)
+        writer.consume("text", rows.map_batches(_Embed, **embed), {index for index, _ in plan.texts})
+
+
+def _pool_size(actors: int | None, gpus: int, cpus: int, cpus_per_actor: float) -> int:
+    """Actors as asked, else one per GPU, else one per ``2 * cpus_per_actor`` CPUs; at least one CPU left over for
+    the decoding tasks, without which the run would wait for ever."""
+    size = actors or gpus or (max(1, int(cpus // (2 * cpus_per_actor))) if cpus_per_actor > 0 else 1)
+    if size * cpus_per_actor > cpus - 1:
+        raise ValueError(
+            f"{size} actors of {cpus_per_actor:g} CPUs leave none of the cluster's {cpus} CPUs for decoding: ask for "
+            "fewer actors or fewer CPUs per actor"
+        )
+    return size
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,16 +181,16 @@ class _Plan:
 def _plan(images, texts, output: Path, shards: int | None, rows_per_shard: int, overwrite: bool) -> _Plan:
     tars = sorted(str(p) for p in images if Path(p).suffix.lower() == ".tar")
     if tars and len(tars) != len(images):
-        raise EmbedError("Give either WebDataset .tar shards or images (folders, files, .txt lists), not both")
+        raise ValueError("Give either WebDataset .tar shards or images (folders, files, .txt lists), not both")
     for tar in tars:
         if not Path(tar).is_file():
             raise EmbedError(f"{tar} does not exist")
     paths = image_inputs(images) if images and not tars else []
     captions = text_inputs(texts) if texts else []
     if shards is not None and shards < 1:
-        raise EmbedError("The number of shards must be at least 1")
+        raise ValueError("The number of shards must be at least 1")
     if tars and shards not in (None, len(tars)):
-        raise EmbedError(f"WebDataset input gives one output shard per tar ({len(tars)}), not {shards}")
+        raise ValueError(f"WebDataset input gives one output shard per tar ({len(tars)}), not {shards}")
     count = len(tars) or shards or max(1, math.ceil(max(len(paths), len(captions)) / rows_per_shard))
     plan = _Plan(count, "metadata" if not images else "text_metadata")
     for index in range(count):
@@ -207,27 +226,28 @@ def _finished(output: Path, kind: str, index: int, text_metadata: str) -> bool:
     return all(path.exists() for path in _files(output, kind, index, text_metadata))
 
 
-def _blocks(ray, parts: list[tuple[int, list[str]]], column: str, cpus: int):
-    """A dataset of rows (shard, row, count: the shard's rows, ``column``), in blocks within one shard each and
-    small enough that every CPU gets some."""
-    import pyarrow as pa
+def _pieces(ray, parts: list[tuple[int, list[str]]], cpus: int):
+    """A dataset of pieces of shards (shard, start: the first row's number, count: the shard's rows, values: the
+    paths or texts), one piece per block, small enough that every CPU gets some. Built here on the driver, from
+    items: ``from_arrow`` would start a task per block just to read its schema."""
+    size = max(1, min(MAX_PIECE_ROWS, math.ceil(sum(len(part) for _, part in parts) / (4 * cpus))))
+    pieces = [
+        {"shard": index, "start": start, "count": len(part), "values": part[start : start + size]}
+        for index, part in parts
+        for start in range(0, len(part), size)
+    ]
+    return ray.data.from_items(pieces, override_num_blocks=len(pieces))
 
-    size = max(1, min(MAX_BLOCK_ROWS, math.ceil(sum(len(part) for _, part in parts) / (4 * cpus))))
-    tables = []
-    for index, part in parts:
-        for start in range(0, len(part), size):
-            values = part[start : start + size]
-            tables.append(
-                pa.table(
-                    {
-                        "shard": [index] * len(values),
-                        "row": range(start, start + len(values)),
-                        "count": [len(part)] * len(values),
-                        column: values,
-                    }
-                )
-            )
-    return ray.data.from_arrow(tables)
+
+def _text_rows(batch: dict) -> dict:
+    """Pieces of text shards as rows (shard, row, count, text)."""
+    columns = {"shard": [], "row": [], "count": [], "text": []}
+    for shard, start, count, texts in zip(batch["shard"], batch["start"], batch["count"], batch["values"]):
+        columns["shard"] += [shard] * len(texts)
+        columns["row"] += range(start, start + len(texts))
+        columns["count"] += [count] * len(texts)
+        columns["text"] += [str(text) for text in texts]
+    return {key: np.asarray(value, object if key == "text" else np.int64) for key, value in columns.items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,10 +282,12 @@ def _decoded(processor, shard, rows, count, paths: list[str], sources: list) -> 
 
 
 def _read_files(batch: dict, processor, chunk: int):
-    for start in range(0, len(batch["path"]), chunk):
-        part = slice(start, start + chunk)
-        paths = [str(p) for p in batch["path"][part]]
-        yield _decoded(processor, batch["shard"][part], batch["row"][part], batch["count"][part], paths, paths)
+    for shard, start, count, paths in zip(batch["shard"], batch["start"], batch["count"], batch["values"]):
+        paths = [str(path) for path in paths]
+        for first in range(0, len(paths), chunk):
+            part = paths[first : first + chunk]
+            rows = range(start + first, start + first + len(part))
+            yield _decoded(processor, [shard] * len(part), rows, [count] * len(part), part, part)
 
 
 def _read_tars(batch: dict, processor, chunk: int):
@@ -314,7 +336,7 @@ class _Unreadable:
 class _Embed:
     """Loads the model once; turns batches of prepared pixels, or of texts, into unit-norm vectors."""
 
-    def __init__(self, model: str, gpu: bool, dtype: str | None, threads: float):
+    def __init__(self, model: str, gpu: bool, dtype: str | None, batch_size: int, threads: float):
         import torch
 
         import altclip
@@ -323,7 +345,7 @@ class _Embed:
         if not gpu:
             torch.set_num_threads(max(1, round(threads)))
         loaded, processor = altclip.load(model, device="cuda" if gpu else "cpu", dtype=dtype)
-        self.embedder = Embedder(loaded, processor, model)
+        self.embedder = Embedder(loaded, processor, model, batch_size)
 
     def __call__(self, batch: dict) -> dict:
         out = {key: value for key, value in batch.items() if key != "pixels"}
