@@ -274,7 +274,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
     except ValueError as e:  # a setting the cluster cannot honour
         fail(str(e), EXIT_USAGE)
     except ImportError as e:
-        fail(f"{e}. Embedding on Ray needs: pip install 'altclip[ray]'", EXIT_USAGE)
+        fail(f"{e}. Embedding on Ray needs: pip install 'altclip\\[ray]'", EXIT_USAGE)  # \\[: not rich markup
     if as_json:
         emit_json(result)
         return
