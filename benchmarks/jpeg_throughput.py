@@ -82,7 +82,9 @@ def embed_files_processes(embedder, processor, paths: list[Path], workers: int, 
     return len(paths) / (time.perf_counter() - start)
 
 
-def embed_files(embedder, processor, paths: list[Path], workers: int, batch: int) -> tuple[np.ndarray, np.ndarray, float]:
+def embed_files(
+    embedder, processor, paths: list[Path], workers: int, batch: int
+) -> tuple[np.ndarray, np.ndarray, float]:
     """(embeddings, uint8 pixels of the first 64 images, images/s): decoding threads run ahead of the model."""
     from altclip.files import ordered_map
 
@@ -203,7 +205,9 @@ def main() -> None:
         report["draft_processes"] = {
             "images_per_s": round(embed_files_processes(embedder, draft_processor, paths, args.workers, args.batch), 1)
         }
-        exact_vectors, exact_pixels, exact_rate = embed_files(embedder, exact_processor, paths, args.workers, args.batch)
+        exact_vectors, exact_pixels, exact_rate = embed_files(
+            embedder, exact_processor, paths, args.workers, args.batch
+        )
         report["exact"] = {"images_per_s": round(exact_rate, 1)}
         vectors, pixels, rate = embed_files(embedder, draft_processor, paths, args.workers, args.batch)
         report["draft"] = {"images_per_s": round(rate, 1), **distance(pixels, exact_pixels, vectors, exact_vectors)}

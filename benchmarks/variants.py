@@ -23,9 +23,37 @@ from pathlib import Path
 import numpy as np
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
-LABELS = ["猫", "a cup of coffee", "ロケット", "галактика", "monedas", "une astronaute", "一位女军官", "a brick wall", "Fotograf", "강아지", "سيارة", "un gâteau"]
-TEXTS = LABELS + ["一只在窗台上睡觉的猫", "a rocket launching at night", "銀河の写真", "старинные греческие монеты", "una mujer con uniforme"]
-VARIANTS = ["fp32", "bf16", "int8_dynamic", "int8_dynamic+emb", "int8_weight_only", "onnx-fp32", "onnx-fp16", "onnx-int8"]
+LABELS = [
+    "猫",
+    "a cup of coffee",
+    "ロケット",
+    "галактика",
+    "monedas",
+    "une astronaute",
+    "一位女军官",
+    "a brick wall",
+    "Fotograf",
+    "강아지",
+    "سيارة",
+    "un gâteau",
+]
+TEXTS = LABELS + [
+    "一只在窗台上睡觉的猫",
+    "a rocket launching at night",
+    "銀河の写真",
+    "старинные греческие монеты",
+    "una mujer con uniforme",
+]
+VARIANTS = [
+    "fp32",
+    "bf16",
+    "int8_dynamic",
+    "int8_dynamic+emb",
+    "int8_weight_only",
+    "onnx-fp32",
+    "onnx-fp16",
+    "onnx-int8",
+]
 
 
 def worker(variant: str, folder: Path, probe: Path) -> dict:
@@ -50,7 +78,9 @@ def worker(variant: str, folder: Path, probe: Path) -> dict:
 
         def embed_texts(texts):
             t = tokenizer(texts, padding=True, return_tensors="np")
-            return text.run(None, {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]})[0].astype(np.float32)
+            return text.run(None, {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]})[0].astype(
+                np.float32
+            )
 
         def embed_pixels(pixels):
             return vision.run(None, {"pixel_values": pixels.astype(pixel_dtype)})[0].astype(np.float32)
@@ -120,28 +150,64 @@ def main() -> None:
         folders = {"fp32": base, "bf16": base}
         sizes = {"fp32": (base / "model.safetensors").stat().st_size}
         sizes["bf16"] = sizes["fp32"] // 2  # the same weights at 2 bytes each (saved with --dtype bfloat16)
-        for name, method, embeddings in (("int8_dynamic", "int8_dynamic", False), ("int8_dynamic+emb", "int8_dynamic", True), ("int8_weight_only", "int8_weight_only", False)):
+        for name, method, embeddings in (
+            ("int8_dynamic", "int8_dynamic", False),
+            ("int8_dynamic+emb", "int8_dynamic", True),
+            ("int8_weight_only", "int8_weight_only", False),
+        ):
             if name in wanted:
                 print(f"quantizing {name}...", file=sys.stderr)
                 extra = ["--include-embeddings"] if embeddings else []
-                subprocess.run([sys.executable, "-m", "altclip", "quantize", "--model", str(base), "--output", str(tmp / name), "--method", method, *extra], check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "altclip",
+                        "quantize",
+                        "--model",
+                        str(base),
+                        "--output",
+                        str(tmp / name),
+                        "--method",
+                        method,
+                        *extra,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
                 folders[name] = tmp / name
                 sizes[name] = (tmp / name / "quantized_model.pt").stat().st_size
         if any(v.startswith("onnx") for v in wanted):
             print("exporting ONNX...", file=sys.stderr)
-            manifest = export_onnx(base, tmp / "onnx", fp16="onnx-fp16" in wanted, int8="onnx-int8" in wanted, log=lambda m: print(m, file=sys.stderr))
+            manifest = export_onnx(
+                base,
+                tmp / "onnx",
+                fp16="onnx-fp16" in wanted,
+                int8="onnx-int8" in wanted,
+                log=lambda m: print(m, file=sys.stderr),
+            )
             for name, files in manifest["variants"].items():
                 folders[f"onnx-{name}"] = tmp / "onnx"
-                sizes[f"onnx-{name}"] = sum(p.stat().st_size for p in (tmp / "onnx").iterdir() if p.name.startswith(tuple(f.removesuffix(".onnx") + ".onnx" for f in files.values())))
+                sizes[f"onnx-{name}"] = sum(
+                    p.stat().st_size
+                    for p in (tmp / "onnx").iterdir()
+                    if p.name.startswith(tuple(f.removesuffix(".onnx") + ".onnx" for f in files.values()))
+                )
         rows, probes = [], {}
         for variant in wanted:
             print(f"measuring {variant}...", file=sys.stderr)
             probe = tmp / f"{variant}.npz"
-            done = subprocess.run([sys.executable, __file__, "--worker", variant, str(folders[variant]), str(probe)], capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", variant, str(folders[variant]), str(probe)],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 rows.append({"variant": variant, "error": done.stderr.strip().splitlines()[-1]})
                 continue
-            rows.append({**json.loads(done.stdout.strip().splitlines()[-1]), "size_mb": round(sizes[variant] / 2**20, 1)})
+            rows.append(
+                {**json.loads(done.stdout.strip().splitlines()[-1]), "size_mb": round(sizes[variant] / 2**20, 1)}
+            )
             probes[variant] = dict(np.load(probe))
     reference = probes["fp32"]
 
@@ -152,10 +218,18 @@ def main() -> None:
         p = probes.get(row["variant"])
         if p is None:
             continue
-        row["cosine_image_min"] = round(float((_normalize(p["image"]) * _normalize(reference["image"])).sum(-1).min()), 6)
+        row["cosine_image_min"] = round(
+            float((_normalize(p["image"]) * _normalize(reference["image"])).sum(-1).min()), 6
+        )
         row["cosine_text_min"] = round(float((_normalize(p["text"]) * _normalize(reference["text"])).sum(-1).min()), 6)
         row["top1_agreement"] = round(float((top1(p) == top1(reference)).mean()), 3)
-    result = {"shape": args.shape, "photos": len(list(PHOTOS.glob("*.jpg"))), "labels": LABELS, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    result = {
+        "shape": args.shape,
+        "photos": len(list(PHOTOS.glob("*.jpg"))),
+        "labels": LABELS,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

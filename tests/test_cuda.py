@@ -76,8 +76,12 @@ def test_float32_on_cuda_matches_transformers(ref_checkpoint, text_ids, pixels):
     for attn in ("eager", "sdpa"):
         ref = load_reference(ref_checkpoint, attn=attn).cuda()
         with torch.no_grad():
-            a = ours(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True, output_hidden_states=True)
-            b = ref(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True, output_hidden_states=True)
+            a = ours(
+                input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True, output_hidden_states=True
+            )
+            b = ref(
+                input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True, output_hidden_states=True
+            )
             features_a = ours.get_text_features(input_ids=ids, attention_mask=mask), ours.get_image_features(pixels)
             features_b = ref.get_text_features(input_ids=ids, attention_mask=mask), ref.get_image_features(pixels)
         for name in ("loss", "logits_per_image", "text_embeds", "image_embeds"):

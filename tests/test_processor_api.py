@@ -39,11 +39,16 @@ def sp_folder(tmp_path_factory):
 def tokenizers(sp_folder):
     import transformers
 
-    return XLMRobertaTokenizer.from_pretrained(sp_folder), transformers.XLMRobertaTokenizer.from_pretrained(str(sp_folder))
+    return XLMRobertaTokenizer.from_pretrained(sp_folder), transformers.XLMRobertaTokenizer.from_pretrained(
+        str(sp_folder)
+    )
 
 
 def as_lists(batch) -> dict:
-    return {k: (v.tolist() if hasattr(v, "tolist") else [list(map(tuple, r)) if k == "offset_mapping" else r for r in v]) for k, v in batch.items()}
+    return {
+        k: (v.tolist() if hasattr(v, "tolist") else [list(map(tuple, r)) if k == "offset_mapping" else r for r in v])
+        for k, v in batch.items()
+    }
 
 
 def assert_same(a, b, keys):
@@ -78,7 +83,9 @@ def test_decode_skip_special_tokens(tokenizers):
     batch = ref(TEXTS, padding=True)["input_ids"]
     for skip in (False, True):
         assert ours.batch_decode(batch, skip_special_tokens=skip) == ref.batch_decode(batch, skip_special_tokens=skip)
-        assert ours.decode(torch.tensor(batch[1]), skip_special_tokens=skip) == ref.decode(batch[1], skip_special_tokens=skip)
+        assert ours.decode(torch.tensor(batch[1]), skip_special_tokens=skip) == ref.decode(
+            batch[1], skip_special_tokens=skip
+        )
 
 
 @pytest.mark.parametrize("pair", [False, True])
@@ -100,7 +107,10 @@ def test_overflowing_tokens_with_stride(tokenizers, max_length, stride):
     kwargs = dict(truncation=True, max_length=max_length, stride=stride, return_overflowing_tokens=True)
     a, b = ours(TEXTS, **kwargs), ref(TEXTS, **kwargs)
     assert_same(a, b, ["input_ids", "attention_mask", "overflow_to_sample_mapping"])
-    a, b = ours(TEXTS[0], padding=True, return_tensors="pt", **kwargs), ref(TEXTS[0], padding=True, return_tensors="pt", **kwargs)
+    a, b = (
+        ours(TEXTS[0], padding=True, return_tensors="pt", **kwargs),
+        ref(TEXTS[0], padding=True, return_tensors="pt", **kwargs),
+    )
     assert_same(a, b, ["input_ids", "attention_mask", "overflow_to_sample_mapping"])
 
 
@@ -130,7 +140,10 @@ def test_without_special_tokens_and_lengths(tokenizers):
     ours, ref = tokenizers
     for text in TEXTS:
         assert_same(ours(text, add_special_tokens=False), ref(text, add_special_tokens=False), ["input_ids"])
-    a, b = ours(TEXTS, add_special_tokens=False, truncation=True, max_length=3), ref(TEXTS, add_special_tokens=False, truncation=True, max_length=3)
+    a, b = (
+        ours(TEXTS, add_special_tokens=False, truncation=True, max_length=3),
+        ref(TEXTS, add_special_tokens=False, truncation=True, max_length=3),
+    )
     assert_same(a, b, ["input_ids"])
     assert_same(ours(TEXTS, return_length=True), ref(TEXTS, return_length=True), ["length"])
     assert ours.model_input_names == ref.model_input_names
@@ -171,10 +184,19 @@ def test_processor_surface(processors):
 def test_processor_keyword_routing(processors, image):
     ours, ref = processors
     calls = [
-        dict(text_kwargs={"padding": "max_length", "max_length": 12, "truncation": True}, images_kwargs={"size": {"shortest_edge": 30},
-             "crop_size": {"height": 30, "width": 30}}, common_kwargs={"return_tensors": "pt"}),  # fmt: skip
-        dict(padding="max_length", max_length=12, truncation=True, size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30},
-             return_tensors="pt"),  # fmt: skip
+        dict(
+            text_kwargs={"padding": "max_length", "max_length": 12, "truncation": True},
+            images_kwargs={"size": {"shortest_edge": 30}, "crop_size": {"height": 30, "width": 30}},
+            common_kwargs={"return_tensors": "pt"},
+        ),  # fmt: skip
+        dict(
+            padding="max_length",
+            max_length=12,
+            truncation=True,
+            size={"shortest_edge": 30},
+            crop_size={"height": 30, "width": 30},
+            return_tensors="pt",
+        ),  # fmt: skip
         dict(padding=True, return_tensors="np", do_center_crop=False, size={"height": 20, "width": 25}),
     ]
     for kwargs in calls:
@@ -185,7 +207,9 @@ def test_processor_keyword_routing(processors, image):
             assert x.shape == y.shape, key
             assert np.allclose(x, y, atol=1e-5), key
     # Images first, as transformers' signature has them.
-    assert np.allclose(ours(image, return_tensors="np")["pixel_values"], ref(image, return_tensors="np")["pixel_values"], atol=1e-5)
+    assert np.allclose(
+        ours(image, return_tensors="np")["pixel_values"], ref(image, return_tensors="np")["pixel_values"], atol=1e-5
+    )
     with pytest.raises(TypeError, match="no_such_setting"):
         ours(text="a", no_such_setting=1)
 
@@ -199,7 +223,9 @@ def test_processor_save_load_both_ways(processors, tmp_path, image):
         ours.save_pretrained(tmp_path / "ours")
         ref.save_pretrained(str(tmp_path / "theirs"))
         from_ours = transformers.AltCLIPProcessor.from_pretrained(str(tmp_path / "ours"))
-        from_theirs = AltCLIPProcessor.from_pretrained(tmp_path / "theirs")  # transformers 5 writes processor_config.json
+        from_theirs = AltCLIPProcessor.from_pretrained(
+            tmp_path / "theirs"
+        )  # transformers 5 writes processor_config.json
         again = AltCLIPProcessor.from_pretrained(tmp_path / "ours")
     finally:
         ours.image_processor.crop_size = {"height": 224, "width": 224}
@@ -209,5 +235,7 @@ def test_processor_save_load_both_ways(processors, tmp_path, image):
         assert processor(text=TEXTS, padding=True)["input_ids"] == ref(text=TEXTS, padding=True)["input_ids"]
     expected = ref(images=image, return_tensors="np")["pixel_values"]
     assert np.allclose(from_theirs(images=image, return_tensors="np")["pixel_values"], expected, atol=1e-5)
-    overridden = AltCLIPProcessor.from_pretrained(tmp_path / "theirs", size={"shortest_edge": 180}, crop_size={"height": 180, "width": 180})
+    overridden = AltCLIPProcessor.from_pretrained(
+        tmp_path / "theirs", size={"shortest_edge": 180}, crop_size={"height": 180, "width": 180}
+    )
     assert overridden(images=image, return_tensors="pt")["pixel_values"].shape == (1, 3, 180, 180)

@@ -21,7 +21,9 @@ from altclip.pretrained import checkpoint_files
 
 CHECKPOINTS = ["BAAI/AltCLIP", "BAAI/AltCLIP-m9", "BAAI/AltCLIP-m18"]
 COCO_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
-COCO_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "altclip" / "coco_val2017_000000039769.jpg"
+COCO_CACHE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "altclip" / "coco_val2017_000000039769.jpg"
+)
 TEXTS = ["一张猫的照片", "一张狗的照片", "a photo of two cats on a couch", "deux chats sur un canapé"]
 
 

@@ -15,7 +15,6 @@ from altclip import (
     AltCLIPModel,
     AltCLIPTextConfig,
     AltCLIPTextModel,
-    AltCLIPVisionConfig,
     AltCLIPVisionModel,
     AutoConfig,
     AutoModel,
@@ -49,7 +48,9 @@ def both(name: str):
 )
 def test_configs_take_transformers_keywords(name, kwargs):
     ours_cls, ref_cls = both(name)
-    shared = dict(id2label={0: "a", 1: "b", 2: "c"}, return_dict=False, output_hidden_states=True, problem_type="regression")
+    shared = dict(
+        id2label={0: "a", 1: "b", 2: "c"}, return_dict=False, output_hidden_states=True, problem_type="regression"
+    )
     ours, ref = ours_cls(**kwargs, **shared), ref_cls(**kwargs, **shared)
     for key in (*kwargs, *shared, "num_labels", "label2id", "use_return_dict", "is_encoder_decoder"):
         if isinstance(getattr(ref, key), (dict, int, float, str, bool, list)) and not key.endswith("_config"):

@@ -8,7 +8,6 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-
 HUB_KEYWORDS = ("revision", "subfolder", "cache_dir", "local_files_only", "token")
 """The keywords of ``resolve_file`` that say where a checkpoint's files are, shared by every ``from_pretrained``."""
 
@@ -62,7 +61,9 @@ def resolve_file(
             raise CheckpointNotFoundError(f"{path} has no {filename}")
         return None
     hub = dict(subfolder=subfolder or None, cache_dir=cache_dir, token=token)
-    return _hub_file(str(name_or_path), filename, revision=revision, required=required, local_only=local_files_only, **hub)
+    return _hub_file(
+        str(name_or_path), filename, revision=revision, required=required, local_only=local_files_only, **hub
+    )
 
 
 def _hub_file(
@@ -128,9 +129,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_first(
-    name_or_path: str | os.PathLike, filenames: list[str], *, what: str = "files", **hub
-) -> Path:
+def resolve_first(name_or_path: str | os.PathLike, filenames: list[str], *, what: str = "files", **hub) -> Path:
     """The first of ``filenames`` the checkpoint has; an error naming them all when it has none. ``hub``: the
     keywords of ``resolve_file`` (revision, subfolder, ...)."""
     for name in filenames:

@@ -92,7 +92,7 @@ class CLIPImageProcessor:
         """Reads ``preprocessor_config.json``, or the ``image_processor`` part of transformers 5's
         ``processor_config.json``. Keywords: the hub keywords of ``altclip.hub.resolve_file`` (revision, subfolder,
         ...) and settings that override the file's (``size={"shortest_edge": 180}``)."""
-        from altclip.hub import resolve_file, resolve_first
+        from altclip.hub import resolve_first
 
         hub = {k: kwargs.pop(k) for k in HUB_KEYWORDS if k in kwargs}
         path = resolve_first(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], what="an image processor config", **hub)

@@ -117,9 +117,7 @@ class PreTrainedModel(nn.Module):
         if exclude_embeddings:
             skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
         return sum(
-            p.numel()
-            for p in self.parameters()
-            if (p.requires_grad or not only_trainable) and id(p) not in skip
+            p.numel() for p in self.parameters() if (p.requires_grad or not only_trainable) and id(p) not in skip
         )
 
     # -----------------------------------------------------------------------------------------------------------
@@ -168,7 +166,7 @@ class PreTrainedModel(nn.Module):
         return new
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
-        """"eager" or "sdpa", recorded in the config of this model and of its towers. Both compute the same
+        """ "eager" or "sdpa", recorded in the config of this model and of its towers. Both compute the same
         attention; ours runs SDPA unless attention maps are asked for, then the explicit softmax (as "eager")."""
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(

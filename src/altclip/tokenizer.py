@@ -220,7 +220,12 @@ class XLMRobertaTokenizer:
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
         pad = (self.pad_token_id, (0, 0), 1)  # type: ignore[attr-defined]
-        columns: dict[str, list] = {"input_ids": [], "attention_mask": [], "special_tokens_mask": [], "offset_mapping": []}
+        columns: dict[str, list] = {
+            "input_ids": [],
+            "attention_mask": [],
+            "special_tokens_mask": [],
+            "offset_mapping": [],
+        }
         for _, row in rows:
             fill = [pad] * (0 if width is None else width - len(row))
             mask = [1] * len(row)
@@ -300,7 +305,9 @@ class XLMRobertaTokenizer:
             raise ValueError(f"truncation must be True, False or None, got {truncation!r}")
         return max_length or self.model_max_length
 
-    def _truncate(self, a: list, b: list | None, limit: int | None, add_special_tokens: bool) -> tuple[list, list | None]:
+    def _truncate(
+        self, a: list, b: list | None, limit: int | None, add_special_tokens: bool
+    ) -> tuple[list, list | None]:
         """Cuts token lists to ``limit`` tokens in all (special tokens included); pairs lose from the longer first."""
         if limit is None:
             return a, b
@@ -316,7 +323,9 @@ class XLMRobertaTokenizer:
                 b = b[:-1]
         return a, b
 
-    def _with_specials(self, a: list, b: list | None, add_special_tokens: bool) -> list[tuple[int, tuple[int, int], int]]:
+    def _with_specials(
+        self, a: list, b: list | None, add_special_tokens: bool
+    ) -> list[tuple[int, tuple[int, int], int]]:
         """(id, offsets, is-special) rows: <s> a </s>, or <s> a </s></s> b </s> for a pair."""
         a = [(i, o, 0) for i, o in a]
         b = None if b is None else [(i, o, 0) for i, o in b]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+
 @dataclass(frozen=True)
 class Engine:
     library: str  # "altclip" or "transformers"

@@ -13,6 +13,7 @@ from rich.table import Table
 from altclip.cli.common import (
     EXIT_INDEX,
     EXIT_INPUT,
+    EXIT_MODEL,
     EXIT_USAGE,
     BatchOpt,
     DeviceOpt,
@@ -176,6 +177,19 @@ def embed(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
     shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
     overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Embed every shard on a Ray cluster: local (start one here), auto (the one running here), "
+            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards",
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: the number of shards [default: one per 100,000 inputs, or per .tar]"),
+    ] = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -184,9 +198,14 @@ def embed(
 ) -> None:
     """Write embeddings in the clip-retrieval layout: img_emb/img_emb_{i}.npy, text_emb/text_emb_{i}.npy and
     metadata/metadata_{i}.parquet, readable by autofaiss and clip-retrieval. Shards are independent and
-    idempotent, so Ray, Spark or Slurm can run them in parallel."""
+    idempotent, so Slurm or any scheduler can run them in parallel; --ray runs them all on a Ray cluster."""
     from altclip.index.embed_files import EmbedError, embed_shard, parse_shard
 
+    if ray is not None or shards is not None:
+        _embed_on_ray(
+            inputs or [], texts or [], output, ray, shard, shards, overwrite, model, device, dtype, batch_size, as_json
+        )
+        return
     try:
         index, count = parse_shard(shard)
     except ValueError as e:
@@ -211,6 +230,62 @@ def embed(
         return
     err.print(
         f"Shard {index}/{count}: {result['images']} image and {result['texts']} text embeddings written to {output}",
+        highlight=False,
+    )
+    for failure in result["failed"][:20]:
+        err.print(f"  [yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+
+
+def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, model, device, dtype, batch_size, as_json):
+    from altclip import CheckpointError, CheckpointNotFoundError
+    from altclip.index.embed_files import EmbedError
+
+    if address is None:
+        fail("--shards goes with --ray", EXIT_USAGE)
+    if shard != "0/1":
+        fail(
+            "--shard picks one shard for this process; with --ray, all shards run on the cluster (see --shards)",
+            EXIT_USAGE,
+        )
+    if not inputs and not texts:
+        fail("Give image inputs, --texts files, or both", EXIT_USAGE)
+    from altclip.registry import DEFAULT_MODEL
+
+    name = model or DEFAULT_MODEL
+    name = str(Path(name).resolve()) if Path(name).exists() else name
+    try:
+        from altclip.index.ray_embed import embed_on_ray
+
+        with Progress("Embedding on Ray", enabled=not as_json) as progress:
+            result = embed_on_ray(
+                name,
+                inputs,
+                texts,
+                output,
+                address=address,
+                shards=shards,
+                overwrite=overwrite,
+                device=device,
+                dtype=dtype,
+                batch_size=batch_size,
+                progress=progress,
+            )
+    except EmbedError as e:
+        fail(str(e), EXIT_INPUT)
+    except (CheckpointError, CheckpointNotFoundError) as e:
+        fail(f"Could not load {name}: {e}", EXIT_MODEL)
+    except ValueError as e:  # a setting the cluster cannot honour
+        fail(str(e), EXIT_USAGE)
+    except ImportError as e:
+        fail(f"{e}. Embedding on Ray needs: pip install 'altclip\\[ray]'", EXIT_USAGE)  # \\[: not rich markup
+    if as_json:
+        emit_json(result)
+        return
+    rate = f", images at {result['images'] / result['image_seconds']:.1f}/s" if result["images"] else ""
+    err.print(
+        f"{len(result['written'])} of {result['shards']} shards written to {output} ({len(result['skipped'])} were "
+        f"done already): {result['images']} image and {result['texts']} text embeddings in {result['seconds']:.1f} s"
+        + rate,
         highlight=False,
     )
     for failure in result["failed"][:20]:
