@@ -1,4 +1,5 @@
-"""Helpers for the service tests: a real uvicorn server on 127.0.0.1, in a thread of the test process."""
+"""Helpers for the service tests: a real uvicorn server on 127.0.0.1 (configured as ``altclip serve`` configures
+it), in a thread of the test process."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from altclip.server import ServerSettings, create_app
+from altclip.server.run import uvicorn_config
 
 
 def free_port() -> int:
@@ -24,7 +26,7 @@ def running_server(settings: ServerSettings, embedder=None) -> Iterator[str]:
     """Serves ``create_app(settings, embedder)`` on a free loopback port; yields the base URL."""
     settings.host, settings.port = "127.0.0.1", free_port()
     app = create_app(settings, embedder)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -33,15 +33,21 @@ def serve(
     ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Items per model call [32]")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill up [5]")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="Items waiting per modality before 429 [256]")] = None,
+    max_queue: Annotated[int | None, typer.Option(help="API requests served at once before 429 [64]")] = None,
     request_timeout_s: Annotated[
         float | None, typer.Option("--timeout", help="Seconds per request before 504 [30]")
     ] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body before 413 [20 MiB]")] = None,
     max_items: Annotated[int | None, typer.Option(help="Texts, images or labels per request before 422 [64]")] = None,
-    token: Annotated[
-        str | None, typer.Option(help="Require 'Authorization: Bearer TOKEN' on /v1/* (or ALTCLIP_TOKEN)")
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="Require 'Authorization: Bearer TOKEN' on /v1/* and /metrics, TOKEN the file's first line (or "
+            "ALTCLIP_TOKEN, ALTCLIP_TOKEN_FILE; never a flag, which every user sees in ps)",
+        ),
     ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     cors_origins: Annotated[
         list[str] | None,
         typer.Option("--cors-origin", help="Allow cross-origin requests from this origin (repeatable) [none]"),
@@ -60,9 +66,16 @@ def serve(
     try:
         from altclip.server import ServerSettings
         from altclip.server import serve as run
+        from altclip.server.run import bind
     except ImportError as e:
         fail(f"{e}. The service needs: pip install 'altclip[serve]'", EXIT_USAGE)
 
+    if token is not None:
+        fail(
+            "--token is not taken: a token on the command line is visible to every user of this machine (ps). "
+            "Put it in a file readable by you alone and pass --token-file FILE, or set ALTCLIP_TOKEN.",
+            EXIT_USAGE,
+        )
     try:
         settings = ServerSettings.load(
             config,
@@ -78,24 +91,32 @@ def serve(
             request_timeout_s=request_timeout_s,
             max_body_bytes=max_body_bytes,
             max_items=max_items,
-            token=token,
+            token_file=token_file,
             cors_origins=cors_origins or None,
             drain_seconds=drain_seconds,
             access_log=access_log,
         )
     except (OSError, ValueError, TypeError) as e:
         fail(f"Bad settings: {e}", EXIT_USAGE)
+    try:
+        sock = bind(settings.host, settings.port)  # before the model loads: a port in use is said at once
+    except OSError as e:
+        fail(f"Cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", EXIT_USAGE)
     if settings.index:
         try:
             with ImageIndex(settings.index, create=False) as idx:
                 stored = idx.model
         except FileNotFoundError as e:
+            sock.close()
             fail(str(e), EXIT_INDEX)
         if model is None and stored and "ALTCLIP_MODEL" not in os.environ:
             settings.model = stored
     embedder = load_embedder(settings.model, settings.device, settings.dtype, settings.max_batch_size)
     settings.model = embedder.name
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.token is None:
-        err.print(f"[yellow]warning:[/] serving on {settings.host} without --token: anyone who can reach it can use it")
+        err.print(
+            f"[yellow]warning:[/] serving on {settings.host} without a token (--token-file): anyone who can reach it "
+            "can use it"
+        )
     err.print(f"Settings: {settings.public()}", highlight=False)
-    run(settings, embedder)
+    run(settings, embedder, sock)

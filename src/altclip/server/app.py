@@ -44,11 +44,13 @@ def create_app(settings: ServerSettings, embedder: Embedder | None = None) -> Fa
     errors.install(app)
     middleware.install(app, settings, service.metrics)
     app.include_router(ops.router)
-    app.include_router(routes.public)
     if settings.token is None:
+        app.include_router(ops.metrics_router)
         app.include_router(routes.router)
     else:
-        app.include_router(routes.router, dependencies=[Depends(require_token)], responses=openapi.errors(401))
+        authenticated = {"dependencies": [Depends(require_token)], "responses": openapi.errors(401)}
+        app.include_router(ops.metrics_router, **authenticated)
+        app.include_router(routes.router, **authenticated)
     app.mount("/static", StaticFiles(directory=ops.STATIC), name="static")
     app.openapi = partial(openapi.document, app, settings)  # type: ignore[method-assign]
     return app

@@ -2,8 +2,9 @@
 
 Each request puts its items (texts, or decoded images) into a queue and awaits their results. A worker task takes
 the first waiting item, then gathers more until the batch is full or ``max_wait_ms`` has passed since, and runs
-the model on the whole batch in a worker thread, so the event loop keeps serving. The queue is bounded: a request
-that would overflow it is refused at once (the server answers 429) instead of waiting behind an unbounded backlog.
+the model on the whole batch in a worker thread, so the event loop keeps serving. The queue is bounded by what feeds
+it: the service admits at most ``max_queue`` requests at once (``middleware.Admission``), each with a bounded number
+of items. The items of a request that has gone (timeout, client disconnect) are skipped when their batch forms.
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
-
-
-class QueueFull(Exception):
-    """The batcher's queue cannot take the request's items now."""
 
 
 @dataclass
@@ -34,14 +31,12 @@ class DynamicBatcher:
         executor: Executor,
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
-        max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
     ):
         self.fn = fn
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
-        self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, model seconds), for metrics
         self._queue: asyncio.Queue[_Item] | None = None
         self._task: asyncio.Task | None = None
@@ -59,16 +54,10 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
 
-    def has_room(self, count: int) -> bool:
-        """Whether ``count`` more items fit now: lets a server refuse a request before decoding its images."""
-        return self.waiting + count <= self.max_queue
-
     async def submit(self, values: Sequence[Any]) -> list[Any]:
-        """The results for ``values``, in order. Raises QueueFull at once when there is no room."""
+        """The results for ``values``, in order."""
         if self._queue is None:
             raise RuntimeError("batcher not started")
-        if not self.has_room(len(values)):
-            raise QueueFull(f"{self.waiting} items are already waiting (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
         items = [_Item(v, loop.create_future()) for v in values]
         self.waiting += len(items)

@@ -1,6 +1,7 @@
-"""The service's errors and their HTTP statuses, in one table. Handlers and request parsing raise these (or the
-library's own exceptions, such as ``ImageError`` or the batcher's ``QueueFull``); ``install`` turns each into its
-status with a JSON body ``{"detail": "what went wrong"}``, the shape every error response of the API has."""
+"""The service's errors and their HTTP statuses, in one table. Handlers, request parsing and the middleware raise
+these (or the library's own ``ImageError``); ``install`` turns each into its status with a JSON body
+``{"detail": "what went wrong"}``, the shape every error response of the API has, and ``response`` does the same
+for the middleware, which answers outside the app's handlers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from altclip.image_processing import ImageError
-from altclip.server.batching import QueueFull
 
 
 class BadRequest(Exception):
@@ -36,8 +36,16 @@ class InvalidInput(Exception):
     """The request is well-formed but its values cannot be used (limits, empty texts, bad templates)."""
 
 
+class QueueFull(Exception):
+    """The service is already serving ``max_queue`` requests."""
+
+
 class Timeout(Exception):
     """The request took longer than ``request_timeout_s``."""
+
+
+class InternalError(Exception):
+    """A bug: logged with its traceback, answered without one."""
 
 
 # exception -> (status, how its message reads in "detail", headers)
@@ -50,6 +58,7 @@ STATUS: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
     InvalidInput: (422, "{}", None),
     ImageError: (422, "{}", None),  # undecodable images, images over the pixel or aspect-ratio limits
     QueueFull: (429, "The server is busy: {}; retry later", {"Retry-After": "1"}),
+    InternalError: (500, "Internal error: {}", None),
     Timeout: (504, "{}", None),
 }
 
@@ -60,7 +69,7 @@ DESCRIPTIONS = {
     413: "The body is over the size limit",
     415: "Unsupported content type",
     422: "The request's values cannot be used",
-    429: "The server is busy; retry later",
+    429: "The server is busy (it serves at most max_queue requests at once); retry later",
     503: "Not ready",
     504: "The request took too long",
 }
@@ -77,9 +86,14 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
 
 
-async def _respond(request: Request, exc: Exception) -> JSONResponse:
+def response(exc: Exception) -> JSONResponse:
+    """The response the table gives ``exc``."""
     status, detail, headers = next(entry for kind, entry in STATUS.items() if isinstance(exc, kind))
     return error(status, detail.format(exc), headers)
+
+
+async def _respond(request: Request, exc: Exception) -> JSONResponse:
+    return response(exc)
 
 
 async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -54,7 +54,9 @@ def _is_json(request: Request, accepts_forms: bool) -> bool:
 async def _json(request: Request) -> Any:
     try:
         return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except RecursionError:
+        raise BadRequest("The body is not valid JSON here: it is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
         raise BadRequest(f"The body is not valid JSON: {e}") from None
 
 

@@ -26,6 +26,8 @@ class Metrics:
         )
         self.model_seconds = Histogram("altclip_model_seconds", "Time per model call", ["kind"], registry=self.registry)
         self.queue_depth = Gauge("altclip_queue_depth", "Items waiting for the model", ["kind"], registry=self.registry)
+        self.in_flight = Gauge("altclip_requests_in_flight", "API requests being served (limit max_queue)",
+                               registry=self.registry)  # fmt: skip
 
     def model_call(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)

@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from altclip.server.errors import DESCRIPTIONS
+from altclip.server.middleware import admitted
 from altclip.server.schemas import LABEL_LIST, LIMIT, WHITESPACE, ErrorResponse
 from altclip.server.settings import ServerSettings
 
@@ -33,9 +34,33 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def document(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
     """The app's OpenAPI document (made once), with this deployment's limits."""
     if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        app.openapi_schema = _with_limits(schema, settings)
+        description = f"{app.description}\n\n{limits_text(settings)}"
+        schema = get_openapi(title=app.title, version=app.version, description=description, routes=app.routes)
+        app.openapi_schema = _with_admission(_with_limits(schema, settings))
     return app.openapi_schema
+
+
+def limits_text(settings: ServerSettings) -> str:
+    """The limits of this deployment that JSON Schema cannot state beside a field."""
+    s = settings
+    return (
+        f"Limits: {s.max_items} texts, images, labels or templates per request, {s.max_text_chars:,} characters per "
+        f"text, query, label or template and {s.max_request_chars:,} in all (prompts included), "
+        f"{s.max_prompts:,} prompts (labels x templates) per classification, {s.max_pixels:,} pixels per image and "
+        f"{s.max_request_pixels:,} to decode per request, a body of {s.max_body_bytes:,} bytes, "
+        f"{s.request_timeout_s:g} s per request (504), and {s.max_queue} requests served at once (429 beyond)."
+    )
+
+
+def _with_admission(schema: dict[str, Any]) -> dict[str, Any]:
+    """Every operation that counts against ``max_queue`` and runs under the request timeout documents 429 and 504."""
+    for path, operations in schema.get("paths", {}).items():
+        for method, operation in operations.items():
+            if admitted(method.upper(), path):
+                responses = operation.setdefault("responses", {})
+                for status, entry in errors(429, 504).items():
+                    responses.setdefault(str(status), entry)
+    return schema
 
 
 def _part_type(prop: dict[str, Any]) -> str | None:

@@ -1,4 +1,5 @@
-"""What operators and browsers use: liveness and readiness probes, Prometheus metrics, and the search page."""
+"""What operators and browsers use: liveness and readiness probes and the search page (``router``, open), and
+Prometheus metrics (``metrics_router``, behind the bearer token when the server has one)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ PAGE_HEADERS = {
 }
 
 router = APIRouter()
+metrics_router = APIRouter()
 
 
 @router.get("/", include_in_schema=False)
@@ -41,7 +43,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(service: ServiceDep) -> PlainTextResponse:
     from prometheus_client import CONTENT_TYPE_LATEST
 

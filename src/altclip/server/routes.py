@@ -1,6 +1,5 @@
-"""The ``/v1`` API: embeddings, zero-shot classification, similarity, index search and thumbnails (``router``, behind
-the bearer token when the server has one), and ``/v1/info`` (``public``, open: the page asks it whether it needs a
-token)."""
+"""The ``/v1`` API: embeddings, zero-shot classification, similarity, index search, thumbnails and what the server
+runs, all behind the bearer token when the server has one (the page learns that it needs one from a 401)."""
 
 from __future__ import annotations
 
@@ -32,14 +31,12 @@ from altclip.server.schemas import (
 from altclip.server.service import ServiceDep
 
 router = APIRouter(prefix="/v1")
-public = APIRouter(prefix="/v1")
 TextsBody = Annotated[TextsRequest, Depends(body(TextsRequest))]
 ImagesBody = Annotated[ImagesRequest | ImagesForm, Depends(body(ImagesRequest, ImagesForm))]
 ClassifyBody = Annotated[ClassifyRequest | ClassifyForm, Depends(body(ClassifyRequest, ClassifyForm))]
 SimilarityBody = Annotated[SimilarityRequest, Depends(body(SimilarityRequest))]
 SearchBody = Annotated[SearchRequest | SearchForm, Depends(body(SearchRequest, SearchForm))]
-BODY_ERRORS = (400, 413, 415, 422)  # every endpoint that reads a body
-MODEL_ERRORS = (429, 504)  # every endpoint that runs the model
+BODY_ERRORS = (400, 413, 415, 422)  # every endpoint that reads a body (429 and 504: openapi.document adds them)
 
 
 class JPEGResponse(Response):
@@ -50,31 +47,31 @@ class JPEGResponse(Response):
     "/embed/text",
     summary="Unit-norm embeddings of texts",
     response_model=EmbeddingsResponse,
-    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    responses=errors(*BODY_ERRORS),
     openapi_extra=request_body(TextsRequest),
 )
 async def embed_text(service: ServiceDep, payload: TextsBody) -> EmbeddingsResponse:
     vectors = await service.embed_texts(payload.texts)
-    return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
+    return EmbeddingsResponse(model=service.model_name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
 
 @router.post(
     "/embed/image",
     summary="Unit-norm embeddings of images",
     response_model=EmbeddingsResponse,
-    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    responses=errors(*BODY_ERRORS),
     openapi_extra=request_body(ImagesRequest, ImagesForm),
 )
 async def embed_image(service: ServiceDep, payload: ImagesBody) -> EmbeddingsResponse:
     vectors = await service.embed_images(payload.image_bytes())
-    return EmbeddingsResponse(model=service.embedder.name, dim=service.embedder.dim, embeddings=vectors.tolist())
+    return EmbeddingsResponse(model=service.model_name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
 
 @router.post(
     "/classify",
     summary="Zero-shot classification of one image against labels",
     response_model=ClassifyResponse,
-    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    responses=errors(*BODY_ERRORS),
     openapi_extra=request_body(ClassifyRequest, ClassifyForm),
 )
 async def classify(service: ServiceDep, payload: ClassifyBody) -> ClassifyResponse:
@@ -86,7 +83,7 @@ async def classify(service: ServiceDep, payload: ClassifyBody) -> ClassifyRespon
     "/similarity",
     summary="Image-text similarity matrix",
     response_model=SimilarityResponse,
-    responses=errors(*BODY_ERRORS, *MODEL_ERRORS),
+    responses=errors(*BODY_ERRORS),
     openapi_extra=request_body(SimilarityRequest),
 )
 async def similarity(service: ServiceDep, payload: SimilarityBody) -> SimilarityResponse:
@@ -98,7 +95,7 @@ async def similarity(service: ServiceDep, payload: SimilarityBody) -> Similarity
     "/search",
     summary="Search the index by text or by image",
     response_model=SearchResponse,
-    responses=errors(*BODY_ERRORS, 404, *MODEL_ERRORS),
+    responses=errors(*BODY_ERRORS, 404),
     openapi_extra=request_body(SearchRequest, SearchForm),
 )
 async def search(service: ServiceDep, payload: SearchBody) -> SearchResponse:
@@ -120,14 +117,14 @@ async def thumbnail(service: ServiceDep, file_id: Annotated[int, Path(ge=0, le=2
     return JPEGResponse(data, headers={"Cache-Control": "private, max-age=3600"})
 
 
-@public.get("/info", summary="The model, the index, and whether the API needs a token", response_model=InfoResponse)
+@router.get("/info", summary="The model, the index, and whether the API needs a token", response_model=InfoResponse)
 async def info(service: ServiceDep) -> InfoResponse:
     settings, embedder = service.settings, service.embedder
     images = await service.indexed_images()
     return InfoResponse(
-        model=embedder.name if embedder else settings.model,
+        model=service.model_name,
         dim=embedder.dim if embedder else None,
         index=None if images is None else IndexInfo(images=images),
         auth=settings.token is not None,
-        limits=Limits(max_items=settings.max_items, max_body_bytes=settings.max_body_bytes),
+        limits=Limits(**{name: getattr(settings, name) for name in Limits.model_fields}),
     )

@@ -1,9 +1,10 @@
 """The service's API types: what each endpoint accepts (JSON and, where the endpoint takes uploads, multipart
 forms) and what it returns. ``/openapi.json`` is generated from these models, so it says what the code does.
 
-Two limits are settings of the deployment (``max_items``, ``max_text_chars``): a model marks where they apply with
-``limit(...)``, validation reads them from its context (the settings), and ``openapi.py`` writes them into the
-document of each app as ``maxItems`` / ``maxLength``.
+The limits are settings of the deployment, checked by ``limits`` (validation reads the settings from its context).
+Those JSON Schema can state (``max_items``, ``max_text_chars``) are marked with ``limit(...)`` where they apply, and
+``openapi.py`` writes them into the document of each app as ``maxItems`` / ``maxLength``; the others (characters
+and prompts per request, pixels) are in the descriptions of the endpoints.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,15 +27,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from altclip.server import limits
 from altclip.server.errors import BadRequest, InvalidInput
-from altclip.zeroshot import TEMPLATE_MODES, check_template
+from altclip.server.limits import NON_BLANK, WHITESPACE
+from altclip.zeroshot import TEMPLATE_MODES
 
 LIMIT = "x-altclip-limit"  # {LIMIT: "max_items"}: maxItems (arrays) or maxLength (strings) from the app's settings
 LABEL_LIST = "x-altclip-label-list"  # the multipart labels field, whose patterns depend on max_items
-# JSON Schema patterns are ECMA-262 regular expressions, whose whitespace (\s) is this set, not Python's (which also
-# counts \x1c-\x1f and \x85). The patterns and the server's own checks both use it, so they agree on what is blank.
-WHITESPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
-NON_BLANK = re.compile(rf"[^{WHITESPACE}]")
 _EDGES = re.compile(rf"^[{WHITESPACE}]+|[{WHITESPACE}]+$")
 
 
@@ -55,54 +55,34 @@ def invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("invalid", message)
 
 
-# --- validation against the deployment's limits ------------------------------------------------------------------
+# --- validation against the deployment's limits (``limits``; the settings are the validation context) ---------------
 
 
-def _max_items(info: ValidationInfo) -> int | None:
-    return getattr(info.context, "max_items", None)
-
-
-def _check_count(items: list, what: str, info: ValidationInfo) -> None:
-    if not items:
-        raise invalid(f"No {what} given")
-    most = _max_items(info)
-    if most is not None and len(items) > most:
-        raise invalid(f"Too many {what}: {len(items)} (limit {most})")
-
-
-def _check_text(text: str, what: str, info: ValidationInfo) -> None:
-    if not NON_BLANK.search(text):
-        raise invalid(f"{what} is empty")
-    most = getattr(info.context, "max_text_chars", None)
-    if most is not None and len(text) > most:
-        raise invalid(f"{what} has {len(text)} characters (limit {most})")
+def _checked(check: Callable[..., None], *args: Any) -> None:
+    """Runs one of the ``limits`` checks, its InvalidInput as a validation error."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise invalid(f"{what} is not valid Unicode (a lone surrogate)") from None
+        check(*args)
+    except InvalidInput as e:
+        raise invalid(str(e)) from None
 
 
 def _texts(texts: list[str], info: ValidationInfo) -> list[str]:
-    _check_count(texts, "texts", info)
-    for i, text in enumerate(texts):
-        _check_text(text, f"Text {i}", info)
+    _checked(limits.check_texts, texts, info.context)
     return texts
 
 
 def _query(query: str, info: ValidationInfo) -> str:
-    _check_text(query, "The query", info)
+    _checked(limits.check_text, query, "The query", info.context)
     return query
 
 
 def _labels(labels: list[str], info: ValidationInfo) -> list[str]:
-    _check_count(labels, "labels", info)
-    if any(not NON_BLANK.search(label) for label in labels):
-        raise invalid("Labels must not be empty")
+    _checked(limits.check_texts, labels, info.context, "labels", "Label")
     return labels
 
 
 def _images(images: list, info: ValidationInfo) -> list:
-    _check_count(images, "images", info)
+    _checked(limits.check_count, images, "images", info.context)
     return images
 
 
@@ -110,14 +90,7 @@ def _templates(value: Any, info: ValidationInfo) -> Any:
     if value is None or value in TEMPLATE_MODES:
         return value
     if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
-        most = _max_items(info)
-        if most is not None and len(value) > most:
-            raise invalid(f"Too many templates: {len(value)} (limit {most})")
-        try:
-            for template in value:
-                check_template(template)
-        except ValueError as e:
-            raise invalid(str(e)) from None
+        _checked(limits.check_templates, value, info.context)
         return value
     raise invalid(
         f"templates must be 'auto', 'none', a language code ({', '.join(TEMPLATE_MODES[2:])}), a non-empty list of "
@@ -171,7 +144,12 @@ IMAGE_BASE64 = {
 }
 IMAGE_FILE = {"type": "string", "format": "binary", "description": "An image file (JPEG, PNG, WebP, ...)"}
 TEXT = {"type": "string", "pattern": NON_BLANK.pattern, **limit("max_text_chars")}
-TEMPLATE = {"type": "string", "pattern": r"^[^{}]*(\{\}[^{}]*)+$", "description": "A prompt with '{}' for the label"}
+TEMPLATE = {
+    "type": "string",
+    "pattern": r"^[^{}]*(\{\}[^{}]*)+$",
+    "description": "A prompt with '{}' for the label",
+    **limit("max_text_chars"),
+}
 
 Text = Annotated[str, WithJsonSchema(TEXT)]
 Texts = Annotated[
@@ -179,7 +157,7 @@ Texts = Annotated[
     AfterValidator(_texts),
     Field(description="Texts in any language", json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
-Label = Annotated[str, WithJsonSchema({"type": "string", "pattern": NON_BLANK.pattern})]
+Label = Annotated[str, WithJsonSchema(TEXT)]
 Labels = Annotated[
     list[Label],
     AfterValidator(_labels),
@@ -251,7 +229,8 @@ class ClassifyForm(BaseModel):
         WithJsonSchema(
             {
                 "type": "string",
-                "description": "Labels separated by commas, or a JSON list of labels",
+                "description": "Labels separated by commas, or a JSON list of labels (each within the length limit "
+                "of texts)",
                 LABEL_LIST: True,
             }
         ),
@@ -357,8 +336,17 @@ class IndexInfo(BaseModel):
 
 
 class Limits(BaseModel):
+    """This deployment's limits (the settings of the same names)."""
+
     max_items: int
     max_body_bytes: int
+    max_text_chars: int
+    max_request_chars: int
+    max_prompts: int
+    max_pixels: int
+    max_request_pixels: int
+    max_queue: int
+    request_timeout_s: float
 
 
 class InfoResponse(BaseModel):

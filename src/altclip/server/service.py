@@ -1,12 +1,15 @@
 """What the service does, behind the routes: the model (an ``Embedder``) with batchers that gather concurrent
-requests into model calls, its own copy of the image processor (with the service's limits, URLs off), the index,
-the zero-shot classifiers, the metrics, and whether it is ready. Routes reach it through ``get_service``."""
+requests into model calls, the image decoder (its own copy of the image processor, with the service's limits), the
+index, the zero-shot classifiers, the metrics, and whether it is ready. Routes reach it through ``get_service``.
+
+Every method checks what it is given against the limits (``limits``), whatever the route's schema checked before,
+so that every endpoint, present or future, is bounded the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import io
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
@@ -17,9 +20,12 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from altclip import zeroshot
+from altclip.image_processing import ImageError
 from altclip.inference import Embedder
-from altclip.server.batching import DynamicBatcher, QueueFull
-from altclip.server.errors import NotFound, Timeout
+from altclip.server import limits
+from altclip.server.batching import DynamicBatcher
+from altclip.server.decoding import Decoder
+from altclip.server.errors import InvalidInput, NotFound
 from altclip.server.metrics import Metrics
 from altclip.server.settings import ServerSettings
 
@@ -29,6 +35,7 @@ class Service:
         self.settings = settings
         self.embedder = embedder  # None: loaded from settings.model at start
         self.image_processor = None  # our own copy, with the service's limits
+        self.decoder: Decoder | None = None
         self.index = None
         self.index_lock = threading.Lock()  # SQLite connections are not for concurrent use
         self.metrics = Metrics()
@@ -53,6 +60,7 @@ class Service:
             max_aspect_ratio=settings.max_aspect_ratio,
             allow_urls=False,  # the server never fetches what clients name
         )
+        self.decoder = Decoder(self.image_processor, settings)
         if settings.index:
             from altclip.index import ImageIndex
 
@@ -71,6 +79,8 @@ class Service:
             if batcher is not None:
                 await batcher.stop()
         self.executor.shutdown(wait=False)
+        if self.decoder is not None:
+            self.decoder.close()
         if self.index is not None:
             self.index.close()
 
@@ -81,57 +91,73 @@ class Service:
             executor=self.executor,
             max_batch_size=s.max_batch_size,
             max_wait_ms=s.max_wait_ms,
-            max_queue=s.max_queue,
             on_batch=lambda size, seconds: self.metrics.model_call(kind, size, seconds),
         )
         batcher.start()
         return batcher
 
+    @property
+    def model_name(self) -> str:
+        """The model as clients see it: a Hub id, or a local checkpoint's folder name (never its path)."""
+        return public_name(self.embedder.name if self.embedder else self.settings.model)
+
     # -- embedding ----------------------------------------------------------------------------------------------
 
-    async def _run(self, batcher: DynamicBatcher, items: list) -> np.ndarray:
-        try:
-            return np.stack(await asyncio.wait_for(batcher.submit(items), self.settings.request_timeout_s))
-        except asyncio.TimeoutError:
-            raise Timeout(f"The request took longer than {self.settings.request_timeout_s:g} s") from None
-
     async def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return await self._run(self.texts, texts)
+        limits.check_texts(texts, self.settings)
+        return await self._embed_texts(texts)
+
+    async def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        return np.stack(await self.texts.submit(texts))
 
     async def embed_images(self, images: list[bytes]) -> np.ndarray:
-        """Decoded, resized and cropped in worker threads (in parallel across requests), checked against the
-        limits first; then embedded through the image batcher."""
-        if not self.images.has_room(len(images)):  # refuse before the costly part
-            raise QueueFull("the image queue is full")
-        prepare = self.image_processor.prepare
-        arrays = await asyncio.gather(*(run_in_threadpool(prepare, data, index=i) for i, data in enumerate(images)))
-        return await self._run(self.images, list(arrays))
+        """Decoded, resized and cropped by the decoder (every limit checked before the first image is decoded),
+        then embedded through the image batcher."""
+        limits.check_count(images, "images", self.settings)
+        arrays = await self.decoder.prepare(images)
+        return np.stack(await self.images.submit(arrays))
 
     # -- what the endpoints answer ------------------------------------------------------------------------------
+
+    def prompts(self, labels: list[str], templates: zeroshot.Templates) -> list[list[str]]:
+        """The prompts of each label, within the limits (labels, templates, and prompts in all)."""
+        limits.check_texts(labels, self.settings, "labels", "Label")
+        limits.check_templates(templates, self.settings)
+        try:
+            prompts = zeroshot.label_prompts(labels, templates)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from None
+        limits.check_prompts(prompts, self.settings)
+        return prompts
 
     async def classifier(self, prompts: list[list[str]]) -> torch.Tensor:
         """The zero-shot classifier of ``prompts`` (one list per label), its prompts embedded through the batcher."""
         cached = self.classifiers.get(prompts)
         if cached is not None:
             return cached
-        vectors = await self.embed_texts([p for ps in prompts for p in ps])
+        vectors = await self._embed_texts([p for ps in prompts for p in ps])
         return self.classifiers.put(prompts, zeroshot.classifier_from_prompts(torch.from_numpy(vectors), prompts))
 
     async def classify(self, image: bytes, labels: list[str], templates: zeroshot.Templates) -> list[dict[str, Any]]:
-        prompts = zeroshot.label_prompts(labels, templates)
+        prompts = self.prompts(labels, templates)  # before the image is decoded: a request over a limit costs nothing
         image_embeds = torch.from_numpy(await self.embed_images([image]))
         classifier = await self.classifier(prompts)
         probs = zeroshot.scores(image_embeds, classifier, self.embedder.logit_scale).probs[0]
         return zeroshot.ranked(labels, probs.tolist())
 
     async def similarity(self, texts: list[str], images: list[bytes]) -> dict[str, np.ndarray]:
-        image_embeds, text_embeds = await asyncio.gather(self.embed_images(images), self.embed_texts(texts))
+        limits.check_texts(texts, self.settings)
+        image_embeds, text_embeds = await asyncio.gather(self.embed_images(images), self._embed_texts(texts))
         return self.embedder.scores(image_embeds, text_embeds)
 
     async def search(self, query: str | None, image: bytes | None, top_k: int) -> list:
         if self.index is None:
             raise NotFound("This server has no index (start it with --index)")
-        vectors = await (self.embed_images([image]) if image is not None else self.embed_texts([query]))
+        if image is not None:
+            vectors = await self.embed_images([image])
+        else:
+            limits.check_text(query, "The query", self.settings)
+            vectors = await self._embed_texts([query])
         return await run_in_threadpool(self._locked, self.index.search, vectors[0], top_k)
 
     async def thumbnail(self, file_id: int) -> bytes:
@@ -140,7 +166,12 @@ class Service:
         path = await run_in_threadpool(self._locked, self.index.file_path, file_id)
         if path is None:
             raise NotFound(f"No indexed image with id {file_id}")
-        return await run_in_threadpool(_thumbnail, path, self.settings.thumbnail_size)
+        try:
+            return await self.decoder.thumbnail(path, self.settings.thumbnail_size)
+        except ImageError as e:
+            raise NotFound(f"The indexed image can no longer be read: {e.reason}") from None
+        except OSError as e:
+            raise NotFound(f"The indexed image can no longer be read: {e.strerror or e}") from None
 
     async def indexed_images(self) -> int | None:
         return None if self.index is None else await run_in_threadpool(self._locked, self.index.count)
@@ -169,15 +200,8 @@ def _load(settings: ServerSettings) -> Embedder:
     return Embedder(model, processor, settings.model, batch_size=settings.max_batch_size)
 
 
-def _thumbnail(path: bytes, size: int) -> bytes:
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((size, size))
-            out = io.BytesIO()
-            image.convert("RGB").save(out, "JPEG", quality=85)
-    except OSError:
-        raise NotFound("The indexed image is no longer readable") from None
-    return out.getvalue()
+def public_name(model: str) -> str:
+    """A Hub id as it is; a local checkpoint by its folder's name, so that no server path reaches clients."""
+    if os.path.isabs(model) or model.startswith(".") or os.path.exists(model):
+        return os.path.basename(os.path.normpath(model))
+    return model

@@ -1,13 +1,13 @@
 "use strict";
 // The search page: text or image search over the server's index, and zero-shot classification.
-// Thumbnails are fetched with the token (when the API needs one) and shown as blob URLs.
+// Every call sends the token when one is given; the token box shows when the API answers 401.
+// Thumbnails are fetched with the token and shown as blob URLs.
 
 const $ = (id) => document.getElementById(id);
-let needsToken = false;
 
 function headers() {
   const token = $("token").value || localStorage.getItem("altclip-token") || "";
-  return needsToken && token ? { Authorization: "Bearer " + token } : {};
+  return token ? { Authorization: "Bearer " + token } : {};
 }
 
 async function call(path, options = {}) {
@@ -108,18 +108,30 @@ async function classify(event) {
   }
 }
 
-async function init() {
+async function showInfo() {
   try {
-    const info = await (await fetch("/v1/info")).json();
-    needsToken = info.auth;
-    $("token-box").hidden = !needsToken;
-    $("token").value = localStorage.getItem("altclip-token") || "";
+    const response = await fetch("/v1/info", { headers: headers() });
+    if (response.status === 401) {
+      $("token-box").hidden = false;
+      $("info").textContent = "This server needs a token";
+      return;
+    }
+    const info = await response.json();
+    $("token-box").hidden = !info.auth;
     $("info").textContent = `${info.model} · ${info.index ? info.index.images + " photos indexed" : "no index"}`;
-    if (!info.index) $("search-panel").classList.add("disabled");
+    $("search-panel").classList.toggle("disabled", !info.index);
   } catch (error) {
     $("info").textContent = "The server did not answer: " + error.message;
   }
-  $("token").addEventListener("change", () => localStorage.setItem("altclip-token", $("token").value));
+}
+
+async function init() {
+  $("token").value = localStorage.getItem("altclip-token") || "";
+  await showInfo();
+  $("token").addEventListener("change", () => {
+    localStorage.setItem("altclip-token", $("token").value);
+    showInfo();
+  });
   $("search-form").addEventListener("submit", searchText);
   $("classify-form").addEventListener("submit", classify);
   $("search-file").addEventListener("change", (e) => searchImage(e.target.files[0]));
