@@ -83,6 +83,19 @@ CREATE INDEX IF NOT EXISTS files_hash ON files (hash);
 """
 
 
+def create_private(db: Path) -> None:
+    """A new index's database file, readable by its owner alone (0600), in a folder of its own (0700) where this
+    creates the folder: the index lists the path of every indexed file. SQLite gives its -wal and -shm files the
+    database's permissions."""
+    try:
+        db.parent.mkdir(parents=True)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(db.parent, 0o700)
+    os.close(os.open(db, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 class ImageIndex:
     """An image index in a directory: ``index.sqlite3`` (file rows, metadata and, with the default store, the
     vectors) and, for large collections, ``vectors.faiss``."""
@@ -94,7 +107,7 @@ class ImageIndex:
         if not (self.path / DB_NAME).exists():
             if not create:
                 raise FileNotFoundError(f"No index at {self.path} (run `altclip index DIR` to build one)")
-            self.path.mkdir(parents=True, exist_ok=True)
+            create_private(self.path / DB_NAME)
         self.db = sqlite3.connect(self.path / DB_NAME, timeout=30, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes

@@ -147,6 +147,7 @@ class SQLiteVectors:
         approx = faiss.IndexIDMap(hnsw)
         approx.add_with_ids(np.ascontiguousarray(matrix), ids)
         tmp = self.folder / (FAISS_NAME + ".tmp")
+        os.close(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))  # private, as the database is
         faiss.write_index(approx, str(tmp))
         os.replace(tmp, self.folder / FAISS_NAME)
         with self.db:
