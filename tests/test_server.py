@@ -205,7 +205,13 @@ def test_page_is_served(client):
             "multipart/form-data",
         ),
         ("post", "/v1/embed/image", {"json": {"images": ["%%%"]}}, 400, "Image 0 is not valid base64"),
-        ("post", "/v1/embed/image", {"json": {"images": [b64(b"not an image")]}}, 422, "Image 0: not a readable image"),
+        (
+            "post",
+            "/v1/embed/image",
+            {"json": {"images": [b64(b"not an image")]}},
+            422,
+            "Image 0: not an image in a format the service reads",
+        ),
         ("post", "/v1/embed/image", {"json": {"images": [b64(CAT[: len(CAT) // 2])]}}, 422, "Image 0"),
         ("post", "/v1/embed/image", {"files": {"images": ("x.jpg", CAT)}, "data": {}}, 200, ""),
         (
@@ -273,7 +279,11 @@ def test_auth(embedder, index_dir):
         assert httpx.get(url + "/healthz").status_code == 200  # probes and the page stay open
         assert httpx.get(url + "/readyz").status_code == 200
         assert httpx.get(url + "/").status_code == 200
-        assert httpx.get(url + "/v1/info").json()["auth"] is True
+        assert httpx.get(url + "/v1/info").status_code == 401  # the page learns from this that it needs the token
+        assert httpx.get(url + "/metrics").status_code == 401
+        key = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(url + "/v1/info", headers=key).json()["auth"] is True
+        assert httpx.get(url + "/metrics", headers=key).status_code == 200
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -302,10 +312,11 @@ def test_queue_full_gives_429_and_timeout_504(embedder):
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             first = asyncio.create_task(c.post("/v1/embed/text", json={"texts": ["a", "b", "c"]}))
             await asyncio.sleep(0.2)  # the first request now waits in the batcher
-            second = await c.post("/v1/embed/text", json={"texts": ["d", "e"]})
+            second = await c.post("/v1/embed/text", json={"texts": ["d"]})
+            assert second.headers["retry-after"] == "1" and "limit 1" in second.json()["detail"]
             return [second.status_code, (await first).status_code]
 
-    settings = ServerSettings(max_queue=4, max_wait_ms=1500, max_batch_size=64, request_timeout_s=10)
+    settings = ServerSettings(max_queue=1, max_wait_ms=1500, max_batch_size=64, request_timeout_s=10)
     with running_server(settings, embedder) as url:
         assert asyncio.run(scenario(url)) == [429, 200]
         assert httpx.get(url + "/healthz").status_code == 200
