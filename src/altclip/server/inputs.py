@@ -13,6 +13,7 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
+from altclip.server import limits
 from altclip.server.errors import BadRequest, BodyTooLarge, InvalidInput, UnsupportedMediaType, validation_message
 from altclip.server.service import ServiceDep
 from altclip.server.settings import ServerSettings
@@ -26,7 +27,7 @@ def body(json_model: type[BaseModel], form_model: type[BaseModel] | None = None)
     async def read(request: Request, service: ServiceDep) -> BaseModel:
         settings = service.settings
         if _is_json(request, accepts_forms=form_model is not None):
-            return validate(json_model, await _json(request), settings)
+            return validate(json_model, await _json(request, settings), settings)
         assert form_model is not None
         return validate(form_model, await _form(request, form_model, settings), settings)
 
@@ -51,9 +52,11 @@ def _is_json(request: Request, accepts_forms: bool) -> bool:
     raise UnsupportedMediaType(f"Send {accepted}, not {ctype or 'no content type'}")
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, settings: ServerSettings) -> Any:
+    body = await request.body()
+    limits.check_json_size(body, settings)
     try:
-        return json.loads(await request.body())
+        return json.loads(body)
     except RecursionError:
         raise BadRequest("The body is not valid JSON here: it is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits

@@ -77,13 +77,38 @@ def check_templates(templates: Any, settings: Any) -> None:
             raise InvalidInput(str(e)) from None
 
 
+def check_json_size(body: bytes, settings: Any) -> None:
+    """A JSON body with no more separators (commas) than any valid request has: a cheap bound, before parsing, on
+    the number of values the body holds (a body of a million numbers costs the parser and the validation far more
+    than its bytes)."""
+    chars, items = _limit(settings, "max_request_chars"), _limit(settings, "max_items")
+    if chars is None or items is None:
+        return
+    most = chars + 64 * items + 1024  # commas inside the texts, between the items, and between the other fields
+    if body.count(b",") > most:
+        raise InvalidInput(f"The body holds more JSON values than any request takes (over {most:,} commas)")
+
+
 def check_prompts(prompts: Sequence[Sequence[str]], settings: Any) -> None:
-    """The prompts of a classification (one list per label): labels x templates, and their characters in all."""
-    count = sum(len(p) for p in prompts)
+    """The prompts of a classification (one list per label): their number and their characters in all."""
+    check_prompt_cost(sum(len(p) for p in prompts), sum(len(p) for ps in prompts for p in ps), settings)
+
+
+def prompt_cost(labels: Sequence[str], templates: Sequence[str]) -> tuple[int, int]:
+    """How many prompts ``labels`` x ``templates`` make, and their characters in all, without making them (a
+    template of 2,000 "{}" would make each prompt 2,000 labels long)."""
+    marks = sum(t.count("{}") for t in templates)
+    fixed = sum(len(t) for t in templates) - 2 * marks
+    return len(labels) * len(templates), len(labels) * fixed + marks * sum(len(label) for label in labels)
+
+
+def check_prompt_cost(count: int, chars: int, settings: Any) -> None:
     most = _limit(settings, "max_prompts")
     if most is not None and count > most:
         raise InvalidInput(
-            f"{len(prompts)} labels with their templates make {count:,} prompts, over the limit of {most:,} per "
-            "request: send fewer labels or templates"
+            f"The labels with their templates make {count:,} prompts, over the limit of {most:,} per request: send "
+            "fewer labels or templates"
         )
-    check_total_chars([p for ps in prompts for p in ps], "prompts", settings)
+    most = _limit(settings, "max_request_chars")
+    if most is not None and chars > most:
+        raise InvalidInput(f"The prompts have {chars:,} characters in all (limit {most:,} per request)")

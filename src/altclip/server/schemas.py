@@ -86,12 +86,26 @@ def _images(images: list, info: ValidationInfo) -> list:
     return images
 
 
+def _counted(what: str) -> BeforeValidator:
+    """The number of items of a list checked before the items are: a list of millions of wrong items would
+    otherwise cost pydantic an error for each (seconds and gigabytes)."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, list):
+            _checked(limits.check_count, value, what, info.context)
+        return value
+
+    return BeforeValidator(check)
+
+
 def _templates(value: Any, info: ValidationInfo) -> Any:
     if value is None or value in TEMPLATE_MODES:
         return value
-    if isinstance(value, list) and value and all(isinstance(t, str) for t in value):
-        _checked(limits.check_templates, value, info.context)
-        return value
+    if isinstance(value, list) and value:
+        _checked(limits.check_count, value, "templates", info.context)
+        if all(isinstance(t, str) for t in value):
+            _checked(limits.check_templates, value, info.context)
+            return value
     raise invalid(
         f"templates must be 'auto', 'none', a language code ({', '.join(TEMPLATE_MODES[2:])}), a non-empty list of "
         "templates with '{}', or null"
@@ -154,18 +168,23 @@ TEMPLATE = {
 Text = Annotated[str, WithJsonSchema(TEXT)]
 Texts = Annotated[
     list[Text],
+    _counted("texts"),
     AfterValidator(_texts),
     Field(description="Texts in any language", json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 Label = Annotated[str, WithJsonSchema(TEXT)]
 Labels = Annotated[
     list[Label],
+    _counted("labels"),
     AfterValidator(_labels),
     Field(description="Candidate labels, in any language", json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 Base64Image = Annotated[str, WithJsonSchema(IMAGE_BASE64)]
 Base64Images = Annotated[
-    list[Base64Image], AfterValidator(_images), Field(json_schema_extra={"minItems": 1, **limit("max_items")})
+    list[Base64Image],
+    _counted("images"),
+    AfterValidator(_images),
+    Field(json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 ImageFile = Annotated[bytes, WithJsonSchema(IMAGE_FILE)]
 TemplateModes = Literal[TEMPLATE_MODES]  # type: ignore[valid-type]

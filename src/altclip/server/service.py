@@ -123,6 +123,8 @@ class Service:
         """The prompts of each label, within the limits (labels, templates, and prompts in all)."""
         limits.check_texts(labels, self.settings, "labels", "Label")
         limits.check_templates(templates, self.settings)
+        if templates is not None and not isinstance(templates, str):  # a list: its cost known before it is paid
+            limits.check_prompt_cost(*limits.prompt_cost(labels, templates), self.settings)
         try:
             prompts = zeroshot.label_prompts(labels, templates)
         except ValueError as e:
