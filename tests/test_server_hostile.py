@@ -117,6 +117,45 @@ def test_4_a_request_that_can_never_fit_gets_422_saying_why(client):
     assert "2,560 prompts" in detail and "limit of 2,048" in detail and "fewer labels or templates" in detail
 
 
+class SlowEmbedder:
+    """The tiny model, 20 ms per text batch: long enough for the order of batches to show in latencies."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def embed_texts(self, texts):
+        time.sleep(0.02)
+        return self.inner.embed_texts(texts)
+
+
+def test_4_requests_take_turns_in_the_model(embedder):
+    """A classification of 400 prompts (50 batches of 8, a second) and, 0.2 s after it began, a request of one
+    text: that text is in the next batch, not behind the 400 prompts."""
+
+    async def scenario(url: str) -> tuple[float, float]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            start = time.monotonic()
+            body = {
+                "image": b64(CAT),
+                "labels": [f"l{i}" for i in range(20)],
+                "templates": [f"{{}} {i}" for i in range(20)],
+            }
+            big = asyncio.create_task(c.post("/v1/classify", json=body))
+            await asyncio.sleep(0.2)
+            small_start = time.monotonic()
+            assert (await c.post("/v1/embed/text", json={"texts": ["one text"]})).status_code == 200
+            small = time.monotonic() - small_start
+            assert (await big).status_code == 200
+            return small, time.monotonic() - start
+
+    with running_server(ServerSettings(max_batch_size=8, max_wait_ms=1), SlowEmbedder(embedder)) as url:
+        small, big = asyncio.run(scenario(url))
+    assert big > 0.8 and small < 0.3, (small, big)
+
+
 # --- 5: every text the model sees is bounded, so is a request's total; work whose client has gone stops -------------
 
 
