@@ -153,7 +153,7 @@ def test_4_requests_take_turns_in_the_model(embedder):
 
     with running_server(ServerSettings(max_batch_size=8, max_wait_ms=1), SlowEmbedder(embedder)) as url:
         small, big = asyncio.run(scenario(url))
-    assert big > 0.8 and small < 0.3, (small, big)
+    assert big > 0.8 and small < min(0.5, big / 3), (small, big)  # behind the prompts, it would take as long as they
 
 
 # --- 5: every text the model sees is bounded, so is a request's total; work whose client has gone stops -------------
