@@ -17,6 +17,7 @@ from PIL import Image
 
 from altclip.index import ImageIndex, IndexMismatchError
 from altclip.inference import Embedder
+from hostile_images import crafted
 
 
 def make_images(folder: Path, n: int, start: int = 0, size=(96, 72)) -> list[Path]:
@@ -122,6 +123,40 @@ def test_bad_files_are_recorded_not_fatal(tmp_path, embedder):
         (folder / "corrupt.jpg").unlink()
         index.update([folder], embedder)
         assert len(index.errors()) == 2
+
+
+def test_crafted_files_of_any_format_are_recorded_not_fatal(tmp_path, embedder):
+    """Malformed files on which Pillow raises ValueError, KeyError, NotImplementedError, ... (named .jpg, as a photo
+    would be) are each recorded with a reason; the run indexes the rest, and a re-run does not stumble either."""
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    for name, data in crafted().items():
+        (folder / f"{name}.jpg").write_bytes(data)
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder)
+        assert sorted(Path(p).stem for p, _ in report.failed) == sorted(crafted())
+        assert all(r.startswith(("not a readable image", "could not be decoded")) for _, r in report.failed)
+        assert index.count() == 3 and index.check() == []
+        again = index.update([folder], embedder, retry_errors=True)
+        assert len(again.failed) == len(crafted()) and index.count() == 3
+
+
+def test_files_over_the_size_limit_and_fifos_are_not_read(tmp_path, embedder, monkeypatch):
+    import altclip.index.image_index as image_index
+    from altclip.files import read_regular_file
+
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 2, size=(300, 200))
+    monkeypatch.setattr(image_index, "MAX_FILE_BYTES", min(p.stat().st_size for p in paths) + 1)
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder)
+        assert index.count() == 1
+    ((path, reason),) = report.failed
+    assert path == str(max(paths, key=lambda p: p.stat().st_size)) and "over the limit" in reason
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_regular_file(fifo, 100)
 
 
 def test_unreadable_file(tmp_path, checkpoint):

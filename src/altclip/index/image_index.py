@@ -21,13 +21,16 @@ from typing import Protocol
 
 import numpy as np
 
-from altclip.files import display, ordered_map, scan
+from altclip.files import display, ordered_map, read_regular_file, scan, stat_failure
 from altclip.image_processing import ImageError
 from altclip.index.sqlite_store import APPROX_THRESHOLD, SQLiteVectors
 from altclip.index.store import IndexMismatchError, VectorStore
 
 DB_NAME = "index.sqlite3"
 SCHEMA_VERSION = "1"
+# Each decoding worker holds one whole file (to hash and decode the same bytes): larger files are recorded as
+# failures unread. Images within the pixel limit are far smaller, even uncompressed.
+MAX_FILE_BYTES = 512 * 2**20
 
 
 class Embedder(Protocol):
@@ -339,10 +342,11 @@ def _load(path: bytes, embedder: Embedder) -> tuple[str | None, np.ndarray | Non
     """Worker: read, hash, decode and resize one file. Returns (hash, pixels, error, seconds)."""
     start = time.perf_counter()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular_file(path, MAX_FILE_BYTES)
     except OSError as e:
-        return None, None, f"could not be read: {e.strerror}", time.perf_counter() - start
+        return None, None, stat_failure(path, e), time.perf_counter() - start
+    except ValueError as e:  # not a regular file any more, or too large
+        return None, None, str(e), time.perf_counter() - start
     content = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         array = embedder.prepare(data)
