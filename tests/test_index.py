@@ -273,3 +273,97 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, checkpoint, embedder
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     with ImageIndex(index_dir) as index:
         assert_faithful(index, folder, embedder)
+
+
+def test_a_rerun_repairs_rows_whose_vector_is_missing(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    make_images(folder, 8)
+    with ImageIndex(tmp_path / "index") as index:
+        index.update([folder], embedder)
+        with index.db:  # what concurrent runs of older versions left behind
+            index.db.execute("DELETE FROM vectors WHERE id IN (SELECT id FROM vectors ORDER BY id LIMIT 3)")
+        assert index.check() == ["3 file rows refer to missing vectors"]
+        report = index.update([folder], embedder)
+        assert (report.repaired, report.embedded, report.unchanged) == (3, 3, 5)
+        assert_faithful(index, folder, embedder)
+
+
+def test_one_writer_at_a_time(tmp_path, embedder):
+    """An update waits while another holds the index (here: another connection, as another process would)."""
+    import threading
+
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    waited, finished = threading.Event(), threading.Event()
+    other = ImageIndex(tmp_path / "index")
+    worker = threading.Thread(target=lambda: (other.update([folder], embedder, on_wait=waited.set), finished.set()))
+    try:
+        with ImageIndex(tmp_path / "index") as holder, holder.writing():
+            worker.start()
+            assert waited.wait(30)
+            time.sleep(0.3)
+            assert not finished.is_set() and holder.count() == 0
+        worker.join(60)  # leaving the block released the lock
+        assert finished.is_set() and other.count() == 3
+    finally:
+        worker.join(60)
+        other.close()
+
+
+GATED_INDEXER = """
+import os, sys, time
+import altclip.index.image_index as image_index
+load, calls = image_index._load, []
+def gated_load(path, embedder):
+    calls.append(path)
+    deadline = time.monotonic() + 120
+    while len(calls) == 40 and not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return load(path, embedder)
+image_index._load = gated_load
+from altclip.cli import main
+main()
+"""
+
+
+def test_two_indexers_on_one_index_lose_nothing(tmp_path, checkpoint, embedder):
+    """Issue 12's scenario with two real processes: photos indexed in d1 are moved to d2; `altclip index d2` is in the
+    middle of its run (it stops before its 40th file until the test opens a gate) when `altclip index d1` starts on
+    the same index, whose garbage collection used to delete the vectors that d2's new rows were about to reuse. The
+    gate opens once the second process waits for the first (or has finished without waiting, as it used to).
+    Afterwards every file's vector is a fresh embedding of its content."""
+    d1, d2, index_dir, gate = tmp_path / "d1", tmp_path / "d2", tmp_path / "index", tmp_path / "gate"
+    make_images(d1, 160)
+    with ImageIndex(index_dir) as index:
+        index.update([d1], embedder)
+    d2.mkdir()
+    for path in d1.iterdir():
+        path.rename(d2 / path.name)
+    args = ["--index", str(index_dir), "--model", str(checkpoint), "--workers", "1", "--batch-size", "8"]
+    log = tmp_path / "second.log"
+    first = subprocess.Popen(
+        [sys.executable, "-c", GATED_INDEXER, "index", str(d2), *args],
+        env={**os.environ, "GATE": str(gate)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    second = None
+    try:
+        while first.poll() is None and _rows(index_dir) == 160:  # until the first has committed rows for d2
+            time.sleep(0.05)
+        with open(log, "wb") as stderr:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "altclip", "index", str(d1), *args], stdout=subprocess.DEVNULL, stderr=stderr
+            )
+            while second.poll() is None and b"waiting for it to finish" not in b" ".join(log.read_bytes().split()):
+                time.sleep(0.05)
+            gate.touch()
+            first_err = first.communicate(timeout=300)[1]
+            second.wait(timeout=300)
+    finally:
+        gate.touch()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert (first.returncode, second.returncode) == (0, 0), (first_err, log.read_text())
+    with ImageIndex(index_dir) as index:
+        assert_faithful(index, d2, embedder)
+        assert index.count() == 160

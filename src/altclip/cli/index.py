@@ -66,6 +66,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
         "deleted": report.deleted,
         "embedded": report.embedded,
         "reused": report.reused,
+        "repaired": report.repaired,
         "failed": [{"path": p, "reason": r} for p, r in report.failed],
         "seconds": round(report.seconds, 3),
         "decode_seconds": round(report.decode_seconds, 3),
@@ -77,8 +78,10 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
         return
     err.print(
         f"{index.count()} images in {index.path}: {report.new} new, {report.changed} changed, {report.deleted} deleted, "
-        f"{report.unchanged} unchanged; {report.embedded} embedded ({report.reused} reused an existing vector) "
-        f"in {report.seconds:.1f} s" + (f", {rate:.1f} images/s in the model" if rate else ""),
+        f"{report.unchanged} unchanged; {report.embedded} embedded ({report.reused} reused an existing vector"
+        + (f", {report.repaired} had lost theirs" if report.repaired else "")
+        + f") in {report.seconds:.1f} s"
+        + (f", {rate:.1f} images/s in the model" if rate else ""),
         highlight=False,
     )
     if report.failed:
@@ -117,6 +120,9 @@ def index_command(
                     workers=workers,
                     retry_errors=retry_errors,
                     progress=progress,
+                    on_wait=lambda: err.print(
+                        f"Another altclip index is updating {idx.path}; waiting for it to finish...", highlight=False
+                    ),
                 )
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
