@@ -128,9 +128,11 @@ class CLIPTextTower(nn.Module):
         keys = files.keys()
         prefix = "text_model." if any(k.startswith("text_model.") for k in keys) else ""
         with_projection = "text_projection.weight" in keys
+        weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
+        depth = {"layers": ("num_hidden_layers", config.num_hidden_layers)}
+        ckpt.check_depth(ckpt.layer_counts(keys, weights), depth, f"CLIP checkpoint {name_or_path}")
         with empty_weights():
             model = cls(config, with_projection=with_projection)
-        weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
         if with_projection:
             weights["text_projection.weight"] = "projection.weight"
         ckpt.load_weights(
