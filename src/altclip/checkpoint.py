@@ -161,6 +161,10 @@ class TensorFiles:
         """The tensor's dtype; None for one torch has no name for here (float8 and other exotic safetensors types)."""
         return _SAFETENSORS_DTYPES.get(self.dtype_name(key)) if key in self._safe else self._loaded[key].dtype
 
+    def path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self._paths[key]
+
     def dtype_name(self, key: str) -> str:
         if key in self._loaded:
             return str(self._loaded[key].dtype).removeprefix("torch.")
@@ -196,6 +200,9 @@ class RenamedTensors:
 
     def dtype_name(self, key: str) -> str:
         return self._files.dtype_name(self._original[key])
+
+    def path(self, key: str) -> Path:
+        return self._files.path(self._original[key])
 
 
 _SAFETENSORS_DTYPES = {
@@ -327,7 +334,9 @@ def load_weights(
             wrong_shape.append(f"{key}: expected {want}, found {found}")
         found_dtype = files.dtype(key)
         if state[ours].is_floating_point() and (found_dtype is None or not found_dtype.is_floating_point):
-            wrong_shape.append(f"{key}: expected floating-point values, found {files.dtype_name(key)}")
+            wrong_shape.append(
+                f"{key}: expected floating-point values, found {files.dtype_name(key)} ({files.path(key)})"
+            )
         if block in parts.setdefault(ours, {}):
             unexpected.append(f"{key} (duplicate of {parts[ours][block]})")
             continue

@@ -20,7 +20,7 @@ from tokenizers.models import BPE
 from torch import nn
 
 from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config_file
+from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, ConfigError, read_config_file
 from altclip.hub import resolve_file, resolve_first
 from altclip.layers import PreNormLayer, run_layers
 from altclip.pretrained import checkpoint_files, empty_weights
@@ -49,7 +49,9 @@ class CLIPTextConfig:
         elif model_type == "clip_text_model":
             text = data
         else:
-            raise ValueError(f"Expected a CLIP checkpoint (model_type 'clip' or 'clip_text_model'), got {model_type!r}")
+            raise ConfigError(
+                f"Expected a CLIP checkpoint (model_type 'clip' or 'clip_text_model'), got {model_type!r}"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in text.items() if k in known and v is not None})
 

@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from altclip import checkpoint as ckpt
 from altclip.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
+from altclip.devices import check_device
 from altclip.hub import resolve_file, resolve_first
 from altclip.layers import Attention
 
@@ -285,6 +286,8 @@ class PreTrainedModel(nn.Module):
             if isinstance(device_map, dict) or device_map in ("auto", "balanced", "sequential"):
                 raise NotImplementedError("device_map places the whole model on one device here; pass a device")
             device = device if device is not None else device_map
+        if device is not None:
+            check_device(device)
         if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
                 f'Specified `attn_implementation="{attn_implementation}"` is not supported; use one of '

@@ -137,13 +137,13 @@ class AltCLIPTextModel(PreTrainedModel):
         """A text tower whose encoder is a pretrained XLM-RoBERTa (``xlm-roberta-large``, as AltCLIP started from),
         with a fresh ``pre_LN`` and ``transformation`` mapping to ``project_dim``: the student of teacher learning.
         The masked-language-model head and the pooler of the checkpoint are not used."""
-        from altclip.config import read_config_file
+        from altclip.config import ConfigError, read_config_file
         from altclip.hub import resolve_file
         from altclip.pretrained import checkpoint_files
 
         raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))  # type: ignore[arg-type]
         if raw.get("model_type") not in ("xlm-roberta", "roberta"):
-            raise ValueError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
+            raise ConfigError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
         config = AltCLIPTextConfig.from_hf_dict({**raw, "model_type": cls.config_class.model_type,
                                                  "project_dim": project_dim}, source=f"{name_or_path}/config.json")  # fmt: skip
         files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
