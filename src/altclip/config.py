@@ -91,15 +91,15 @@ class _Config:
         for name in self._sizes:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {_brief(value)}")
         for name in self._probabilities:
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value <= 1:
-                raise ConfigError(f"{name} must be a probability between 0 and 1, got {value!r}")
+                raise ConfigError(f"{name} must be a probability between 0 and 1, got {_brief(value)}")
         for name in self._non_negative:
             value = getattr(self, name)
             if not _is_number(value) or not 0 <= value < math.inf:
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {_brief(value)}")
         for key in self.sub_configs:
             nested = getattr(self, key, None)
             if isinstance(nested, _Config):
@@ -331,7 +331,7 @@ class AltCLIPTextConfig(_Config):
         _check_heads(self)
         if not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(
-                f"pad_token_id must be a token id below vocab_size ({self.vocab_size}), got {self.pad_token_id!r}"
+                f"pad_token_id must be a token id below vocab_size ({self.vocab_size}), got {_brief(self.pad_token_id)}"
             )
 
 
@@ -428,6 +428,12 @@ def _check_heads(config: AltCLIPTextConfig | AltCLIPVisionConfig) -> None:
             f"hidden_size ({config.hidden_size}) must be a multiple of num_attention_heads "
             f"({config.num_attention_heads})"
         )
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message quotes it: its repr, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(value: Any) -> bool:
