@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -211,10 +212,13 @@ _SAFETENSORS_DTYPES = {
 }  # fmt: skip
 
 
-def load_pickle(path: Path, map_location: str | torch.device = "cpu", mmap: bool = True) -> dict[str, torch.Tensor]:
-    """A PyTorch pickle of tensors (a legacy ``pytorch_model.bin``), loaded with ``weights_only=True`` (no arbitrary
-    code: a pickle that asks for anything but tensors is refused) and memory-mapped where the file allows. Any
-    failure is a CheckpointError naming the file."""
+def load_pickle(
+    path: Path, map_location: str | torch.device = "cpu", mmap: bool = True, tensors_only: bool = True
+) -> dict[str, Any]:
+    """A PyTorch pickle of a state dict (a legacy ``pytorch_model.bin``), loaded with ``weights_only=True`` (no
+    arbitrary code: a pickle that asks for anything but tensors and plain values is refused) and memory-mapped where
+    the file allows. Any failure is a CheckpointError naming the file. ``tensors_only=False`` lets the values be
+    other things ``weights_only`` allows (a quantized model's packed parameters)."""
     try:
         try:
             state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -226,9 +230,9 @@ def load_pickle(path: Path, map_location: str | torch.device = "cpu", mmap: bool
         raise CheckpointError(f"{path} could not be read as PyTorch weights: {_pickle_failure(e)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    if tensors_only and not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat dict of tensors")
     return state
 

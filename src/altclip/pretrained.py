@@ -397,7 +397,7 @@ class PreTrainedModel(nn.Module):
         path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, **hub)
         with warnings.catch_warnings():  # quantized tensors still go through TypedStorage, which warns
             warnings.simplefilter("ignore", UserWarning)
-            state = ckpt.load_pickle(path, map_location=device or "cpu", mmap=False)
+            state = ckpt.load_pickle(path, map_location=device or "cpu", mmap=False, tensors_only=False)
         cls._check_depth(config, ckpt.layer_counts(state, None), f"Checkpoint {name_or_path}")
         with empty_weights():
             model = cls(config, initialize=False)  # type: ignore[call-arg]
