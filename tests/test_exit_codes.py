@@ -140,6 +140,10 @@ def test_missing_paths_are_bad_usage_and_loops_are_named(run, tmp_path):
     assert result.exit_code == 4 and "loop.jpg): symbolic link loop" in result.said
     result = run("index", loop, "--index", tmp_path / "index")
     assert result.exit_code == 2 and "cannot be used (symbolic link loop)" in result.said
+    broken = tmp_path / "broken"
+    broken.symlink_to(tmp_path / "gone")
+    result = run("embed", broken, "--output", tmp_path / "out")
+    assert result.exit_code == 2 and "broken cannot be used (broken symbolic link)" in result.said
 
 
 # --- item 13: devices, dtypes, training ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ messages and install hints (``pip install 'altclip[serve]'``) appear as they are
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -124,13 +123,11 @@ class TranslatedErrors(TyperGroup):
 
 
 def missing_path(path: Path) -> str | None:
-    """Why a path named on the command line cannot be used, or None when it exists: "does not exist", "is a
-    symbolic link loop", ... A broken link counts as existing: the commands record it as a failed file."""
+    """Why a path named on the command line cannot be used ("does not exist", "cannot be used (symbolic link
+    loop)", ...), or None when it exists."""
     try:
         os.stat(path)
     except OSError as e:
-        if os.path.islink(path) and e.errno != errno.ELOOP:
-            return None
         reason = stat_failure(path, e)
         return "does not exist" if reason == "no such file" else f"cannot be used ({reason})"
     return None
