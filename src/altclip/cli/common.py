@@ -100,8 +100,9 @@ def explain(error: Exception) -> tuple[str, int]:
     for types, code, message in table:
         if isinstance(error, types):
             return message(error), code
+    text = str(error) if len(str(error)) <= 500 else str(error)[:497] + "..."
     return (
-        f"Unexpected {type(error).__name__}: {error}. This is a bug in altclip; please report it "
+        f"Unexpected {type(error).__name__}: {text}. This is a bug in altclip; please report it "
         "(ALTCLIP_DEBUG=1 shows where it happened)",
         EXIT_ERROR,
     )
