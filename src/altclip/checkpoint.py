@@ -368,8 +368,9 @@ def load_weights(
 def _mismatch_message(
     source: str, model: nn.Module, missing: list[str], unexpected: list[str], wrong: list[str]
 ) -> str:
-    def listing(items: list[str]) -> str:
-        return "; ".join(items[:10]) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
+    def listing(items: list[str]) -> str:  # the first ten, each cut to 300 characters (key names come from the file)
+        shown = [item if len(item) <= 300 else item[:297] + "..." for item in items[:10]]
+        return "; ".join(shown) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
 
     lines = [f"{source} does not fit {type(model).__name__} with this config:"]
     if wrong:
