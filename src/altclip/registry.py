@@ -141,18 +141,24 @@ def write_random_checkpoint(
     model.safetensors, a tokenizer trained on the package's multilingual captions, and preprocessor_config.json.
     It loads with ``altclip.load`` and with transformers like a released checkpoint."""
     from altclip.image_processing import CLIPImageProcessor
-    from altclip.tokenizer import caption_corpus, train_tokenizer
 
     model = random_model(shape, seed=seed, dtype=dtype)
     path = model.save_pretrained(path)
-    vocab_size = min(model.config.text_config.vocab_size, 4000)
-    train_tokenizer([caption for _, caption in caption_corpus()], vocab_size).save_pretrained(path)
+    random_tokenizer(model.config.text_config.vocab_size).save_pretrained(path)
     size = model.config.vision_config.image_size
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     (path / RANDOM_MARKER).write_text(
         "This checkpoint has random weights: it runs like a real one, but its answers mean nothing.\n"
     )
     return path
+
+
+def random_tokenizer(vocab_size: int):
+    """The tokenizer of random checkpoints: trained on the package's multilingual captions, with at most
+    ``vocab_size`` (and at most 4,000) tokens, so that every id fits the model's vocabulary."""
+    from altclip.tokenizer import caption_corpus, train_tokenizer
+
+    return train_tokenizer([caption for _, caption in caption_corpus()], min(vocab_size, 4000))
 
 
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"

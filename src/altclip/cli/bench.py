@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from altclip.cli.common import EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, out
 
@@ -76,7 +77,7 @@ def _table(report: dict) -> Table:
         table.add_column(column, justify="left" if column == "engine" else "right")
     for r in report["results"]:
         if "error" in r:
-            table.add_row(r["engine"], f"[red]{r['error']}[/]", *[""] * (len(COLUMNS) - 2))
+            table.add_row(r["engine"], Text(r["error"], style="red"), *[""] * (len(COLUMNS) - 2))
             continue
         table.add_row(
             r["engine"],

@@ -29,7 +29,13 @@ def random_checkpoint(
 
     if shape not in KNOWN_MODELS:
         fail(f"Unknown shape {shape!r}; known: {', '.join(KNOWN_MODELS)}", EXIT_USAGE)
-    path = write_random_checkpoint(shape, output, seed=seed, dtype=parse_dtype(dtype))
+    try:
+        torch_dtype = parse_dtype(dtype)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    if torch_dtype == "auto":
+        fail("--dtype auto means the dtype a checkpoint was saved in; name one to write", EXIT_USAGE)
+    path = write_random_checkpoint(shape, output, seed=seed, dtype=torch_dtype)
     err.print(f"Wrote a random {shape} checkpoint to {path}", highlight=False)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from altclip.cli.common import EXIT_ERROR, EXIT_INPUT, DeviceOpt, err, fail
+from altclip.cli.common import EXIT_ERROR, EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, DeviceOpt, err, fail, model_errors
 
 app = typer.Typer()
 train_app = typer.Typer(
@@ -48,13 +48,18 @@ Dropout = Annotated[float | None, typer.Option(help="Override dropout (0 makes r
 
 
 def _run(fn, *args, **kwargs) -> None:
+    from altclip.devices import DeviceError
     from altclip.train.loop import TrainingError
 
     try:
         result = fn(*args, **kwargs, log=lambda m: err.print(m, highlight=False))
     except TrainingError as e:
         fail(str(e), EXIT_ERROR)
-    except (ValueError, FileNotFoundError) as e:
+    except DeviceError as e:
+        fail(str(e), EXIT_USAGE)
+    except model_errors() as e:
+        fail(f"Could not load a model: {e}", EXIT_MODEL)
+    except (ValueError, FileNotFoundError) as e:  # the training data
         fail(str(e), EXIT_INPUT)
     if result.get("last") and os.environ.get("RANK", "0") == "0":
         err.print(
@@ -76,7 +81,10 @@ def distill_command(
         list[str], typer.Option(help="Parallel corpus: .tsv (english<TAB>translation), .jsonl, or en.txt::xx.txt")
     ],
     output: Output,
-    tokenizer: Annotated[str | None, typer.Option(help="XLM-R tokenizer folder [default: the student's]")] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="XLM-R tokenizer folder [default: the student's; for tiny, one trained on sample captions]"),
+    ] = None,
     cosine_weight: Annotated[float, typer.Option(help="Weight of an extra 1 - cosine loss")] = 0.0,
     steps: Steps = 1000,
     batch_size: Batch = 32,

@@ -64,6 +64,17 @@ def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
     return model
 
 
+def load_student_tokenizer(student: str, tokenizer: str | None, vocab_size: int) -> XLMRobertaTokenizer:
+    """``tokenizer``, else the student's own. A registered shape that was never released (tiny) has none, and gets
+    the small tokenizer random checkpoints of it are written with."""
+    from altclip.registry import KNOWN_MODELS, random_tokenizer
+
+    if tokenizer is None and student in KNOWN_MODELS and not KNOWN_MODELS[student].released:
+        if not Path(student).exists():
+            return random_tokenizer(vocab_size)
+    return XLMRobertaTokenizer.from_pretrained(tokenizer or student)
+
+
 def distill(
     teacher: str,
     student: str,
@@ -80,7 +91,7 @@ def distill(
     teacher_tokenizer = CLIPTokenizer.from_pretrained(teacher)
     torch.manual_seed(config.seed)  # the student's random initialisation, when it has one
     text = load_student(student, teacher_model.config.hidden_size).to(device)
-    student_tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer or student)
+    student_tokenizer = load_student_tokenizer(student, tokenizer, text.config.vocab_size)
     pairs, report = read_parallel(corpus)
     if dist_info.main:
         log(f"Parallel corpus: {report.summary()}")
