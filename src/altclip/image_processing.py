@@ -161,7 +161,10 @@ class CLIPImageProcessor:
 
     def normalize(self, arrays: np.ndarray) -> np.ndarray:
         """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised."""
-        return self.normalize_tensor(torch.from_numpy(np.asarray(arrays))).numpy()
+        arrays = np.asarray(arrays)
+        if not arrays.flags.writeable:  # a view of a decoded image: torch warns about sharing read-only memory
+            arrays = arrays.copy()
+        return self.normalize_tensor(torch.from_numpy(arrays)).numpy()
 
     def normalize_tensor(self, arrays: torch.Tensor) -> torch.Tensor:
         """``normalize`` for a (B, H, W, C) uint8 tensor, on its device (a GPU spares the CPU this work): in

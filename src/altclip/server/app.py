@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from altclip.inference import Embedder
-from altclip.server import errors, middleware, openapi, ops, routes
+from altclip.server import clip_retrieval, errors, middleware, openai_api, openapi, ops, routes
 from altclip.server.auth import require_token
 from altclip.server.service import Service
 from altclip.server.settings import ServerSettings
@@ -45,10 +45,13 @@ def create_app(settings: ServerSettings, embedder: Embedder | None = None) -> Fa
     middleware.install(app, settings, service.metrics)
     app.include_router(ops.router)
     app.include_router(routes.public)
-    if settings.token is None:
-        app.include_router(routes.router)
-    else:
-        app.include_router(routes.router, dependencies=[Depends(require_token)], responses=openapi.errors(401))
+    protected = [routes.router, openai_api.router, clip_retrieval.router]  # the API, behind the token if there is one
+    for router in protected:
+        if settings.token is None:
+            app.include_router(router)
+        else:
+            unauthorized = openai_api.documented(401) if router is openai_api.router else openapi.errors(401)
+            app.include_router(router, dependencies=[Depends(require_token)], responses=unauthorized)
     app.mount("/static", StaticFiles(directory=ops.STATIC), name="static")
     app.openapi = partial(openapi.document, app, settings)  # type: ignore[method-assign]
     return app

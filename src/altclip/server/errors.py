@@ -77,9 +77,16 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
 
 
+def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
+    """(status, detail, headers) of an exception of the table; None for any other."""
+    for kind, (status, detail, headers) in STATUS.items():
+        if isinstance(exc, kind):
+            return status, detail.format(exc), headers
+    return None
+
+
 async def _respond(request: Request, exc: Exception) -> JSONResponse:
-    status, detail, headers = next(entry for kind, entry in STATUS.items() if isinstance(exc, kind))
-    return error(status, detail.format(exc), headers)
+    return error(*describe(exc))
 
 
 async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
