@@ -5,6 +5,8 @@ app.py         create_app: the FastAPI app, its routers, middleware and error ha
 run.py         serve: uvicorn, and draining on SIGTERM
 service.py     Service: the model, batchers, index, classifier cache and metrics behind the routes
 routes.py      the /v1 API          ops.py    probes, /metrics and the search page (static/)
+openai_api.py  OpenAI's /v1/embeddings and /v1/models       clip_retrieval.py   clip-retrieval's back-end API
+docs.py        /docs (Swagger UI) and /redoc, from static/docs
 schemas.py     request and response types      inputs.py   reading JSON and multipart bodies into them
 openapi.py     the OpenAPI document, with the deployment's limits
 auth.py        bearer token         middleware.py   body limit, request metrics, CORS

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from altclip.inference import Embedder
-from altclip.server import clip_retrieval, errors, middleware, openai_api, openapi, ops, routes
+from altclip.server import clip_retrieval, docs, errors, middleware, openai_api, openapi, ops, routes
 from altclip.server.auth import require_token
 from altclip.server.service import Service
 from altclip.server.settings import ServerSettings
@@ -38,12 +38,15 @@ def create_app(settings: ServerSettings, embedder: Embedder | None = None) -> Fa
         description="Multilingual image and text embeddings, zero-shot classification and image search.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from docs.py, with their scripts served here rather than from a CDN
+        redoc_url=None,
     )
     service = Service(settings, embedder)
     app.state.service = service
     errors.install(app)
     middleware.install(app, settings, service.metrics)
     app.include_router(ops.router)
+    app.include_router(docs.router)
     app.include_router(routes.public)
     protected = [routes.router, openai_api.router, clip_retrieval.router]  # the API, behind the token if there is one
     for router in protected:
