@@ -24,6 +24,9 @@ def build() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # Help as click writes it: paragraphs re-wrapped to the terminal (80 columns when piped), every option's
+        # help in full, and brackets shown as written (rich markup would take "[default: ...]" for a tag).
+        rich_markup_mode=None,
     )
     for module in COMMANDS:
         app.add_typer(module.app)
@@ -32,7 +35,7 @@ def build() -> typer.Typer:
 
 def main() -> None:
     try:
-        build()()
+        build()(prog_name="altclip")  # also under `python -m altclip`
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None

@@ -21,19 +21,25 @@ def bench(
         str, typer.Option(help="Comma-separated: exact, int8, bf16, fp16, transformers, transformers-bf16")
     ] = "exact,int8",
     compare: Annotated[
-        str | None, typer.Option(help="'transformers': also measure transformers.AltCLIPModel (needs it installed)")
+        str | None,
+        typer.Option(
+            help="'transformers': also measure transformers.AltCLIPModel (needs it installed) [default: none]"
+        ),
     ] = None,
     shape: Annotated[
         str, typer.Option(help="Shape of the random checkpoint: tiny, BAAI/AltCLIP, BAAI/AltCLIP-m18")
     ] = "tiny",
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Measure this checkpoint folder instead of a random one")
+        str | None,
+        typer.Option("--model", "-m", help="Measure this checkpoint folder [default: a random checkpoint of --shape]"),
     ] = None,
     device: DeviceOpt = None,
-    image_batch: Annotated[int, typer.Option(min=1)] = 8,
-    text_batch: Annotated[int, typer.Option(min=1)] = 64,
+    image_batch: Annotated[int, typer.Option(min=1, help="Images per batch, for images/s")] = 8,
+    text_batch: Annotated[int, typer.Option(min=1, help="Texts per batch, for texts/s")] = 64,
     min_seconds: Annotated[float, typer.Option(help="Measure each throughput at least this long")] = 3.0,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results as JSON here")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the results as JSON to this file")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Images/s, texts/s, latency at batch 1, peak memory, load time and accuracy of each engine, on the same

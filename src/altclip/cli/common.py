@@ -31,7 +31,7 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... [default: cuda if available]")]
-DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact, default), bfloat16 or float16")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact), bfloat16 or float16 [default: float32]")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images or texts per model call")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout")]
 IndexOpt = Annotated[

@@ -44,14 +44,17 @@ def _report(result: dict, path: Path, as_json: bool) -> None:
 
 @eval_app.command("zeroshot")
 def eval_zeroshot(
-    dataset: Annotated[Path, typer.Argument(help="Image folder with one sub-folder per class")],
+    dataset: Annotated[Path, typer.Argument(metavar="FOLDER", help="Image folder with one sub-folder per class")],
     classnames: Annotated[
-        Path | None, typer.Option(help="JSON object: folder name -> class name (in the evaluated language)")
+        Path | None,
+        typer.Option(
+            help="JSON object: folder name -> class name (in the evaluated language) [default: the folder names]"
+        ),
     ] = None,
     templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
     language: Annotated[str, typer.Option(help="Language tag of the class names, for the result's name")] = "en",
     name: Annotated[str | None, typer.Option(help="Dataset name in the results [default: the folder name]")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("eval-results"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result files")] = Path("eval-results"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -74,12 +77,15 @@ def eval_zeroshot(
 @eval_app.command("retrieval")
 def eval_retrieval(
     captions: Annotated[
-        Path, typer.Argument(help="CSV or JSONL of image and caption (several captions per image allowed)")
+        Path,
+        typer.Argument(metavar="FILE", help="CSV or JSONL of image and caption (several captions per image allowed)"),
     ],
-    image_root: Annotated[str | None, typer.Option(help="Folder the image paths are relative to")] = None,
+    image_root: Annotated[
+        str | None, typer.Option(help="Folder the image paths are relative to [default: the file's folder]")
+    ] = None,
     language: Annotated[str, typer.Option(help="Language of the captions, for the result's name")] = "en",
     name: Annotated[str | None, typer.Option(help="Dataset name in the results [default: the file name]")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("eval-results"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result files")] = Path("eval-results"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

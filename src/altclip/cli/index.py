@@ -38,7 +38,9 @@ StoreOpt = Annotated[
     str | None,
     typer.Option(
         "--store",
-        help="Where vectors live: sqlite (default, in the index folder) or milvus://HOST:PORT, milvus:///FILE.db",
+        metavar="STORE",
+        help="Where vectors live: sqlite (in the index folder), milvus://HOST:PORT or milvus:///FILE.db "
+        "[default: sqlite, or the store the index was built with]",
     ),
 ]
 
@@ -91,7 +93,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
 
 @app.command("index")
 def index_command(
-    folders: Annotated[list[Path], typer.Argument(help="Folders (or image files) to index")],
+    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER...", help="Folders (or image files) to index")],
     index: IndexOpt = None,
     store: StoreOpt = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads [default: CPU count, at most 8]")] = None,
@@ -129,8 +131,10 @@ def index_command(
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What to look for, in any language")] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="Search with an image instead of text")] = None,
+    query: Annotated[str | None, typer.Argument(metavar="[QUERY]", help="What to look for, in any language")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Search with this image instead of a text QUERY")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
     index: IndexOpt = None,
     model: ModelOpt = None,
@@ -171,9 +175,13 @@ def search(
 @app.command()
 def embed(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Image folders, image files, or .txt lists of image paths")
+        list[Path],
+        typer.Argument(metavar="[INPUT]...", help="Image folders, image files, or .txt lists of image paths"),
     ] = None,
-    texts: Annotated[list[Path] | None, typer.Option("--texts", help="Text files, one text per line")] = None,
+    texts: Annotated[
+        list[Path] | None,
+        typer.Option("--texts", metavar="FILE", help="A file of texts, one per line (repeat for more files)"),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
     shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
     overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
@@ -183,7 +191,8 @@ def embed(
             "--ray",
             metavar="ADDRESS",
             help="Embed every shard on a Ray cluster: local (start one here), auto (the one running here), "
-            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards",
+            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards [default: none, this process "
+            "embeds --shard]",
         ),
     ] = None,
     shards: Annotated[
@@ -305,13 +314,14 @@ DEMO_LABELS = ["猫", "dog", "café", "ロケット", "галактика", "coi
 
 @app.command()
 def demo(
-    photos: Annotated[Path, typer.Argument(help="A folder of photos")] = Path("examples/photos"),
+    photos: Annotated[Path, typer.Argument(metavar="[FOLDER]", help="A folder of photos")] = Path("examples/photos"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     batch_size: BatchOpt = 16,
 ) -> None:
-    """Index a folder of photos, search it in six languages, and classify two photos."""
+    """Index a folder of photos (in a temporary index, or $ALTCLIP_DEMO_INDEX), search it in six languages, and
+    classify the first three photos against seven labels in five languages."""
     from altclip.pipeline import ZeroShotImageClassificationPipeline
 
     if not photos.is_dir():

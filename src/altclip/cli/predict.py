@@ -30,9 +30,12 @@ app = typer.Typer()
 
 @app.command(cls=several_values("--labels", "-l"))
 def classify(
-    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE...", help="Image files")],
     labels: Annotated[
-        list[str], typer.Option("--labels", "-l", help="A candidate label, in any language (repeat for each label)")
+        list[str],
+        typer.Option(
+            "--labels", "-l", metavar="LABEL", help="A candidate label, in any language (repeat for each label)"
+        ),
     ],
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image")] = 5,
     templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
@@ -75,8 +78,12 @@ def classify(
 
 @app.command(cls=several_values("--images", "-i", "--texts", "-t"))
 def similarity(
-    images: Annotated[list[Path], typer.Option("--images", "-i", help="An image file (repeat for each image)")],
-    texts: Annotated[list[str], typer.Option("--texts", "-t", help="A text, in any language (repeat for each text)")],
+    images: Annotated[
+        list[Path], typer.Option("--images", "-i", metavar="IMAGE", help="An image file (repeat for each image)")
+    ],
+    texts: Annotated[
+        list[str], typer.Option("--texts", "-t", metavar="TEXT", help="A text, in any language (repeat for each text)")
+    ],
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

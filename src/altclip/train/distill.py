@@ -43,11 +43,18 @@ class Student(nn.Module):
         return self.text.encoder_layers()
 
 
+def is_shape(student: str) -> bool:
+    """Whether ``student`` names a registered shape (random weights) rather than a checkpoint."""
+    from altclip.registry import KNOWN_MODELS
+
+    return student in KNOWN_MODELS and not Path(student).exists()
+
+
 def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
     """A registered shape (random weights), an AltCLIP checkpoint (its text tower), or an XLM-R checkpoint."""
-    from altclip.registry import KNOWN_MODELS, known_model
+    from altclip.registry import known_model
 
-    if student in KNOWN_MODELS and not Path(student).exists():
+    if is_shape(student):
         import dataclasses
 
         config = dataclasses.replace(known_model(student).config().text_config, project_dim=project_dim)
@@ -62,6 +69,18 @@ def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
             f"{project_dim}; start from an XLM-R checkpoint or a registered shape instead"
         )
     return model
+
+
+def load_student_tokenizer(student: str, tokenizer: str | None, vocab_size: int) -> XLMRobertaTokenizer:
+    """``tokenizer`` when given; else the student checkpoint's, or for a shape the small multilingual tokenizer of
+    random checkpoints (as ``altclip random-checkpoint`` writes it)."""
+    if tokenizer is not None:
+        return XLMRobertaTokenizer.from_pretrained(tokenizer)
+    if is_shape(student):
+        from altclip.registry import random_tokenizer
+
+        return random_tokenizer(vocab_size)
+    return XLMRobertaTokenizer.from_pretrained(student)
 
 
 def distill(
@@ -80,7 +99,7 @@ def distill(
     teacher_tokenizer = CLIPTokenizer.from_pretrained(teacher)
     torch.manual_seed(config.seed)  # the student's random initialisation, when it has one
     text = load_student(student, teacher_model.config.hidden_size).to(device)
-    student_tokenizer = XLMRobertaTokenizer.from_pretrained(tokenizer or student)
+    student_tokenizer = load_student_tokenizer(student, tokenizer, text.config.vocab_size)
     pairs, report = read_parallel(corpus)
     if dist_info.main:
         log(f"Parallel corpus: {report.summary()}")
