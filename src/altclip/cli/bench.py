@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from altclip.cli.common import EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, out
+from altclip.cli.common import EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, print_table
 
 app = typer.Typer()
 COLUMNS = ["engine", "images/s", "texts/s", "image ms (B=1)", "text ms (B=1)", "peak MB", "load s", "cosine img/txt"]
@@ -38,7 +37,7 @@ def bench(
     text_batch: Annotated[int, typer.Option(min=1, help="Texts per batch, for texts/s")] = 64,
     min_seconds: Annotated[float, typer.Option(help="Measure each throughput at least this long")] = 3.0,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Also write the results as JSON to this file")
+        Path | None, typer.Option("--output", "-o", help="Also write the results as JSON to this file [default: none]")
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -70,21 +69,16 @@ def bench(
     if as_json:
         emit_json(report)
         return
-    out.print(_table(report))
+    _print(report)
 
 
-def _table(report: dict) -> Table:
-    table = Table(
-        title=f"{report['checkpoint']} on {report['device']} (ratios against {report['reference']})",
-        title_justify="left",
-    )
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "engine" else "right")
+def _print(report: dict) -> None:
+    rows = []
     for r in report["results"]:
         if "error" in r:
-            table.add_row(r["engine"], f"[red]{r['error']}[/]", *[""] * (len(COLUMNS) - 2))
+            rows.append([r["engine"], f"failed: {r['error']}", *[""] * (len(COLUMNS) - 2)])
             continue
-        table.add_row(
+        rows.append([
             r["engine"],
             f"{r['images_per_s']:.2f} ({r.get('images_per_s_ratio', 1):.2f}x)",
             f"{r['texts_per_s']:.1f} ({r.get('texts_per_s_ratio', 1):.2f}x)",
@@ -93,5 +87,6 @@ def _table(report: dict) -> Table:
             f"{r.get('peak_gpu_mb', r['peak_rss_mb']):.0f}",
             f"{r['load_s']:.2f}",
             f"{r.get('cosine_image', 1):.4f} / {r.get('cosine_text', 1):.4f}",
-        )
-    return table
+        ])  # fmt: skip
+    title = f"{report['checkpoint']} on {report['device']} (ratios against {report['reference']})"
+    print_table(COLUMNS, rows, title=title, right=COLUMNS[1:])

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, out
+from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, print_table
 from altclip.registry import KNOWN_MODELS, KNOWN_TEACHERS
 
 app = typer.Typer()
@@ -53,11 +52,8 @@ def models(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table()
-    for column in ("name", "languages", "description"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(
-            r["name"] + ("" if r["released"] else " (random only)"), " ".join(r["languages"]), r["description"]
-        )
-    out.print(table)
+    print_table(
+        ("name", "languages", "description"),
+        [[r["name"] + ("" if r["released"] else " (random only)"), " ".join(r["languages"]), r["description"]]
+         for r in rows],
+    )  # fmt: skip

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from altclip.cli.common import (
     EXIT_INPUT,
@@ -21,7 +20,7 @@ from altclip.cli.common import (
     emit_json,
     fail,
     load_embedder,
-    out,
+    print_table,
     read_templates,
 )
 
@@ -34,12 +33,10 @@ def _report(result: dict, path: Path, as_json: bool) -> None:
     if as_json:
         emit_json(json.loads(path.read_text()))
         return
-    table = Table(title=f"{result['task']} ({result['samples']} samples) -> {path}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result["metrics"].items():
-        table.add_row(key, f"{100 * value:.2f}")
-    out.print(table)
+    rows = [[key, f"{100 * value:.2f}"] for key, value in result["metrics"].items()]
+    print_table(
+        ("metric", "value"), rows, title=f"{result['task']} ({result['samples']} samples) -> {path}", right={"value"}
+    )
 
 
 @eval_app.command("zeroshot")

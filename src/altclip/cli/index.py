@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from altclip.cli.common import (
     EXIT_INDEX,
@@ -25,7 +24,7 @@ from altclip.cli.common import (
     err,
     fail,
     load_embedder,
-    out,
+    print_table,
 )
 from altclip.files import IMAGE_SUFFIXES
 from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
@@ -93,7 +92,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
 
 @app.command("index")
 def index_command(
-    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER...", help="Folders (or image files) to index")],
+    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER", help="Folders (or image files) to index")],
     index: IndexOpt = None,
     store: StoreOpt = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads [default: CPU count, at most 8]")] = None,
@@ -131,9 +130,9 @@ def index_command(
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(metavar="[QUERY]", help="What to look for, in any language")] = None,
+    query: Annotated[str | None, typer.Argument(metavar="QUERY", help="What to look for, in any language")] = None,
     image: Annotated[
-        Path | None, typer.Option("--image", help="Search with this image instead of a text QUERY")
+        Path | None, typer.Option("--image", help="Search with this image instead [default: none, search for QUERY]")
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
     index: IndexOpt = None,
@@ -164,23 +163,21 @@ def search(
     if as_json:
         emit_json([{"score": h.score, "id": h.id, "path": h.path, "duplicates": h.duplicates} for h in hits])
         return
-    table = Table(title=f"{query!r}" if query is not None else str(image), title_justify="left")
-    table.add_column("score", justify="right")
-    table.add_column("path")
-    for h in hits:
-        table.add_row(f"{h.score:.3f}", h.path + (f"  (+{len(h.duplicates)} duplicates)" if h.duplicates else ""))
-    out.print(table)
+    rows = [[h.path + (f"  (+{len(h.duplicates)} duplicates)" if h.duplicates else ""), f"{h.score:.3f}"] for h in hits]
+    print_table(("path", "score"), rows, title=f"{query!r}" if query is not None else str(image), right={"score"})
 
 
 @app.command()
 def embed(
     inputs: Annotated[
         list[Path],
-        typer.Argument(metavar="[INPUT]...", help="Image folders, image files, or .txt lists of image paths"),
+        typer.Argument(metavar="INPUT", help="Image folders, image files, or .txt lists of image paths"),
     ] = None,
     texts: Annotated[
         list[Path] | None,
-        typer.Option("--texts", metavar="FILE", help="A file of texts, one per line (repeat for more files)"),
+        typer.Option(
+            "--texts", metavar="FILE", help="A file of texts, one per line (repeat for more files) [default: none]"
+        ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
     shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
@@ -314,7 +311,7 @@ DEMO_LABELS = ["猫", "dog", "café", "ロケット", "галактика", "coi
 
 @app.command()
 def demo(
-    photos: Annotated[Path, typer.Argument(metavar="[FOLDER]", help="A folder of photos")] = Path("examples/photos"),
+    photos: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder of photos")] = Path("examples/photos"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -338,24 +335,20 @@ def demo(
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
         _report(report, idx, as_json=False)
-        table = Table(title="Search", title_justify="left")
-        for column in ("language", "query", "best match", "score", "runner-up"):
-            table.add_column(column)
+        rows = []
         for language, query in DEMO_QUERIES:
             hits = idx.search(embedder.embed_texts([query])[0], 2)
             names = [Path(h.path).name for h in hits] + ["", ""]
-            table.add_row(language, query, names[0], f"{hits[0].score:.3f}" if hits else "", names[1])
-        out.print(table)
+            rows.append([query, language, names[0], f"{hits[0].score:.3f}" if hits else "", names[1]])
+        print_table(("query", "language", "best match", "score", "runner-up"), rows, title="Search", right={"score"})
     pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor)
-    table = Table(title="Zero-shot classification", title_justify="left")
-    for column in ("photo", "top label", "score", "second", "score "):
-        table.add_column(column)
     chosen = sorted(photos.glob("*.jp*g"))[:3]  # a few photos, in a stable order
-    for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto")):
-        table.add_row(
-            path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"
-        )
-    out.print(table)
+    rows = [
+        [path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"]
+        for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto"))
+    ]
+    columns = ("photo", "top label", "its score", "second", "second's score")
+    print_table(columns, rows, title="Zero-shot classification", right={"its score", "second's score"})
     if not os.environ.get("ALTCLIP_DEMO_INDEX"):
         shutil.rmtree(index_dir, ignore_errors=True)
 
