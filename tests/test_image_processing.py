@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from altclip import CLIPImageProcessor, ImageError
+from hostile_images import crafted
 
 PHOTOS = sorted((Path(__file__).parent.parent / "examples" / "photos").glob("*.jpg"))
 
@@ -217,3 +218,46 @@ def test_pillow_bomb_guard_stays_on():
 def test_urls_can_be_refused():
     with pytest.raises(ImageError, match="URLs are not accepted"):
         CLIPImageProcessor(allow_urls=False)("http://127.0.0.1:1/x.jpg")
+
+
+@pytest.mark.parametrize("name", sorted(crafted()))
+def test_malformed_files_of_any_format_are_image_errors(tmp_path, name):
+    """Pillow answers some malformed files with ValueError, KeyError, NotImplementedError or its own error types,
+    from opening or from decoding; each is that image's ImageError, whatever the file is called."""
+    data = crafted()[name]
+    with pytest.raises(ImageError, match="not a readable image|could not be decoded"):
+        CLIPImageProcessor()(data)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=r"Image 0 \(.*photo\.jpg\)"):
+        CLIPImageProcessor().prepare(path)
+
+
+def test_eps_content_is_never_handed_to_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n")
+    with pytest.raises(ImageError, match=r"not a readable image \(unknown or unsupported format\)"):
+        CLIPImageProcessor()(path)
+    assert calls == []
+
+
+def test_error_text_shows_no_memory_address():
+    with pytest.raises(ImageError) as e:
+        CLIPImageProcessor()(b"not an image at all")
+    assert e.value.reason == "not a readable image (unknown or unsupported format)"
+    assert "0x" not in str(e.value)
+
+
+def test_symbolic_link_problems_are_named(tmp_path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError, match="symbolic link loop"):
+        CLIPImageProcessor()(loop)
+    broken = tmp_path / "broken.jpg"
+    broken.symlink_to(tmp_path / "missing.jpg")
+    with pytest.raises(ImageError, match="broken symbolic link"):
+        CLIPImageProcessor()(broken)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from altclip.index import ImageIndex, IndexMismatchError
 from altclip.inference import Embedder
+from hostile_images import crafted
 
 
 def make_images(folder: Path, n: int, start: int = 0, size=(96, 72)) -> list[Path]:
@@ -126,6 +127,40 @@ def test_bad_files_are_recorded_not_fatal(tmp_path, embedder):
         (folder / "corrupt.jpg").unlink()
         index.update([folder], embedder)
         assert len(index.errors()) == 2
+
+
+def test_crafted_files_of_any_format_are_recorded_not_fatal(tmp_path, embedder):
+    """Malformed files on which Pillow raises ValueError, KeyError, NotImplementedError, ... (named .jpg, as a photo
+    would be) are each recorded with a reason; the run indexes the rest, and a re-run does not stumble either."""
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    for name, data in crafted().items():
+        (folder / f"{name}.jpg").write_bytes(data)
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder)
+        assert sorted(Path(p).stem for p, _ in report.failed) == sorted(crafted())
+        assert all(r.startswith(("not a readable image", "could not be decoded")) for _, r in report.failed)
+        assert index.count() == 3 and index.check() == []
+        again = index.update([folder], embedder, retry_errors=True)
+        assert len(again.failed) == len(crafted()) and index.count() == 3
+
+
+def test_files_over_the_size_limit_and_fifos_are_not_read(tmp_path, embedder, monkeypatch):
+    import altclip.index.image_index as image_index
+    from altclip.files import read_regular_file
+
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 2, size=(300, 200))
+    monkeypatch.setattr(image_index, "MAX_FILE_BYTES", min(p.stat().st_size for p in paths) + 1)
+    with ImageIndex(tmp_path / "index") as index:
+        report = index.update([folder], embedder)
+        assert index.count() == 1
+    ((path, reason),) = report.failed
+    assert path == str(max(paths, key=lambda p: p.stat().st_size)) and "over the limit" in reason
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_regular_file(fifo, 100)
 
 
 def test_unreadable_file(tmp_path, checkpoint):
@@ -245,3 +280,97 @@ def test_sigkill_at_random_moments_never_corrupts(tmp_path, checkpoint, embedder
     assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
     with ImageIndex(index_dir) as index:
         assert_faithful(index, folder, embedder)
+
+
+def test_a_rerun_repairs_rows_whose_vector_is_missing(tmp_path, embedder):
+    folder = tmp_path / "photos"
+    make_images(folder, 8)
+    with ImageIndex(tmp_path / "index") as index:
+        index.update([folder], embedder)
+        with index.db:  # what concurrent runs of older versions left behind
+            index.db.execute("DELETE FROM vectors WHERE id IN (SELECT id FROM vectors ORDER BY id LIMIT 3)")
+        assert index.check() == ["3 file rows refer to missing vectors"]
+        report = index.update([folder], embedder)
+        assert (report.repaired, report.embedded, report.unchanged) == (3, 3, 5)
+        assert_faithful(index, folder, embedder)
+
+
+def test_one_writer_at_a_time(tmp_path, embedder):
+    """An update waits while another holds the index (here: another connection, as another process would)."""
+    import threading
+
+    folder = tmp_path / "photos"
+    make_images(folder, 3)
+    waited, finished = threading.Event(), threading.Event()
+    other = ImageIndex(tmp_path / "index")
+    worker = threading.Thread(target=lambda: (other.update([folder], embedder, on_wait=waited.set), finished.set()))
+    try:
+        with ImageIndex(tmp_path / "index") as holder, holder.writing():
+            worker.start()
+            assert waited.wait(30)
+            time.sleep(0.3)
+            assert not finished.is_set() and holder.count() == 0
+        worker.join(60)  # leaving the block released the lock
+        assert finished.is_set() and other.count() == 3
+    finally:
+        worker.join(60)
+        other.close()
+
+
+GATED_INDEXER = """
+import os, sys, time
+import altclip.index.image_index as image_index
+load, calls = image_index._load, []
+def gated_load(path, embedder):
+    calls.append(path)
+    deadline = time.monotonic() + 120
+    while len(calls) == 40 and not os.path.exists(os.environ["GATE"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return load(path, embedder)
+image_index._load = gated_load
+from altclip.cli import main
+main()
+"""
+
+
+def test_two_indexers_on_one_index_lose_nothing(tmp_path, checkpoint, embedder):
+    """Issue 12's scenario with two real processes: photos indexed in d1 are moved to d2; `altclip index d2` is in the
+    middle of its run (it stops before its 40th file until the test opens a gate) when `altclip index d1` starts on
+    the same index, whose garbage collection used to delete the vectors that d2's new rows were about to reuse. The
+    gate opens once the second process waits for the first (or has finished without waiting, as it used to).
+    Afterwards every file's vector is a fresh embedding of its content."""
+    d1, d2, index_dir, gate = tmp_path / "d1", tmp_path / "d2", tmp_path / "index", tmp_path / "gate"
+    make_images(d1, 160)
+    with ImageIndex(index_dir) as index:
+        index.update([d1], embedder)
+    d2.mkdir()
+    for path in d1.iterdir():
+        path.rename(d2 / path.name)
+    args = ["--index", str(index_dir), "--model", str(checkpoint), "--workers", "1", "--batch-size", "8"]
+    log = tmp_path / "second.log"
+    first = subprocess.Popen(
+        [sys.executable, "-c", GATED_INDEXER, "index", str(d2), *args],
+        env={**os.environ, "GATE": str(gate)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    second = None
+    try:
+        while first.poll() is None and _rows(index_dir) == 160:  # until the first has committed rows for d2
+            time.sleep(0.05)
+        with open(log, "wb") as stderr:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "altclip", "index", str(d1), *args], stdout=subprocess.DEVNULL, stderr=stderr
+            )
+            while second.poll() is None and b"waiting for it to finish" not in b" ".join(log.read_bytes().split()):
+                time.sleep(0.05)
+            gate.touch()
+            first_err = first.communicate(timeout=300)[1]
+            second.wait(timeout=300)
+    finally:
+        gate.touch()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+    assert (first.returncode, second.returncode) == (0, 0), (first_err, log.read_text())
+    with ImageIndex(index_dir) as index:
+        assert_faithful(index, d2, embedder)
+        assert index.count() == 160

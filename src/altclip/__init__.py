@@ -13,7 +13,7 @@ from altclip.checkpoint import CheckpointError
 from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
 from altclip.hub import CheckpointNotFoundError
 from altclip.image_processing import CLIPImageProcessor, ImageError, load_image
-from altclip.inference import embed_images, embed_texts, zero_shot_classifier
+from altclip.inference import NonFiniteError, embed_images, embed_texts, zero_shot_classifier
 from altclip.model import AltCLIPModel
 from altclip.outputs import AltCLIPOutput, TextModelOutput, VisionModelOutput
 from altclip.pipeline import ZeroShotImageClassificationPipeline, load, pipeline
@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ImageError",
     "KNOWN_MODELS",
+    "NonFiniteError",
     "TextModelOutput",
     "VisionModelOutput",
     "XLMRobertaTokenizer",

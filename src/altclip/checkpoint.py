@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,14 +125,22 @@ class TensorFiles:
     def __init__(self, paths: Iterable[str | os.PathLike]):
         self._safe: dict[str, object] = {}  # key -> safe_open handle
         self._loaded: dict[str, torch.Tensor] = {}  # key -> tensor of a pickle file
+        self._paths: dict[str, Path] = {}  # key -> the file holding it, for error messages
         for path in map(Path, paths):
             if path.suffix == ".safetensors":
                 from safetensors import safe_open
 
-                handle = safe_open(str(path), framework="pt", device="cpu")
-                self._safe.update(dict.fromkeys(handle.keys(), handle))
+                try:  # the header is checked here: its length, its JSON, every tensor's dtype, shape and offsets
+                    handle = safe_open(str(path), framework="pt", device="cpu")
+                    keys = list(handle.keys())
+                except Exception as e:  # safetensors' own error type, or an OSError
+                    raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
+                self._safe.update(dict.fromkeys(keys, handle))
             else:
-                self._loaded.update(_load_pickle(path))
+                tensors = load_pickle(path)
+                self._loaded.update(tensors)
+                keys = list(tensors)
+            self._paths.update(dict.fromkeys(keys, path))
 
     def keys(self) -> list[str]:
         return [*self._safe, *self._loaded]
@@ -139,7 +148,10 @@ class TensorFiles:
     def get(self, key: str) -> torch.Tensor:
         if key in self._loaded:
             return self._loaded[key]
-        return self._safe[key].get_tensor(key)  # type: ignore[attr-defined]
+        try:
+            return self._safe[key].get_tensor(key)  # type: ignore[attr-defined]
+        except Exception as e:  # the file changed or shrank since its header was read
+            raise CheckpointError(f"{self._paths[key]}: tensor {key} could not be read: {_first_line(e)}") from None
 
     def shape(self, key: str) -> tuple[int, ...]:
         if key in self._loaded:
@@ -147,9 +159,17 @@ class TensorFiles:
         return tuple(self._safe[key].get_slice(key).get_shape())  # type: ignore[attr-defined]
 
     def dtype(self, key: str) -> torch.dtype | None:
+        """The tensor's dtype; None for one torch has no name for here (float8 and other exotic safetensors types)."""
+        return _SAFETENSORS_DTYPES.get(self.dtype_name(key)) if key in self._safe else self._loaded[key].dtype
+
+    def path(self, key: str) -> Path:
+        """The file that holds ``key``."""
+        return self._paths[key]
+
+    def dtype_name(self, key: str) -> str:
         if key in self._loaded:
-            return self._loaded[key].dtype
-        return _SAFETENSORS_DTYPES.get(self._safe[key].get_slice(key).get_dtype())  # type: ignore[attr-defined]
+            return str(self._loaded[key].dtype).removeprefix("torch.")
+        return self._safe[key].get_slice(key).get_dtype()  # type: ignore[attr-defined]
 
     def float_dtype(self) -> torch.dtype | None:
         """The dtype of the first floating-point tensor: what the weights were saved in."""
@@ -176,21 +196,98 @@ class RenamedTensors:
     def shape(self, key: str) -> tuple[int, ...]:
         return self._files.shape(self._original[key])
 
+    def dtype(self, key: str) -> torch.dtype | None:
+        return self._files.dtype(self._original[key])
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    def dtype_name(self, key: str) -> str:
+        return self._files.dtype_name(self._original[key])
+
+    def path(self, key: str) -> Path:
+        return self._files.path(self._original[key])
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
-    """A legacy ``pytorch_model.bin``: loaded with ``weights_only=True`` (no arbitrary code), memory-mapped."""
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def load_pickle(
+    path: Path, map_location: str | torch.device = "cpu", mmap: bool = True, tensors_only: bool = True
+) -> dict[str, Any]:
+    """A PyTorch pickle of a state dict (a legacy ``pytorch_model.bin``), loaded with ``weights_only=True`` (no
+    arbitrary code: a pickle that asks for anything but tensors and plain values is refused) and memory-mapped where
+    the file allows. Any failure is a CheckpointError naming the file. ``tensors_only=False`` lets the values be
+    other things ``weights_only`` allows (a quantized model's packed parameters)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files saved before PyTorch 1.6 (not zip-based) cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError:  # files saved before PyTorch 1.6 (not zip-based) cannot be memory-mapped
+            if not mmap:
+                raise
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError (refused), EOFError (truncated), RuntimeError, OSError, ...
+        raise CheckpointError(f"{path} could not be read as PyTorch weights: {_pickle_failure(e)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise CheckpointError(f"{path} does not hold a state dict")
+    if tensors_only and not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a flat dict of tensors")
     return state
+
+
+def _pickle_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, without its advice to load untrusted files unsafely."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed| \(|\.\s|$)", str(error), re.MULTILINE)
+        reason = found.group(1) if found else _first_line(error)
+        return f"refused, since reading it would call code or build objects other than tensors ({reason})"
+    if isinstance(error, EOFError):
+        return "the file is empty or truncated"
+    return _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    """The gist of an error from a file reader: its first line, at most 300 characters."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_STACK = re.compile(r"^(.*?)\.(\d+)\.")
+
+
+def layer_counts(keys: Iterable[str], weight_map: WeightMap | None, prefix: str = "") -> dict[str, int]:
+    """How many layers each stack holds in a checkpoint's ``keys``, by our name of the stack (``text_model.layers``):
+    the number of distinct layer indices (so a lying key such as ``layer.999999999`` counts once). ``weight_map``
+    None: the keys are our own parameter names already."""
+    indices: dict[str, set[str]] = {}
+    for key in keys:
+        if not key.startswith(prefix):
+            continue
+        ours = key[len(prefix) :]
+        if weight_map is not None:
+            template, index = _template(canonical_name(ours))
+            target = weight_map.get(template)
+            if target is None or index is None:
+                continue
+            ours = (target if isinstance(target, str) else target[0]).replace("{}", index)
+        m = _STACK.match(ours)
+        if m:
+            indices.setdefault(m.group(1), set()).add(m.group(2))
+    return {stack: len(found) for stack, found in indices.items()}
+
+
+def check_depth(found: dict[str, int], expected: dict[str, tuple[str, int]], source: str) -> None:
+    """Each stack's layer count in the weights (``layer_counts``) against the config's, ``{stack: (setting, count)}``:
+    checked before a model is built, since a config saying 10**9 layers would otherwise take all memory and time."""
+    for stack, (setting, count) in expected.items():
+        if found.get(stack, 0) != count:
+            raise CheckpointError(
+                f"{source}: the config sets {setting} = {count}, but the weights hold {found.get(stack, 0)} layers"
+            )
 
 
 def load_weights(
@@ -211,7 +308,8 @@ def load_weights(
     stripped before lookup. Keys matching ``ignore`` belong to parts of the checkpoint this model does not use;
     parameters matching ``missing_ok`` may be absent and keep their values (the model must then not be on meta).
     """
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     parts: dict[str, dict[int, str]] = {}  # our name -> {block index: checkpoint key}
     unexpected: list[str] = []
     wrong_shape: list[str] = []
@@ -238,6 +336,11 @@ def load_weights(
         found = files.shape(key)
         if found != want:
             wrong_shape.append(f"{key}: expected {want}, found {found}")
+        found_dtype = files.dtype(key)
+        if state[ours].is_floating_point() and (found_dtype is None or not found_dtype.is_floating_point):
+            wrong_shape.append(
+                f"{key}: expected floating-point values, found {files.dtype_name(key)} ({files.path(key)})"
+            )
         if block in parts.setdefault(ours, {}):
             unexpected.append(f"{key} (duplicate of {parts[ours][block]})")
             continue
@@ -265,8 +368,9 @@ def load_weights(
 def _mismatch_message(
     source: str, model: nn.Module, missing: list[str], unexpected: list[str], wrong: list[str]
 ) -> str:
-    def listing(items: list[str]) -> str:
-        return "; ".join(items[:10]) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
+    def listing(items: list[str]) -> str:  # the first ten, each cut to 300 characters (key names come from the file)
+        shown = [item if len(item) <= 300 else item[:297] + "..." for item in items[:10]]
+        return "; ".join(shown) + (f" ... ({len(items)} in all)" if len(items) > 10 else "")
 
     lines = [f"{source} does not fit {type(model).__name__} with this config:"]
     if wrong:

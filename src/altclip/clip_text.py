@@ -20,7 +20,7 @@ from tokenizers.models import BPE
 from torch import nn
 
 from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, read_config_file
+from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, ConfigError, read_config_file
 from altclip.hub import resolve_file, resolve_first
 from altclip.layers import PreNormLayer, run_layers
 from altclip.pretrained import checkpoint_files, empty_weights
@@ -49,7 +49,9 @@ class CLIPTextConfig:
         elif model_type == "clip_text_model":
             text = data
         else:
-            raise ValueError(f"Expected a CLIP checkpoint (model_type 'clip' or 'clip_text_model'), got {model_type!r}")
+            raise ConfigError(
+                f"Expected a CLIP checkpoint (model_type 'clip' or 'clip_text_model'), got {model_type!r}"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in text.items() if k in known and v is not None})
 
@@ -128,9 +130,11 @@ class CLIPTextTower(nn.Module):
         keys = files.keys()
         prefix = "text_model." if any(k.startswith("text_model.") for k in keys) else ""
         with_projection = "text_projection.weight" in keys
+        weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
+        depth = {"layers": ("num_hidden_layers", config.num_hidden_layers)}
+        ckpt.check_depth(ckpt.layer_counts(keys, weights), depth, f"CLIP checkpoint {name_or_path}")
         with empty_weights():
             model = cls(config, with_projection=with_projection)
-        weights = {prefix + k: v for k, v in CLIP_TEXT_WEIGHTS.items()}
         if with_projection:
             weights["text_projection.weight"] = "projection.weight"
         ckpt.load_weights(

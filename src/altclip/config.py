@@ -13,6 +13,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,6 +25,11 @@ CONFIG_NAME = "config.json"
 
 # Keys a config never keeps: transformers' bookkeeping, recomputed where it is needed.
 _DROPPED_KEYS = {"_commit_hash", "_attn_implementation_internal", "_experts_implementation_internal", "use_return_dict"}
+
+
+class ConfigError(ValueError):
+    """A config holds a value no model can be built with (a count that is not a positive integer, heads that do not
+    divide the width, a dropout outside [0, 1], ...), or does not fit the weights beside it."""
 
 
 def config_dataclass(cls: type) -> type:
@@ -49,6 +55,11 @@ class _Config:
     model_type: ClassVar[str]
     sub_configs: ClassVar[dict[str, type[_Config]]] = {}  # nested configs, by attribute name (transformers' name)
     base_config_key: ClassVar[str] = ""  # where this config sits inside the full AltCLIP config
+    # What ``validate`` checks: fields that size the model (positive integers), dropout probabilities, and other
+    # floats the forward pass uses (finite, not negative).
+    _sizes: ClassVar[tuple[str, ...]] = ()
+    _probabilities: ClassVar[tuple[str, ...]] = ()
+    _non_negative: ClassVar[tuple[str, ...]] = ()
 
     output_attentions: bool = False  # default for the forward argument of the same name
     output_hidden_states: bool = False  # default for the forward argument of the same name
@@ -72,6 +83,27 @@ class _Config:
             self.id2label = {int(k): v for k, v in self.id2label.items()}
         self._attn_implementation = None  # "eager" or "sdpa"; None lets the model pick (sdpa)
         self._name_or_path = ""
+
+    def validate(self) -> None:
+        """Raises a ConfigError naming the first value a model cannot be built or run with. Configs check themselves
+        when they are made and again when a model is built from them (fields may be set in between); loading also
+        checks them against the weights (the layer counts must match)."""
+        for name in self._sizes:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {_brief(value)}")
+        for name in self._probabilities:
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be a probability between 0 and 1, got {_brief(value)}")
+        for name in self._non_negative:
+            value = getattr(self, name)
+            if not _is_number(value) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {_brief(value)}")
+        for key in self.sub_configs:
+            nested = getattr(self, key, None)
+            if isinstance(nested, _Config):
+                nested.validate()
 
     def _set_extra(self, extra: dict[str, Any]) -> None:
         """Keys that are not fields: transformers' aliases, and anything else, kept as an attribute."""
@@ -234,16 +266,22 @@ class _Config:
                 setattr(self, key, value)
             else:
                 self._set_extra({key: value})
+        self.validate()
 
     @classmethod
     def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> _Config:
         """Builds this config from a Hugging Face config dict, taking its part out of a full AltCLIP config."""
         model_type = data.get("model_type", cls.model_type)
-        if model_type == cls.model_type:
-            return cls.from_dict(data)
-        if model_type == AltCLIPConfig.model_type and cls.base_config_key:
-            return getattr(AltCLIPConfig.from_dict(data), cls.base_config_key)
-        raise ValueError(
+        try:
+            if model_type == cls.model_type:
+                return cls.from_dict(data)
+            if model_type == AltCLIPConfig.model_type and cls.base_config_key:
+                return getattr(AltCLIPConfig.from_dict(data), cls.base_config_key)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong shape (a list for a dict, ...)
+            raise ConfigError(f"{source} is not a valid {cls.__name__}: {e}") from None
+        raise ConfigError(
             f"{source} holds a config of model_type {model_type!r}; {cls.__name__} reads {cls.model_type!r}"
             + (" or 'altclip'" if cls is not AltCLIPConfig else "")
         )
@@ -279,9 +317,22 @@ class AltCLIPTextConfig(_Config):
     use_cache: bool = True  # meaningless for an encoder; kept because the released configs carry it
     project_dim: int = 768  # width of the teacher's (CLIP text) state that ``transformation`` maps onto
 
+    _sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size", "project_dim")  # fmt: skip
+    _probabilities = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+    _non_negative = ("layer_norm_eps",)
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.validate()
+
+    def validate(self) -> None:
+        super().validate()
         _check_heads(self)
+        if not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(
+                f"pad_token_id must be a token id below vocab_size ({self.vocab_size}), got {_brief(self.pad_token_id)}"
+            )
 
 
 @config_dataclass
@@ -305,11 +356,22 @@ class AltCLIPVisionConfig(_Config):
     initializer_range: float = 0.02
     initializer_factor: float = 1.0  # scales CLIP's width-dependent init stds
 
+    _sizes = ("hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
+              "num_channels", "image_size", "patch_size")  # fmt: skip
+    _probabilities = ("attention_dropout",)
+    _non_negative = ("layer_norm_eps",)
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_heads(self)
+        self.validate()
         if self.image_size % self.patch_size:
             logger.warning("image_size %d is not a multiple of patch_size %d", self.image_size, self.patch_size)
+
+    def validate(self) -> None:
+        super().validate()
+        _check_heads(self)
+        if self.patch_size > self.image_size:
+            raise ConfigError(f"patch_size ({self.patch_size}) is larger than image_size ({self.image_size})")
 
 
 @config_dataclass
@@ -328,6 +390,8 @@ class AltCLIPConfig(_Config):
     logit_scale_init_value: float = 2.6592  # log(1 / 0.07), CLIP's initial temperature
     initializer_factor: float = 1.0
 
+    _sizes = ("projection_dim",)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.text_config is None:
@@ -338,6 +402,7 @@ class AltCLIPConfig(_Config):
             self.vision_config = AltCLIPVisionConfig()
         elif isinstance(self.vision_config, dict):
             self.vision_config = AltCLIPVisionConfig.from_dict(self.vision_config)
+        self.validate()
 
     @classmethod
     def from_text_vision_configs(
@@ -359,10 +424,24 @@ class AltCLIPConfig(_Config):
 
 def _check_heads(config: AltCLIPTextConfig | AltCLIPVisionConfig) -> None:
     if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
+        raise ConfigError(
             f"hidden_size ({config.hidden_size}) must be a multiple of num_attention_heads "
             f"({config.num_attention_heads})"
         )
+
+
+def _brief(value: Any) -> str:
+    """A value as an error message quotes it: its repr, at most 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:

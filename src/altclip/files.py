@@ -5,6 +5,7 @@ The index, sharded embedding, training and evaluation all find and read images t
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -77,13 +78,37 @@ def _add_file(result: Scan, path: bytes) -> None:
     try:
         info = os.stat(path)
     except OSError as e:
-        reason = "broken symbolic link" if os.path.islink(path) else f"could not be read: {e.strerror}"
-        if e.errno == 40:  # ELOOP
-            reason = "symbolic link loop"
-        result.failed[path] = reason
+        result.failed[path] = stat_failure(path, e)
         return
     if stat.S_ISREG(info.st_mode):
         result.files[path] = (info.st_size, info.st_mtime_ns)
+
+
+def stat_failure(path: str | bytes | os.PathLike, error: OSError) -> str:
+    """Why ``os.stat(path)`` failed, in words: a symbolic link loop, a broken link, a missing file, or the system's
+    reason."""
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if error.errno == errno.ENOENT:
+        return "broken symbolic link" if os.path.islink(path) else "no such file"
+    return f"could not be read: {error.strerror}"
+
+
+def read_regular_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
+    """The content of a regular file of at most ``max_bytes``. A FIFO or device put where a file was (which would
+    block or never end) and a file over the limit are refused with a ValueError saying so, before anything is
+    read; the system's errors are OSErrors."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{info.st_size:,} bytes, over the limit of {max_bytes:,} for an image file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew while we read it
+        raise ValueError(f"over the limit of {max_bytes:,} bytes for an image file")
+    return data
 
 
 def ordered_map(

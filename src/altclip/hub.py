@@ -23,8 +23,8 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
 def _download_help(repo_id: str) -> str:
     return (
         f"To use a local copy instead, download it where the Hub is reachable "
-        f"(`huggingface-cli download {repo_id} --local-dir ./{repo_id.split('/')[-1]}`), copy that folder here and "
-        f"pass its path (for example `from_pretrained('./{repo_id.split('/')[-1]}')` or `ALTCLIP_MODEL=./"
+        f"(`hf download {repo_id} --local-dir ./{repo_id.split('/')[-1]}`, huggingface_hub's command line), copy "
+        f"that folder here and pass its path (for example `from_pretrained('./{repo_id.split('/')[-1]}')` or `ALTCLIP_MODEL=./"
         f"{repo_id.split('/')[-1]}`). A folder needs config.json and model.safetensors or pytorch_model.bin; "
         f"for text it also needs tokenizer.json or sentencepiece.bpe.model."
     )

@@ -9,9 +9,11 @@ absurd aspect ratios) are refused with an error naming the image, before they ar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +24,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from altclip.batch import BatchFeature
+from altclip.files import stat_failure
 from altclip.hub import HUB_KEYWORDS
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -144,8 +147,8 @@ class CLIPImageProcessor:
         pil = self.load(image, index=index)
         try:
             return self.resize_and_crop(pil)
-        except (OSError, SyntaxError, ValueError) as e:  # a truncated file fails only when its pixels are decoded
-            raise ImageError(f"could not be decoded: {e}", index, _source(image)) from None
+        except Exception as e:  # a truncated or malformed file fails only when its pixels are decoded
+            raise ImageError(f"could not be decoded: {_failure(e)}", index, _source(image)) from None
 
     def resize_and_crop(self, image: Image.Image) -> np.ndarray:
         if self.do_convert_rgb:
@@ -201,24 +204,27 @@ class CLIPImageProcessor:
             raise ImageError(e.reason, index, _source(image)) from None
         except PermissionError as e:
             raise ImageError(f"could not be read: {e.strerror}", index, _source(image)) from None
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
-            # Pillow signals malformed files with OSError, SyntaxError or UnidentifiedImageError.
-            raise ImageError(f"not a readable image ({e})", index, _source(image)) from None
+        except Exception as e:
+            raise ImageError(f"not a readable image ({_failure(e)})", index, _source(image)) from None
         return pil
 
     def _open(self, image: Any) -> Image.Image:
         """Opens a file, bytes or URL lazily: the header is read, the pixels are not decoded yet."""
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(image)))
+            return Image.open(io.BytesIO(bytes(image)), formats=readable_formats())
         if isinstance(image, str) and image.startswith(("http://", "https://")):
             if not self.allow_urls:
                 raise ImageError("URLs are not accepted here")
-            return Image.open(io.BytesIO(_fetch(image)))
+            return Image.open(io.BytesIO(_fetch(image)), formats=readable_formats())
         if isinstance(image, (str, os.PathLike)):
             path = Path(image)
-            if not path.is_file():
-                raise ImageError("no such file" if not path.exists() else "not a regular file")
-            return Image.open(path)
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError as e:
+                raise ImageError(stat_failure(path, e)) from None
+            if not regular:
+                raise ImageError("not a regular file")
+            return Image.open(path, formats=readable_formats())
         raise ImageError(f"unsupported input type {type(image).__name__}")
 
     def check_size(self, size: tuple[int, int]) -> None:
@@ -284,6 +290,31 @@ def array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
             raise ImageError(f"values in [{array.min()}, {array.max()}], expected uint8 or floats in [0, 1]")
         array = array.astype(np.uint8)
     return Image.fromarray(array)
+
+
+# Pillow decodes EPS by running Ghostscript, an external interpreter with a long history of exploits, on the file;
+# whatever a file is named, its content picks the decoder, so EPS is never opened.
+UNSAFE_FORMATS = frozenset({"EPS"})
+
+
+@functools.cache
+def readable_formats() -> tuple[str, ...]:
+    """The formats ``Image.open`` may pick: every one Pillow reads, except ``UNSAFE_FORMATS``."""
+    Image.init()
+    return tuple(f for f in Image.OPEN if f not in UNSAFE_FORMATS)
+
+
+def _failure(error: Exception) -> str:
+    """Why Pillow could not open or decode an image, in a few words. Its format plugins signal malformed data with
+    whatever their parsing hits (OSError, SyntaxError, ValueError, KeyError, IndexError, struct.error, ...), so any
+    exception from one image is that image's failure. The text never shows an object's memory address."""
+    if isinstance(error, UnidentifiedImageError):
+        return "unknown or unsupported format"
+    if isinstance(error, MemoryError):
+        return "decoding it needs more memory than there is"
+    text = str(error) if isinstance(error, (OSError, SyntaxError, ValueError)) else ""
+    text = text or f"{type(error).__name__}: {error}".removesuffix(": ")
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _exif_transpose(image: Image.Image) -> Image.Image:

@@ -19,6 +19,26 @@ from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 
 
+class NonFiniteError(RuntimeError):
+    """The model gave NaN or infinite values: its weights hold some (a damaged checkpoint), or a half-precision
+    dtype overflowed. Every embedding and score computed here is checked, so such values never reach a user as
+    results."""
+
+
+def check_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    if not bool(torch.isfinite(values).all()):
+        raise NonFiniteError(
+            f"The model gave NaN or infinite {what}: its weights hold such values (a damaged checkpoint?), or a "
+            "half-precision dtype overflowed (float32 would not)"
+        )
+    return values
+
+
+def logit_scale(model: AltCLIPModel) -> float:
+    """The model's temperature, ``logit_scale.exp()``, checked to be finite."""
+    return check_finite(model.logit_scale.detach().float().exp(), "temperature (logit_scale)").item()
+
+
 @torch.inference_mode()
 def embed_texts(
     model: AltCLIPModel,
@@ -44,6 +64,7 @@ def embed_texts(
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
         ids = ids.to(model.device)
         out[chunk] = model.get_text_features(input_ids=ids, attention_mask=ids.ne(pad).long()).float()
+    check_finite(out, "text embeddings")
     return F.normalize(out, dim=-1) if normalize else out
 
 
@@ -72,7 +93,7 @@ def embed_images(
 def embed_pixels(model: AltCLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
     """Unnormalised float32 image embeddings of preprocessed pixels."""
     pixel_values = pixel_values.to(model.device, model.dtype)
-    return model.get_image_features(pixel_values=pixel_values).float()
+    return check_finite(model.get_image_features(pixel_values=pixel_values).float(), "image embeddings")
 
 
 def zero_shot_classifier(
@@ -168,7 +189,7 @@ class Embedder:
     @property
     def logit_scale(self) -> float:
         """The model's temperature, ``logit_scale.exp()``."""
-        return self.model.logit_scale.detach().float().exp().item()
+        return logit_scale(self.model)
 
     def zero_shot_classifier(self, prompts: Sequence[Sequence[str]]) -> np.ndarray:
         """(labels, D) unit-norm classifier for the prompts of each label (``zeroshot.label_prompts``)."""

@@ -27,6 +27,10 @@ class AltCLIPModel(PreTrainedModel):
 
     config_class = AltCLIPConfig
     weight_map = ckpt.MODEL_WEIGHTS
+    layer_stacks = {
+        "text_model.layers": "text_config.num_hidden_layers",
+        "vision_model.layers": "vision_config.num_hidden_layers",
+    }
     _no_split_modules = [*AltCLIPTextModel._no_split_modules, *AltCLIPVisionModel._no_split_modules]
 
     def __init__(self, config: AltCLIPConfig, *, initialize: bool = True):

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from altclip import zeroshot
-from altclip.inference import embed_images, embed_texts
+from altclip.inference import embed_images, embed_texts, logit_scale
 from altclip.model import AltCLIPModel
 from altclip.processor import AltCLIPProcessor
 from altclip.registry import DEFAULT_MODEL
@@ -72,7 +72,7 @@ class ZeroShotImageClassificationPipeline:
         batch = [images] if single else list(images)
         classifier = self.classifier(labels, templates, hypothesis_template)
         image_embeds = embed_images(self.model, self.processor, batch, batch_size=self.batch_size)
-        probs = zeroshot.scores(image_embeds, classifier, self.model.logit_scale.detach().float().exp().item()).probs
+        probs = zeroshot.scores(image_embeds, classifier, logit_scale(self.model)).probs
         results = [zeroshot.ranked(labels, row, top_k) for row in probs.tolist()]
         return results[0] if single else results
 

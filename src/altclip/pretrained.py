@@ -16,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 
 from altclip import checkpoint as ckpt
 from altclip.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
+from altclip.devices import check_device
 from altclip.hub import resolve_file, resolve_first
 from altclip.layers import Attention
 
@@ -56,6 +57,9 @@ class PreTrainedModel(nn.Module):
     config_class: ClassVar[type[_Config]]
     weight_map: ClassVar[ckpt.WeightMap]
     checkpoint_prefix: ClassVar[str] = ""
+    # Each stack of layers (our parameter names before ".{}") -> the config value that counts its layers, which
+    # loading checks against the weights before it builds anything.
+    layer_stacks: ClassVar[dict[str, str]] = {}
 
     # What transformers' tools (peft, accelerate, Trainer, pipelines) read off a model, with transformers' values.
     base_model_prefix: ClassVar[str] = "altclip"
@@ -72,6 +76,7 @@ class PreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs an {self.config_class.__name__}, got {type(config).__name__}")
+        config.validate()
         self.config = config
         self.gradient_checkpointing = False
         if config._attn_implementation is None:
@@ -281,6 +286,8 @@ class PreTrainedModel(nn.Module):
             if isinstance(device_map, dict) or device_map in ("auto", "balanced", "sequential"):
                 raise NotImplementedError("device_map places the whole model on one device here; pass a device")
             device = device if device is not None else device_map
+        if device is not None:
+            check_device(device)
         if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
                 f'Specified `attn_implementation="{attn_implementation}"` is not supported; use one of '
@@ -329,8 +336,6 @@ class PreTrainedModel(nn.Module):
         if dtype == "auto":
             saved = raw.get("dtype") or raw.get("torch_dtype")
             dtype = parse_dtype(saved) if saved not in (None, "auto") else (files.float_dtype() or torch.float32)
-        with empty_weights():
-            model = cls(config, initialize=False)  # type: ignore[call-arg]
         # A tower can be read out of a full AltCLIP checkpoint; a standalone vision tower saved by transformers 4
         # keeps the `vision_model.` prefix, one saved by transformers 5 drops it.
         prefix = ""
@@ -339,6 +344,9 @@ class PreTrainedModel(nn.Module):
             or any(k.startswith(cls.checkpoint_prefix) for k in files.keys())
         ):
             prefix = cls.checkpoint_prefix
+        cls._check_depth(config, ckpt.layer_counts(files.keys(), cls.weight_map, prefix), f"Checkpoint {name}")
+        with empty_weights():
+            model = cls(config, initialize=False)  # type: ignore[call-arg]
         ckpt.load_weights(
             model,
             files,
@@ -349,6 +357,16 @@ class PreTrainedModel(nn.Module):
             source=f"Checkpoint {name}",
         )
         return model
+
+    @classmethod
+    def _check_depth(cls, config: _Config, found: dict[str, int], source: str) -> None:
+        """The config's layer counts (``layer_stacks``) against the weights', before the model is built."""
+        config.validate()
+        expected = {}
+        for stack, setting in cls.layer_stacks.items():
+            owner, _, key = setting.rpartition(".")
+            expected[stack] = (setting, getattr(getattr(config, owner) if owner else config, key))
+        ckpt.check_depth(found, expected, source)
 
     @classmethod
     def _from_state_dict(cls: type[M], config: _Config, state_dict: dict[str, torch.Tensor], *, device) -> M:
@@ -376,13 +394,14 @@ class PreTrainedModel(nn.Module):
         qconfig = QuantizationConfig.coerce(settings)
         if qconfig.backend == "torchao":
             import torchao.quantization  # noqa: F401  (registers its tensor types as safe to load)
-        with empty_weights():
-            model = cls(config, initialize=False)  # type: ignore[call-arg]
-        prepare_for_quantized_state(model, qconfig)
         path = resolve_file(name_or_path, QUANTIZED_WEIGHTS, **hub)
         with warnings.catch_warnings():  # quantized tensors still go through TypedStorage, which warns
             warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location=device or "cpu", weights_only=True)
+            state = ckpt.load_pickle(path, map_location=device or "cpu", mmap=False, tensors_only=False)
+        cls._check_depth(config, ckpt.layer_counts(state, None), f"Checkpoint {name_or_path}")
+        with empty_weights():
+            model = cls(config, initialize=False)  # type: ignore[call-arg]
+        prepare_for_quantized_state(model, qconfig)
         model.load_state_dict(state, strict=True, assign=True)
         model.quantization_config, model.quantization_backend = qconfig, qconfig.backend
         return model

@@ -197,14 +197,6 @@ def write_random_checkpoint(
     return path
 
 
-def random_tokenizer(vocab_size: int):
-    """The XLM-R-style tokenizer of random checkpoints and shapes: trained on the package's multilingual captions,
-    with at most ``vocab_size`` (and at most 4000) tokens."""
-    from altclip.tokenizer import caption_corpus, train_tokenizer
-
-    return train_tokenizer([caption for _, caption in caption_corpus()], min(vocab_size, 4000))
-
-
 def write_random_teacher(
     shape: str, path: str | os.PathLike, *, seed: int = 0, dtype: torch.dtype = torch.float32
 ) -> Path:
@@ -284,6 +276,14 @@ def _mark_random(path: Path) -> None:
     (path / RANDOM_MARKER).write_text(
         "This checkpoint has random weights: it runs like a real one, but its answers mean nothing.\n"
     )
+
+
+def random_tokenizer(vocab_size: int):
+    """The tokenizer of random checkpoints: trained on the package's multilingual captions, with at most
+    ``vocab_size`` (and at most 4,000) tokens, so that every id fits the model's vocabulary."""
+    from altclip.tokenizer import caption_corpus, train_tokenizer
+
+    return train_tokenizer([caption for _, caption in caption_corpus()], min(vocab_size, 4000))
 
 
 RANDOM_MARKER = "RANDOM_WEIGHTS.txt"

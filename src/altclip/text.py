@@ -99,6 +99,7 @@ class AltCLIPTextModel(PreTrainedModel):
     config_class = AltCLIPTextConfig
     weight_map = ckpt.TEXT_WEIGHTS
     checkpoint_prefix = "text_model."
+    layer_stacks = {"layers": "num_hidden_layers"}
     input_modalities = ("text",)
     _no_split_modules = ["TextEmbeddings", "TextLayer"]
 
@@ -136,18 +137,20 @@ class AltCLIPTextModel(PreTrainedModel):
         """A text tower whose encoder is a pretrained XLM-RoBERTa (``xlm-roberta-large``, as AltCLIP started from),
         with a fresh ``pre_LN`` and ``transformation`` mapping to ``project_dim``: the student of teacher learning.
         The masked-language-model head and the pooler of the checkpoint are not used."""
-        from altclip.config import read_config_file
+        from altclip.config import ConfigError, read_config_file
         from altclip.hub import resolve_file
         from altclip.pretrained import checkpoint_files
 
         raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))  # type: ignore[arg-type]
         if raw.get("model_type") not in ("xlm-roberta", "roberta"):
-            raise ValueError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
-        config = AltCLIPTextConfig.from_dict({**raw, "project_dim": project_dim})
-        model = cls(config)  # randomly initialised: pre_LN and transformation keep these values
+            raise ConfigError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
+        config = AltCLIPTextConfig.from_hf_dict({**raw, "model_type": cls.config_class.model_type,
+                                                 "project_dim": project_dim}, source=f"{name_or_path}/config.json")  # fmt: skip
         files = ckpt.TensorFiles(checkpoint_files(name_or_path, revision=revision))
         bare = not any(k.startswith("roberta.") for k in files.keys())  # XLMRobertaModel saves without the prefix
         view = ckpt.RenamedTensors(files, (lambda k: "roberta." + k) if bare else (lambda k: k))
+        cls._check_depth(config, ckpt.layer_counts(view.keys(), ckpt.TEXT_WEIGHTS), f"XLM-R checkpoint {name_or_path}")
+        model = cls(config)  # randomly initialised: pre_LN and transformation keep these values
         ckpt.load_weights(
             model, view, ckpt.TEXT_WEIGHTS, dtype=torch.float32, source=f"XLM-R checkpoint {name_or_path}",
             ignore=re.compile(r"(^|\.)(lm_head|pooler)\."), missing_ok=re.compile(r"^(final_norm|transformation)\."),

@@ -58,6 +58,7 @@ class AltCLIPVisionModel(PreTrainedModel):
     config_class = AltCLIPVisionConfig
     weight_map = ckpt.VISION_WEIGHTS
     checkpoint_prefix = "vision_model."
+    layer_stacks = {"layers": "num_hidden_layers"}
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["VisionEmbeddings", "PreNormLayer"]

@@ -1,6 +1,7 @@
 """The ``altclip`` command. Each module owns its commands (a Typer app); ``build`` adds them to one app.
 
-common.py       exit codes, shared options, loading the model (imports no command module)
+common.py       exit codes and the table from errors to them, shared options, output, loading the model
+                (imports no command module)
 predict.py      classify, similarity              checkpoints.py   models, random-checkpoint
 index.py        index, search, embed, demo        serve.py         serve
 train.py        train distill|contrastive          evaluate.py      eval zeroshot|retrieval
@@ -12,7 +13,7 @@ from __future__ import annotations
 import typer
 
 from altclip.cli import bench, checkpoints, deploy, evaluate, index, predict, serve, train
-from altclip.cli.common import err
+from altclip.cli.common import TranslatedErrors, err
 
 COMMANDS = (predict, index, serve, train, evaluate, deploy, bench, checkpoints)
 
@@ -27,6 +28,7 @@ def build() -> typer.Typer:
         # Help as click writes it: paragraphs re-wrapped to the terminal (80 columns when piped), every option's
         # help in full, and brackets shown as written (rich markup would take "[default: ...]" for a tag).
         rich_markup_mode=None,
+        cls=TranslatedErrors,
     )
     for module in COMMANDS:
         app.add_typer(module.app)

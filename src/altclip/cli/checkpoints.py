@@ -33,7 +33,13 @@ def random_checkpoint(
 
     if shape not in KNOWN_MODELS and shape not in KNOWN_TEACHERS:
         fail(f"Unknown shape {shape!r}; known: {', '.join([*KNOWN_MODELS, *KNOWN_TEACHERS])}", EXIT_USAGE)
-    path = write_random_checkpoint(shape, output, seed=seed, dtype=parse_dtype(dtype))
+    try:
+        torch_dtype = parse_dtype(dtype)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    if torch_dtype == "auto":
+        fail("--dtype auto means the dtype a checkpoint was saved in; name one to write", EXIT_USAGE)
+    path = write_random_checkpoint(shape, output, seed=seed, dtype=torch_dtype)
     kind = "CLIP teacher" if shape in KNOWN_TEACHERS else "AltCLIP"
     err.print(f"Wrote a random {shape} {kind} checkpoint to {path}", highlight=False)
 
@@ -42,12 +48,14 @@ def random_checkpoint(
 def models(as_json: JsonOpt = False) -> None:
     """The checkpoints this package knows: AltCLIP models and shapes, and the CLIP teacher shapes of teacher
     learning (all of them can be written with random weights by `altclip random-checkpoint --shape`)."""
+    from altclip import registry
+
     rows = [
         {"name": m.name, "released": m.released, "languages": list(m.languages), "description": m.description}
-        for m in KNOWN_MODELS.values()
+        for m in registry.KNOWN_MODELS.values()
     ] + [
         {"name": t.name, "released": t.released, "languages": ["en"], "description": f"CLIP teacher: {t.description}"}
-        for t in KNOWN_TEACHERS.values()
+        for t in registry.KNOWN_TEACHERS.values()
     ]
     if as_json:
         emit_json(rows)

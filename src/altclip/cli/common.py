@@ -1,15 +1,21 @@
-"""What the commands share: exit codes, the common options, output, loading the model, and the options that still
-take the deprecated ``--labels a b c`` form. Command modules import this; it imports none of them.
+"""What the commands share: exit codes and the one table from errors to them, the common options, output, loading
+the model, and the options that still take the deprecated ``--labels a b c`` form. Command modules import this; it
+imports none of them.
 
-Exit codes: 0 success, 1 unexpected error, 2 bad usage or input (a missing file, an empty query), 3 the model
-could not be loaded, 4 an image or text could not be used, 5 the index does not fit the model.
+Exit codes: 0 success, 1 unexpected error, 2 bad usage (a missing folder or file argument, an empty query, a bad
+option value such as an unknown --device or --dtype), 3 the model could not be loaded (or gave NaN), 4 an image or
+text could not be used, 5 the index is missing, damaged, unwritable or built with another model.
+
+Output goes through two rich consoles that never read rich markup in what they print: file names, labels, error
+messages and install hints (``pip install 'altclip[serve]'``) appear as they are. Styles are given as ``style=``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -19,14 +25,16 @@ from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
+from typer.exceptions import TyperException
 
+from altclip.files import stat_failure
 from altclip.registry import DEFAULT_MODEL
 
 EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_INDEX = 1, 2, 3, 4, 5
 
-out = Console()
-err = Console(stderr=True)
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
 ModelOpt = Annotated[
     str | None,
@@ -48,8 +56,92 @@ TEMPLATES_HELP = (
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
+
+
+def note(message: str) -> None:
+    """A line on stderr worth the reader's attention (in yellow)."""
+    err.print(message, style="yellow", highlight=False)
+
+
+def model_errors() -> tuple[type[Exception], ...]:
+    """What loading or running a model raises when the checkpoint is missing, damaged or does not fit."""
+    from altclip.checkpoint import CheckpointError
+    from altclip.config import ConfigError
+    from altclip.hub import CheckpointNotFoundError
+    from altclip.inference import NonFiniteError
+
+    return CheckpointError, CheckpointNotFoundError, ConfigError, NonFiniteError
+
+
+def explain(error: Exception) -> tuple[str, int]:
+    """The message and exit code of an error no command handled: the one table from exceptions to exit codes, in
+    order (the first match wins, so specific types come before the ValueError they derive from)."""
+    import sqlite3
+
+    from altclip.devices import DeviceError
+    from altclip.image_processing import ImageError
+    from altclip.index.embed_files import EmbedError
+    from altclip.index.store import IndexMismatchError
+
+    table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int, Callable[[Exception], str]]] = [
+        (DeviceError, EXIT_USAGE, str),
+        (model_errors(), EXIT_MODEL, str),
+        ((ImageError, EmbedError), EXIT_INPUT, str),
+        (IndexMismatchError, EXIT_INDEX, str),
+        (sqlite3.DatabaseError, EXIT_INDEX, lambda e: f"The index database failed: {e} (what was written before it "
+                                                      "is kept, and a re-run continues from there)"),
+        (MemoryError, EXIT_ERROR, lambda e: "Out of memory"),
+        (OSError, EXIT_ERROR, str),
+    ]  # fmt: skip
+    for types, code, message in table:
+        if isinstance(error, types):
+            return message(error), code
+    text = str(error) if len(str(error)) <= 500 else str(error)[:497] + "..."
+    return (
+        f"Unexpected {type(error).__name__}: {text}. This is a bug in altclip; please report it "
+        "(ALTCLIP_DEBUG=1 shows where it happened)",
+        EXIT_ERROR,
+    )
+
+
+class TranslatedErrors(TyperGroup):
+    """The ``altclip`` group: any error a command did not handle becomes a message and its exit code (``explain``),
+    never a traceback (unless ALTCLIP_DEBUG is set)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as e:
+            if os.environ.get("ALTCLIP_DEBUG"):
+                raise
+            fail(*explain(e))
+
+
+def missing_path(path: Path) -> str | None:
+    """Why a path named on the command line cannot be used ("does not exist", "cannot be used (symbolic link
+    loop)", ...), or None when it exists."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        reason = stat_failure(path, e)
+        return "does not exist" if reason == "no such file" else f"cannot be used ({reason})"
+    return None
+
+
+def require_paths(paths: list[Path]) -> None:
+    """Exits with EXIT_USAGE naming the first of ``paths`` that does not exist."""
+    for path in paths:
+        reason = missing_path(path)
+        if reason is not None:
+            fail(f"{path} {reason}", EXIT_USAGE)
 
 
 def print_table(
@@ -89,19 +181,25 @@ def emit_json(data: Any) -> None:
 
 
 def load_embedder(model: str | None, device: str | None, dtype: str | None, batch_size: int = 32):
-    """The model, its processor and an Embedder, or a clear exit when the model cannot be had."""
-    from altclip import CheckpointError, CheckpointNotFoundError
-    from altclip.devices import resolve_device
+    """The model, its processor and an Embedder, or a clear exit: EXIT_USAGE for a --device or --dtype that cannot
+    be, EXIT_MODEL when the model cannot be had."""
+    from altclip import CheckpointNotFoundError
+    from altclip.devices import DeviceError, resolve_device
     from altclip.inference import Embedder
     from altclip.pipeline import load
+    from altclip.pretrained import parse_dtype
 
+    try:
+        device, parsed_dtype = resolve_device(device), parse_dtype(dtype)
+    except (DeviceError, ValueError) as e:
+        fail(f"{e}", EXIT_USAGE)
     name = model or DEFAULT_MODEL
     if Path(name).exists():
         name = str(Path(name).resolve())
     if not Path(name).exists():
         err.print(f"Loading {name} (downloaded into the Hugging Face cache on first use)...", highlight=False)
     try:
-        loaded, processor = load(name, device=resolve_device(device), dtype=dtype)
+        loaded, processor = load(name, device=device, dtype=parsed_dtype)
     except CheckpointNotFoundError as e:
         fail(
             f"{e}\nTo try things out without downloads, write a small random checkpoint and point at it:\n"
@@ -109,7 +207,7 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
             "  ALTCLIP_MODEL=./checkpoints/tiny altclip ...",
             EXIT_MODEL,
         )
-    except (CheckpointError, ValueError, OSError) as e:
+    except (*model_errors(), ValueError, OSError) as e:
         fail(f"Could not load {name}: {e}", EXIT_MODEL)
     return Embedder(loaded, processor, name, batch_size=batch_size)
 
@@ -156,9 +254,8 @@ def _repeat_options(args: list[str], options: set[str]) -> list[str]:
             result.append(arg)
     if extra:
         names = sorted({name for name, _ in extra})
-        err.print(
-            f"[yellow]warning:[/] several values after one {'/'.join(names)} are deprecated; repeat the option for "
-            f"each value instead (for example --labels cat --labels dog, or -l cat -l dog)",
-            highlight=False,
+        warn(
+            f"several values after one {'/'.join(names)} are deprecated; repeat the option for "
+            f"each value instead (for example --labels cat --labels dog, or -l cat -l dog)"
         )
     return result

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from altclip.cli.common import EXIT_ERROR, EXIT_MODEL, EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail
+from altclip.cli.common import EXIT_ERROR, EXIT_MODEL, EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, note
 
 app = typer.Typer()
 export_app = typer.Typer(help="Export a model for other runtimes.", no_args_is_help=True)
@@ -33,6 +33,7 @@ def quantize(
     """Write a quantized checkpoint that loads again (from_pretrained, altclip.load) without re-quantizing."""
     import torch
 
+    from altclip.devices import DeviceError
     from altclip.model import AltCLIPModel
     from altclip.processor import AltCLIPProcessor
     from altclip.quantize import QuantizationConfig, QuantizationError
@@ -41,7 +42,7 @@ def quantize(
         config = QuantizationConfig(method, group_size=group_size, include_embeddings=include_embeddings)
         dtype = torch.bfloat16 if method == "int4_weight_only" else None
         quantized = AltCLIPModel.from_pretrained(model, dtype=dtype, device=device, quantization_config=config)
-    except QuantizationError as e:
+    except (QuantizationError, DeviceError) as e:
         fail(str(e), EXIT_USAGE)
     except (OSError, ValueError) as e:
         fail(f"Could not load {model}: {e}", EXIT_MODEL)
@@ -49,7 +50,7 @@ def quantize(
     try:
         AltCLIPProcessor.from_pretrained(model).save_pretrained(output)
     except OSError:
-        err.print("[yellow]No tokenizer or preprocessor found to copy beside the quantized weights[/]")
+        note("No tokenizer or preprocessor found to copy beside the quantized weights")
     source = Path(model)
     before = (
         sum(p.stat().st_size for p in source.iterdir() if p.suffix in (".safetensors", ".bin"))

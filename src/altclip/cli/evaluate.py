@@ -22,6 +22,7 @@ from altclip.cli.common import (
     load_embedder,
     print_table,
     read_templates,
+    require_paths,
 )
 
 app = typer.Typer()
@@ -37,6 +38,17 @@ def _report(result: dict, path: Path, as_json: bool) -> None:
     print_table(
         ("metric", "value"), rows, title=f"{result['task']} ({result['samples']} samples) -> {path}", right={"value"}
     )
+
+
+def _classnames(path: Path) -> dict:
+    require_paths([path])
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
+        fail(f"{path} could not be read as JSON: {e}", EXIT_USAGE)
+    if not isinstance(names, dict):
+        fail(f"{path} must hold a JSON object (folder name -> class name)", EXIT_USAGE)
+    return names
 
 
 @eval_app.command("zeroshot")
@@ -62,7 +74,7 @@ def eval_zeroshot(
 
     if not dataset.is_dir():
         fail(f"{dataset} is not a folder", EXIT_USAGE)
-    names = json.loads(classnames.read_text(encoding="utf-8")) if classnames else None
+    names = _classnames(classnames) if classnames else None
     embedder = load_embedder(model, device, dtype)
     try:
         result = zero_shot_classification(embedder, dataset, classnames=names, templates=read_templates(templates))

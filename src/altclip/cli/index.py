@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from altclip.cli.common import (
     EXIT_INDEX,
@@ -24,7 +26,9 @@ from altclip.cli.common import (
     err,
     fail,
     load_embedder,
+    note,
     print_table,
+    require_paths,
 )
 from altclip.files import IMAGE_SUFFIXES
 from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
@@ -48,10 +52,16 @@ def _open_index(index: Path | None, create: bool, store: str | None = None) -> I
     path = index or default_index_path()
     try:
         return ImageIndex(path, create=create, store=store)
-    except FileNotFoundError as e:
+    except FileNotFoundError as e:  # no index there yet
         fail(str(e), EXIT_INDEX)
     except ImportError as e:
         fail(f"{e}. The Milvus store needs: pip install 'altclip[milvus]'", EXIT_USAGE)
+    except sqlite3.DatabaseError as e:  # not an SQLite file, or a damaged one
+        fail(f"{path} holds no usable index ({e}); move it away, or pass another --index", EXIT_INDEX)
+    except OSError as e:  # a file where the folder should be, no permission, ...
+        fail(f"The index at {path} could not be opened: {e.strerror or e}", EXIT_INDEX)
+    except ValueError as e:  # an unknown --store
+        fail(str(e), EXIT_USAGE)
 
 
 def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
@@ -67,6 +77,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
         "deleted": report.deleted,
         "embedded": report.embedded,
         "reused": report.reused,
+        "repaired": report.repaired,
         "failed": [{"path": p, "reason": r} for p, r in report.failed],
         "seconds": round(report.seconds, 3),
         "decode_seconds": round(report.decode_seconds, 3),
@@ -78,14 +89,16 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
         return
     err.print(
         f"{index.count()} images in {index.path}: {report.new} new, {report.changed} changed, {report.deleted} deleted, "
-        f"{report.unchanged} unchanged; {report.embedded} embedded ({report.reused} reused an existing vector) "
-        f"in {report.seconds:.1f} s" + (f", {rate:.1f} images/s in the model" if rate else ""),
+        f"{report.unchanged} unchanged; {report.embedded} embedded ({report.reused} reused an existing vector"
+        + (f", {report.repaired} had lost theirs" if report.repaired else "")
+        + f") in {report.seconds:.1f} s"
+        + (f", {rate:.1f} images/s in the model" if rate else ""),
         highlight=False,
     )
     if report.failed:
-        err.print(f"[yellow]{len(report.failed)} could not be indexed:[/]")
+        note(f"{len(report.failed)} could not be indexed:")
         for path, reason in report.failed[:20]:
-            err.print(f"  {path}: {reason}", highlight=False, markup=False)
+            err.print(f"  {path}: {reason}", highlight=False)
         if len(report.failed) > 20:
             err.print(f"  ... and {len(report.failed) - 20} more (see --json)")
 
@@ -104,9 +117,7 @@ def index_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Index the images under FOLDERS for search. Re-runs are incremental and a killed run resumes."""
-    for folder in folders:
-        if not folder.exists():
-            fail(f"{folder} does not exist", EXIT_USAGE)
+    require_paths(folders)
     with _open_index(index, create=True, store=store) as idx:
         embedder = load_embedder(model or idx.model, device, dtype, batch_size)
         try:
@@ -118,13 +129,14 @@ def index_command(
                     workers=workers,
                     retry_errors=retry_errors,
                     progress=progress,
+                    on_wait=lambda: err.print(
+                        f"Another altclip index is updating {idx.path}; waiting for it to finish...", highlight=False
+                    ),
                 )
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
         if report.found == 0 and not report.failed:
-            err.print(
-                f"[yellow]No image files under {', '.join(map(str, folders))}[/] (looked for {', '.join(IMAGE_SUFFIXES)})"
-            )
+            note(f"No image files under {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})")
         _report(report, idx, as_json)
 
 
@@ -218,6 +230,7 @@ def embed(
         fail(str(e), EXIT_USAGE)
     if not inputs and not texts:
         fail("Give image inputs, --texts files, or both", EXIT_USAGE)
+    require_paths([*(inputs or []), *(texts or [])])
     embedder = load_embedder(model, device, dtype, batch_size)
     try:
         with Progress(f"Embedding shard {index}/{count}", enabled=not as_json) as progress:
@@ -238,8 +251,14 @@ def embed(
         f"Shard {index}/{count}: {result['images']} image and {result['texts']} text embeddings written to {output}",
         highlight=False,
     )
-    for failure in result["failed"][:20]:
-        err.print(f"  [yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+    _skipped(result["failed"])
+
+
+def _skipped(failures: list[dict]) -> None:
+    for failure in failures[:20]:
+        err.print(
+            Text.assemble("  ", ("skipped", "yellow"), f" {failure['path']}: {failure['reason']}"), highlight=False
+        )
 
 
 def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, model, device, dtype, batch_size, as_json):
@@ -255,6 +274,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
         )
     if not inputs and not texts:
         fail("Give image inputs, --texts files, or both", EXIT_USAGE)
+    require_paths([*inputs, *texts])
     from altclip.registry import DEFAULT_MODEL
 
     name = model or DEFAULT_MODEL
@@ -283,7 +303,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
     except ValueError as e:  # a setting the cluster cannot honour
         fail(str(e), EXIT_USAGE)
     except ImportError as e:
-        fail(f"{e}. Embedding on Ray needs: pip install 'altclip\\[ray]'", EXIT_USAGE)  # \\[: not rich markup
+        fail(f"{e}. Embedding on Ray needs: pip install 'altclip[ray]'", EXIT_USAGE)
     if as_json:
         emit_json(result)
         return
@@ -294,8 +314,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
         + rate,
         highlight=False,
     )
-    for failure in result["failed"][:20]:
-        err.print(f"  [yellow]skipped[/] {failure['path']}: {failure['reason']}", highlight=False)
+    _skipped(result["failed"])
 
 
 DEMO_QUERIES = [
@@ -327,7 +346,7 @@ def demo(
     index_dir = Path(os.environ.get("ALTCLIP_DEMO_INDEX") or _tempdir())
     err.print(f"Model: {embedder.name}; index: {index_dir}", highlight=False)
     if is_random(embedder.name):
-        err.print("[yellow]This checkpoint has random weights: everything runs, but the answers below mean nothing.[/]")
+        note("This checkpoint has random weights: everything runs, but the answers below mean nothing.")
     with ImageIndex(index_dir) as idx:
         try:
             with Progress("Indexing") as progress:

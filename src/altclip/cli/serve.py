@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, err, fail, load_embedder
+from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, err, fail, load_embedder, warn
 
 app = typer.Typer()
 
@@ -108,6 +108,6 @@ def serve(
     embedder = load_embedder(settings.model, settings.device, settings.dtype, settings.max_batch_size)
     settings.model = embedder.name
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.token is None:
-        err.print(f"[yellow]warning:[/] serving on {settings.host} without --token: anyone who can reach it can use it")
+        warn(f"serving on {settings.host} without --token: anyone who can reach it can use it")
     err.print(f"Settings: {settings.public()}", highlight=False)
     run(settings, embedder)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from altclip.cli.common import EXIT_ERROR, EXIT_INPUT, DeviceOpt, err, fail
+from altclip.cli.common import EXIT_ERROR, EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, DeviceOpt, err, fail, model_errors
 
 app = typer.Typer()
 train_app = typer.Typer(
@@ -53,13 +53,18 @@ Dropout = Annotated[
 
 
 def _run(fn, *args, **kwargs) -> None:
+    from altclip.devices import DeviceError
     from altclip.train.loop import TrainingError
 
     try:
         result = fn(*args, **kwargs, log=lambda m: err.print(m, highlight=False))
     except TrainingError as e:
         fail(str(e), EXIT_ERROR)
-    except (ValueError, FileNotFoundError) as e:
+    except DeviceError as e:
+        fail(str(e), EXIT_USAGE)
+    except model_errors() as e:
+        fail(f"Could not load a model: {e}", EXIT_MODEL)
+    except (ValueError, FileNotFoundError) as e:  # the training data
         fail(str(e), EXIT_INPUT)
     if result.get("last") and os.environ.get("RANK", "0") == "0":
         err.print(
@@ -81,7 +86,7 @@ def distill_command(
         str,
         typer.Option(
             help="XLM-R checkpoint (e.g. FacebookAI/xlm-roberta-large), AltCLIP checkpoint, or a shape with random "
-            "weights and a small tokenizer (tiny, BAAI/AltCLIP, ...; see `altclip models`)"
+            "weights (tiny, BAAI/AltCLIP, ...; see `altclip models`)"
         ),
     ],
     corpus: Annotated[
@@ -95,7 +100,7 @@ def distill_command(
     output: Output,
     tokenizer: Annotated[
         str | None,
-        typer.Option(help="XLM-R tokenizer folder [default: the student's; a shape's own small tokenizer]"),
+        typer.Option(help="XLM-R tokenizer folder [default: the student's; for tiny, one trained on sample captions]"),
     ] = None,
     cosine_weight: Annotated[float, typer.Option(help="Weight of an extra 1 - cosine loss")] = 0.0,
     steps: Steps = 1000,

@@ -10,24 +10,30 @@ with the reason and reported, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from filelock import FileLock, Timeout
 
-from altclip.files import display, ordered_map, scan
+from altclip.files import display, ordered_map, read_regular_file, scan, stat_failure
 from altclip.image_processing import ImageError
 from altclip.index.sqlite_store import APPROX_THRESHOLD, SQLiteVectors
 from altclip.index.store import IndexMismatchError, VectorStore
 
 DB_NAME = "index.sqlite3"
+LOCK_NAME = "index.lock"  # held by the one process that writes the index
 SCHEMA_VERSION = "1"
+# Each decoding worker holds one whole file (to hash and decode the same bytes): larger files are recorded as
+# failures unread. Images within the pixel limit are far smaller, even uncompressed.
+MAX_FILE_BYTES = 512 * 2**20
 
 
 class Embedder(Protocol):
@@ -58,6 +64,7 @@ class UpdateReport:
     deleted: int = 0
     embedded: int = 0  # images run through the model (duplicates and moved files are not)
     reused: int = 0  # new or changed files whose content was already indexed (duplicates, moves)
+    repaired: int = 0  # unchanged files whose vector was missing, embedded again
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     decode_seconds: float = 0.0  # reading, hashing, decoding and resizing, summed over the workers
@@ -212,9 +219,33 @@ class ImageIndex:
         retry_errors: bool = False,
         progress: Callable[[int, int], None] | None = None,
         approx_threshold: int = APPROX_THRESHOLD,
+        on_wait: Callable[[], None] | None = None,
     ) -> UpdateReport:
         """Brings the index in line with the image files under ``roots``: new and changed files are embedded,
-        deleted ones dropped, moved and duplicate ones reuse their vector."""
+        deleted ones dropped, moved and duplicate ones reuse their vector, and files whose vector is missing get it
+        again. One update runs at a time: another waits for it (``on_wait`` is called when it has to)."""
+        with self.writing(on_wait):
+            return self._update(roots, embedder, batch_size, workers, retry_errors, progress, approx_threshold)
+
+    @contextlib.contextmanager
+    def writing(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Held while the index is changed: one writer at a time, across threads and processes. Reusing a vector and
+        collecting vectors no file refers to are safe only then (another writer's collection could delete a vector
+        that this one's new rows are about to refer to). The lock is the operating system's (``flock``), so a killed
+        writer never leaves it held."""
+        lock = FileLock(self.path / LOCK_NAME, mode=0o600)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _update(self, roots, embedder, batch_size, workers, retry_errors, progress, approx_threshold) -> UpdateReport:
         start = time.perf_counter()
         self.bind(embedder.name, embedder.dim)
         found = scan(roots)
@@ -222,6 +253,7 @@ class ImageIndex:
         known = {
             p: (s, m, h, e) for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, hash, error FROM files")
         }
+        missing = self._missing_vectors()
         todo: list[bytes] = []
         for path, (size, mtime) in found.files.items():
             if path not in known:
@@ -229,6 +261,9 @@ class ImageIndex:
                 todo.append(path)
             elif known[path][:2] != (size, mtime) or (retry_errors and known[path][3] is not None):
                 report.changed += 1
+                todo.append(path)
+            elif known[path][2] in missing:
+                report.repaired += 1
                 todo.append(path)
             else:
                 report.unchanged += 1
@@ -322,6 +357,12 @@ class ImageIndex:
             (path, size, mtime, content, error, time.time()),
         )
 
+    def _missing_vectors(self) -> set[str]:
+        """Content hashes that file rows refer to but the store lacks (left by an older version's concurrent runs, or
+        by a store changed behind the index's back); their files are embedded again."""
+        referenced = {r[0] for r in self.db.execute("SELECT DISTINCT hash FROM files WHERE hash IS NOT NULL")}
+        return referenced - self.store.hashes() if referenced else set()
+
     def _collect_garbage(self) -> None:
         """Drops vectors no file refers to any more (deleted, changed or moved-away content)."""
         referenced = {r[0] for r in self.db.execute("SELECT DISTINCT hash FROM files WHERE hash IS NOT NULL")}
@@ -350,10 +391,11 @@ def _load(path: bytes, embedder: Embedder) -> tuple[str | None, np.ndarray | Non
     """Worker: read, hash, decode and resize one file. Returns (hash, pixels, error, seconds)."""
     start = time.perf_counter()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular_file(path, MAX_FILE_BYTES)
     except OSError as e:
-        return None, None, f"could not be read: {e.strerror}", time.perf_counter() - start
+        return None, None, stat_failure(path, e), time.perf_counter() - start
+    except ValueError as e:  # not a regular file any more, or too large
+        return None, None, str(e), time.perf_counter() - start
     content = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
         array = embedder.prepare(data)

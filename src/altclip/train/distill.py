@@ -43,18 +43,11 @@ class Student(nn.Module):
         return self.text.encoder_layers()
 
 
-def is_shape(student: str) -> bool:
-    """Whether ``student`` names a registered shape (random weights) rather than a checkpoint."""
-    from altclip.registry import KNOWN_MODELS
-
-    return student in KNOWN_MODELS and not Path(student).exists()
-
-
 def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
     """A registered shape (random weights), an AltCLIP checkpoint (its text tower), or an XLM-R checkpoint."""
-    from altclip.registry import known_model
+    from altclip.registry import KNOWN_MODELS, known_model
 
-    if is_shape(student):
+    if student in KNOWN_MODELS and not Path(student).exists():
         import dataclasses
 
         config = dataclasses.replace(known_model(student).config().text_config, project_dim=project_dim)
@@ -72,15 +65,14 @@ def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
 
 
 def load_student_tokenizer(student: str, tokenizer: str | None, vocab_size: int) -> XLMRobertaTokenizer:
-    """``tokenizer`` when given; else the student checkpoint's, or for a shape the small multilingual tokenizer of
-    random checkpoints (as ``altclip random-checkpoint`` writes it)."""
-    if tokenizer is not None:
-        return XLMRobertaTokenizer.from_pretrained(tokenizer)
-    if is_shape(student):
-        from altclip.registry import random_tokenizer
+    """``tokenizer``, else the student's own. A registered shape that was never released (tiny) has none, and gets
+    the small tokenizer random checkpoints of it are written with."""
+    from altclip.registry import KNOWN_MODELS, random_tokenizer
 
-        return random_tokenizer(vocab_size)
-    return XLMRobertaTokenizer.from_pretrained(student)
+    if tokenizer is None and student in KNOWN_MODELS and not KNOWN_MODELS[student].released:
+        if not Path(student).exists():
+            return random_tokenizer(vocab_size)
+    return XLMRobertaTokenizer.from_pretrained(tokenizer or student)
 
 
 def distill(
