@@ -5,19 +5,27 @@ PYTHON ?= python3
 # The CPU build of PyTorch. On a machine with a GPU, install the torch build you want instead (TORCH=torch).
 TORCH ?= torch==2.13.0
 PIP_FLAGS ?= -q --disable-pip-version-check
+# Installed without their dependencies (they pin another torch and bring their training stacks): the tests run
+# clip-retrieval's ClipClient and CLIP_benchmark's metric functions, which need only what the dev extra installs.
+PROTOCOL_CLIENTS ?= clip-retrieval==2.45.0 clip-benchmark==1.6.2
 
 .PHONY: demo test clean
 
-.venv/.installed: pyproject.toml
+# The demo environment has what the README's commands use beyond the core: the service (serve) and writing
+# embedding files (index: pyarrow, faiss). Other extras are installed where the README shows them.
+DEMO_EXTRAS ?= serve,index
+
+.venv/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv .venv
 	.venv/bin/pip install $(PIP_FLAGS) "$(TORCH)"
-	.venv/bin/pip install $(PIP_FLAGS) -e .
+	.venv/bin/pip install $(PIP_FLAGS) -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-.venv-test/.installed: pyproject.toml
+.venv-test/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv .venv-test
 	.venv-test/bin/pip install $(PIP_FLAGS) "$(TORCH)"
 	.venv-test/bin/pip install $(PIP_FLAGS) -e ".[dev]"
+	.venv-test/bin/pip install $(PIP_FLAGS) --no-deps $(PROTOCOL_CLIENTS)
 	touch $@
 
 demo: .venv/.installed

@@ -39,3 +39,41 @@ def running_server(settings: ServerSettings, embedder=None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextlib.contextmanager
+def serve_process(*args: str, timeout: float = 90) -> Iterator[str]:
+    """A real ``altclip serve`` process on a free loopback port, with ``args``; yields the base URL once /readyz says
+    ready, and stops the process (SIGTERM, then SIGKILL) afterwards."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    command = [sys.executable, "-m", "altclip", "serve", "--port", str(port), *args]
+    log = tempfile.TemporaryFile()  # not a pipe: nothing reads it while the server runs
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"altclip serve did not start: {log.read()[-3000:].decode(errors='replace')}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()

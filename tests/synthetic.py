@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from altclip import AltCLIPConfig, CLIPImageProcessor
+from altclip.clip_text import train_clip_tokenizer
 from altclip.registry import random_model
 from altclip.tokenizer import caption_corpus, train_tokenizer
 
@@ -137,31 +136,4 @@ def write_clip_teacher(
     perturb_(model)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
-    return path
-
-
-def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.PathLike) -> Path:
-    """Writes vocab.json and merges.txt of a small CLIP-style BPE tokenizer trained on ``texts`` (for random
-    teachers; real teachers ship their tokenizer)."""
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import BPE
-
-    tokenizer = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
-    tokenizer.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-    )
-    tokenizer.train_from_iterator(texts, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     return path

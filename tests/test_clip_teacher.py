@@ -66,3 +66,52 @@ def test_standalone_text_tower_checkpoint(clip_dir, tmp_path):
     ids, mask = CLIPTokenizer.from_pretrained(clip_dir)(ENGLISH[:4])
     with torch.no_grad():
         assert (ours(ids, mask)[1] - ref(input_ids=ids, attention_mask=mask).pooler_output).abs().max() < 1e-5
+
+
+def test_random_teacher_is_a_clip_checkpoint(tmp_path):
+    """``write_random_checkpoint("clip-tiny")`` writes what transformers' CLIPModel and CLIPTokenizer load, key for
+    key; our text tower, tokenizer and the image side distillation takes from it agree with transformers."""
+    import transformers
+
+    from altclip.clip_text import assemble_altclip
+    from altclip.registry import write_random_checkpoint
+    from altclip.train.distill import load_student
+
+    path = write_random_checkpoint("clip-tiny", tmp_path / "teacher", seed=3)
+    ref, info = transformers.CLIPModel.from_pretrained(str(path), output_loading_info=True)
+    assert not any(info.values()), info
+    ref.eval()
+    ids, mask = CLIPTokenizer.from_pretrained(path)(ENGLISH[:8])
+    expected = transformers.CLIPTokenizer.from_pretrained(str(path))(
+        ENGLISH[:8], padding=True, truncation=True, max_length=77, return_tensors="pt"
+    )
+    assert torch.equal(ids, expected["input_ids"])
+    with torch.no_grad():
+        pooled = CLIPTextTower.from_pretrained(path)(ids, mask)[1]
+        assert (pooled - ref.text_model(input_ids=ids, attention_mask=mask).pooler_output).abs().max() < 1e-5
+        pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+        altclip_model = assemble_altclip(load_student("tiny", 32), path).eval()
+        ours = altclip_model.get_image_features(pixel_values=pixels)
+        theirs = ref.get_image_features(pixel_values=pixels)
+        assert (ours - getattr(theirs, "pooler_output", theirs)).abs().max() < 1e-5
+
+
+def test_distillation_offline_with_shapes(tmp_path):
+    """The README's offline path: a random CLIP teacher and a student shape, which brings its own tokenizer."""
+    import subprocess
+    import sys
+
+    import altclip
+
+    (tmp_path / "en-zh.tsv").write_text("a photo of a cat\t一只猫的照片\na red car\t一辆红色的汽车\n", encoding="utf-8")
+    run = [sys.executable, "-m", "altclip"]
+    for args in (
+        ["random-checkpoint", "teacher", "--shape", "clip-tiny"],
+        ["train", "distill", "--teacher", "teacher", "--student", "tiny", "--corpus", "en-zh.tsv", "--output", "run",
+         "--steps", "2", "--batch-size", "2"],
+    ):  # fmt: skip
+        result = subprocess.run([*run, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    model, processor = altclip.load(tmp_path / "run" / "final")
+    inputs = processor(text=["一只猫"], return_tensors="pt")
+    assert model.get_text_features(**inputs).shape == (1, 16)  # the teacher's projection

@@ -126,7 +126,7 @@ def test_onnx_export_matches_pytorch(small, tmp_path):
         assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_quantize_and_export_commands(small, tmp_path):
+def test_quantize_and_export_commands(small, tmp_path, capfd):
     runner = CliRunner()
     result = runner.invoke(build(), ["quantize", "--model", str(small), "--output", str(tmp_path / "q"), "--json"])
     assert result.exit_code == 0, result.output
@@ -142,6 +142,8 @@ def test_quantize_and_export_commands(small, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "fp32: text max |diff|" in result.stderr and (tmp_path / "onnx" / "manifest.json").exists()
+    logged = capfd.readouterr().err  # what torch's own logging wrote to the process's stderr
+    assert "torchvision is not installed" not in logged + result.stderr
 
 
 def test_torchao_checkpoint_loads_in_a_fresh_process(small, tmp_path):

@@ -68,6 +68,10 @@ def test_index_and_search(tmp_path, embedder):
         hits = index.search(embedder.embed_texts(["一只红色的猫"])[0], 5)
         assert len(hits) == 5 and all(-1 <= h.score <= 1 for h in hits)
         assert index.file_path(hits[0].id) == os.fsencode(hits[0].path)
+        stored = index.vectors([h.id for h in hits[::-1]])  # by id, in the order asked
+        assert np.abs(stored - embedder.embed_images([h.path for h in hits[::-1]])).max() < 1e-5
+        with pytest.raises(KeyError, match="No indexed image with id 999"):
+            index.vectors([hits[0].id, 999])
         again = index.update([folder], embedder)
         assert (again.unchanged, again.embedded) == (12, 0)
 
@@ -226,6 +230,9 @@ def test_milvus_store(tmp_path, embedder):
         report = index.update([folder], embedder)
         assert (report.deleted, report.reused, report.embedded) == (1, 1, 0)
         assert index.store.count() == 5 and index.check() == []
+        hits = index.search(embedder.embed_images([str(paths[2])])[0], 5)
+        stored = index.vectors([h.id for h in hits])
+        assert np.abs(stored - embedder.embed_images([h.path for h in hits])).max() < 1e-5
     with ImageIndex(tmp_path / "index") as again:  # the store is remembered
         assert again.meta("store") == store and again.search(embedder.embed_images([str(paths[2])])[0], 1)[
             0

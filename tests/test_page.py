@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 import altclip
@@ -105,3 +106,48 @@ def test_page_with_a_token(setup, browser):
         page.press("#query", "Enter")
         page.wait_for_selector("#results .hit img[src^='blob:']")
         page.screenshot(path=str(ARTIFACTS / "search-page-token.png"))
+
+
+def offline(page, url: str) -> list[str]:
+    """Lets the page reach only the server at ``url``: every other request is refused and recorded, as on a machine
+    without network. Returns the list it records into."""
+    elsewhere: list[str] = []
+
+    def route(r):
+        if r.request.url.startswith(url + "/") or r.request.url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            elsewhere.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return elsewhere
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_render_offline(setup, browser, path):
+    """Swagger UI and ReDoc come from the server itself: with everything else unreachable they still render every
+    operation of /openapi.json, and they ask for nothing elsewhere."""
+    from playwright.sync_api import expect
+
+    embedder, index = setup
+    with running_server(ServerSettings(index=str(index), token="t"), embedder) as url:
+        operations = sum(len(methods) for methods in httpx.get(url + "/openapi.json").json()["paths"].values())
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        elsewhere = offline(page, url)
+        page.goto(url + path)
+        if path == "/docs":
+            expect(page.locator(".opblock")).to_have_count(operations, timeout=30_000)
+            expect(page.locator(".opblock-summary-path", has_text="/v1/embeddings")).to_be_visible()
+            expect(page.locator("button.authorize")).to_be_visible()  # the bearer token can be entered
+        else:
+            expect(page.locator("[data-section-id^='operation/']")).to_have_count(operations, timeout=30_000)
+            expect(page.locator("h2", has_text="OpenAI-compatible embeddings of texts and images")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / f"api{path.replace('/', '-')}.png"))
+        # ReDoc's sidebar shows Redocly's logo from its CDN (and hides it when that fails): the page's
+        # Content-Security-Policy stops that request before it is made, and the browser says so.
+        blocked_logo = [e for e in errors if "cdn.redoc.ly/redoc/logo-mini.svg" in e and "Content Security Policy" in e]
+        assert elsewhere == [] and [e for e in errors if e not in blocked_logo] == []

@@ -203,6 +203,34 @@ class CLIPTokenizer:
         return ids, mask
 
 
+def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.PathLike) -> CLIPTokenizer:
+    """Writes ``vocab.json`` and ``merges.txt`` of a small CLIP-style byte-level BPE tokenizer trained on ``texts``
+    into ``directory`` (for random teachers; real ones ship their tokenizer), and returns it."""
+    from tokenizers import trainers
+
+    tokenizer = Tokenizer(BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    path = os.fspath(directory)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "vocab.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(model["vocab"], ensure_ascii=False))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    with open(os.path.join(path, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer.from_pretrained(path)
+
+
 def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
     """A complete AltCLIP model: the trained ``student`` text tower with the CLIP checkpoint's image tower,
     ``visual_projection``, ``text_projection`` and ``logit_scale``, as AltCLIP was built."""

@@ -25,6 +25,9 @@ def build() -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        # Help as click writes it: paragraphs re-wrapped to the terminal (80 columns when piped), every option's
+        # help in full, and brackets shown as written (rich markup would take "[default: ...]" for a tag).
+        rich_markup_mode=None,
         cls=TranslatedErrors,
     )
     for module in COMMANDS:
@@ -34,7 +37,7 @@ def build() -> typer.Typer:
 
 def main() -> None:
     try:
-        build()()
+        build()(prog_name="altclip")  # also under `python -m altclip`
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None

@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from altclip.cli.common import EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, out
+from altclip.cli.common import EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, print_table
 
 app = typer.Typer()
 COLUMNS = ["engine", "images/s", "texts/s", "image ms (B=1)", "text ms (B=1)", "peak MB", "load s", "cosine img/txt"]
@@ -22,19 +20,25 @@ def bench(
         str, typer.Option(help="Comma-separated: exact, int8, bf16, fp16, transformers, transformers-bf16")
     ] = "exact,int8",
     compare: Annotated[
-        str | None, typer.Option(help="'transformers': also measure transformers.AltCLIPModel (needs it installed)")
+        str | None,
+        typer.Option(
+            help="'transformers': also measure transformers.AltCLIPModel (needs it installed) [default: none]"
+        ),
     ] = None,
     shape: Annotated[
         str, typer.Option(help="Shape of the random checkpoint: tiny, BAAI/AltCLIP, BAAI/AltCLIP-m18")
     ] = "tiny",
     model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Measure this checkpoint folder instead of a random one")
+        str | None,
+        typer.Option("--model", "-m", help="Measure this checkpoint folder [default: a random checkpoint of --shape]"),
     ] = None,
     device: DeviceOpt = None,
-    image_batch: Annotated[int, typer.Option(min=1)] = 8,
-    text_batch: Annotated[int, typer.Option(min=1)] = 64,
+    image_batch: Annotated[int, typer.Option(min=1, help="Images per batch, for images/s")] = 8,
+    text_batch: Annotated[int, typer.Option(min=1, help="Texts per batch, for texts/s")] = 64,
     min_seconds: Annotated[float, typer.Option(help="Measure each throughput at least this long")] = 3.0,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the results as JSON here")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also write the results as JSON to this file [default: none]")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Images/s, texts/s, latency at batch 1, peak memory, load time and accuracy of each engine, on the same
@@ -65,21 +69,16 @@ def bench(
     if as_json:
         emit_json(report)
         return
-    out.print(_table(report))
+    _print(report)
 
 
-def _table(report: dict) -> Table:
-    table = Table(
-        title=f"{report['checkpoint']} on {report['device']} (ratios against {report['reference']})",
-        title_justify="left",
-    )
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column == "engine" else "right")
+def _print(report: dict) -> None:
+    rows = []
     for r in report["results"]:
         if "error" in r:
-            table.add_row(r["engine"], Text(r["error"], style="red"), *[""] * (len(COLUMNS) - 2))
+            rows.append([r["engine"], f"failed: {r['error']}", *[""] * (len(COLUMNS) - 2)])
             continue
-        table.add_row(
+        rows.append([
             r["engine"],
             f"{r['images_per_s']:.2f} ({r.get('images_per_s_ratio', 1):.2f}x)",
             f"{r['texts_per_s']:.1f} ({r.get('texts_per_s_ratio', 1):.2f}x)",
@@ -88,5 +87,6 @@ def _table(report: dict) -> Table:
             f"{r.get('peak_gpu_mb', r['peak_rss_mb']):.0f}",
             f"{r['load_s']:.2f}",
             f"{r.get('cosine_image', 1):.4f} / {r.get('cosine_text', 1):.4f}",
-        )
-    return table
+        ])  # fmt: skip
+    title = f"{report['checkpoint']} on {report['device']} (ratios against {report['reference']})"
+    print_table(COLUMNS, rows, title=title, right=COLUMNS[1:])

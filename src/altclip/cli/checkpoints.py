@@ -6,18 +6,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, out
+from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, print_table
+from altclip.registry import KNOWN_MODELS, KNOWN_TEACHERS
 
 app = typer.Typer()
 
 
 @app.command("random-checkpoint")
 def random_checkpoint(
-    output: Annotated[Path, typer.Argument(help="Folder to write")],
+    output: Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder to write")],
     shape: Annotated[
-        str, typer.Option(help="A registered shape: tiny, BAAI/AltCLIP, BAAI/AltCLIP-m9, BAAI/AltCLIP-m18")
+        str,
+        typer.Option(
+            help=f"An AltCLIP shape ({', '.join(KNOWN_MODELS)}) or a CLIP teacher shape for `altclip train distill` "
+            f"({', '.join(KNOWN_TEACHERS)})"
+        ),
     ] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
@@ -25,10 +29,10 @@ def random_checkpoint(
     """Write a checkpoint with random weights (and a small tokenizer): for tests, benchmarks and demos without
     downloads. It loads like a released checkpoint, but its predictions mean nothing."""
     from altclip.pretrained import parse_dtype
-    from altclip.registry import KNOWN_MODELS, write_random_checkpoint
+    from altclip.registry import write_random_checkpoint
 
-    if shape not in KNOWN_MODELS:
-        fail(f"Unknown shape {shape!r}; known: {', '.join(KNOWN_MODELS)}", EXIT_USAGE)
+    if shape not in KNOWN_MODELS and shape not in KNOWN_TEACHERS:
+        fail(f"Unknown shape {shape!r}; known: {', '.join([*KNOWN_MODELS, *KNOWN_TEACHERS])}", EXIT_USAGE)
     try:
         torch_dtype = parse_dtype(dtype)
     except ValueError as e:
@@ -36,26 +40,28 @@ def random_checkpoint(
     if torch_dtype == "auto":
         fail("--dtype auto means the dtype a checkpoint was saved in; name one to write", EXIT_USAGE)
     path = write_random_checkpoint(shape, output, seed=seed, dtype=torch_dtype)
-    err.print(f"Wrote a random {shape} checkpoint to {path}", highlight=False)
+    kind = "CLIP teacher" if shape in KNOWN_TEACHERS else "AltCLIP"
+    err.print(f"Wrote a random {shape} {kind} checkpoint to {path}", highlight=False)
 
 
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
-    """The checkpoints this package knows."""
-    from altclip.registry import KNOWN_MODELS
+    """The checkpoints this package knows: AltCLIP models and shapes, and the CLIP teacher shapes of teacher
+    learning (all of them can be written with random weights by `altclip random-checkpoint --shape`)."""
+    from altclip import registry
 
     rows = [
         {"name": m.name, "released": m.released, "languages": list(m.languages), "description": m.description}
-        for m in KNOWN_MODELS.values()
+        for m in registry.KNOWN_MODELS.values()
+    ] + [
+        {"name": t.name, "released": t.released, "languages": ["en"], "description": f"CLIP teacher: {t.description}"}
+        for t in registry.KNOWN_TEACHERS.values()
     ]
     if as_json:
         emit_json(rows)
         return
-    table = Table()
-    for column in ("name", "languages", "description"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(
-            r["name"] + ("" if r["released"] else " (random only)"), " ".join(r["languages"]), r["description"]
-        )
-    out.print(table)
+    print_table(
+        ("name", "languages", "description"),
+        [[r["name"] + ("" if r["released"] else " (random only)"), " ".join(r["languages"]), r["description"]]
+         for r in rows],
+    )  # fmt: skip

@@ -15,13 +15,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import click
 import typer
 from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
@@ -41,7 +43,7 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... [default: cuda if available]")]
-DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact, default), bfloat16 or float16")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32 (exact), bfloat16 or float16 [default: float32]")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images or texts per model call")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout")]
 IndexOpt = Annotated[
@@ -140,6 +142,38 @@ def require_paths(paths: list[Path]) -> None:
         reason = missing_path(path)
         if reason is not None:
             fail(f"{path} {reason}", EXIT_USAGE)
+
+
+def print_table(
+    columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None, right: Collection[str] = ()
+) -> None:
+    """Rows on stdout: a table when it fits the console (80 columns when piped, or $COLUMNS), else one block per
+    row, its first cell and then a "column  value" line per other cell, so nothing is cut or squeezed. A row whose
+    first cell is empty continues the row above. The title is a line of its own. Cells are text, never markup."""
+    if title:
+        out.print(Text(title), soft_wrap=True)
+    table = Table()
+    for column in columns:
+        table.add_column(Text(column), justify="right" if column in right else "left")
+    grouped = any(not row[0] for row in rows)  # rows continue others: a line under each group
+    for i, row in enumerate(rows):
+        last_of_group = grouped and (i + 1 == len(rows) or bool(rows[i + 1][0]))
+        table.add_row(*(Text(cell) for cell in row), end_section=last_of_group)
+    if out.measure(table, options=out.options.update_width(1_000_000)).maximum <= out.width:
+        out.print(table)
+        return
+    for i, row in enumerate(rows):
+        if row[0]:
+            if i:
+                out.print()
+            out.print(Text(row[0]))
+        fields = Table.grid(padding=(0, 2))  # "column  value" lines, long values wrapped under themselves
+        fields.add_column(no_wrap=True)
+        fields.add_column()
+        for column, cell in zip(columns[1:], row[1:]):
+            if cell:
+                fields.add_row(Text(column), Text(cell))
+        out.print(Padding(fields, (0, 0, 0, 2), expand=False))
 
 
 def emit_json(data: Any) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from altclip.cli.common import (
     EXIT_INPUT,
@@ -21,7 +20,7 @@ from altclip.cli.common import (
     emit_json,
     fail,
     load_embedder,
-    out,
+    print_table,
     read_templates,
     require_paths,
 )
@@ -35,12 +34,10 @@ def _report(result: dict, path: Path, as_json: bool) -> None:
     if as_json:
         emit_json(json.loads(path.read_text()))
         return
-    table = Table(title=f"{result['task']} ({result['samples']} samples) -> {path}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in result["metrics"].items():
-        table.add_row(key, f"{100 * value:.2f}")
-    out.print(table)
+    rows = [[key, f"{100 * value:.2f}"] for key, value in result["metrics"].items()]
+    print_table(
+        ("metric", "value"), rows, title=f"{result['task']} ({result['samples']} samples) -> {path}", right={"value"}
+    )
 
 
 def _classnames(path: Path) -> dict:
@@ -56,14 +53,17 @@ def _classnames(path: Path) -> dict:
 
 @eval_app.command("zeroshot")
 def eval_zeroshot(
-    dataset: Annotated[Path, typer.Argument(help="Image folder with one sub-folder per class")],
+    dataset: Annotated[Path, typer.Argument(metavar="FOLDER", help="Image folder with one sub-folder per class")],
     classnames: Annotated[
-        Path | None, typer.Option(help="JSON object: folder name -> class name (in the evaluated language)")
+        Path | None,
+        typer.Option(
+            help="JSON object: folder name -> class name (in the evaluated language) [default: the folder names]"
+        ),
     ] = None,
     templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
     language: Annotated[str, typer.Option(help="Language tag of the class names, for the result's name")] = "en",
     name: Annotated[str | None, typer.Option(help="Dataset name in the results [default: the folder name]")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("eval-results"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result files")] = Path("eval-results"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -86,12 +86,15 @@ def eval_zeroshot(
 @eval_app.command("retrieval")
 def eval_retrieval(
     captions: Annotated[
-        Path, typer.Argument(help="CSV or JSONL of image and caption (several captions per image allowed)")
+        Path,
+        typer.Argument(metavar="FILE", help="CSV or JSONL of image and caption (several captions per image allowed)"),
     ],
-    image_root: Annotated[str | None, typer.Option(help="Folder the image paths are relative to")] = None,
+    image_root: Annotated[
+        str | None, typer.Option(help="Folder the image paths are relative to [default: the file's folder]")
+    ] = None,
     language: Annotated[str, typer.Option(help="Language of the captions, for the result's name")] = "en",
     name: Annotated[str | None, typer.Option(help="Dataset name in the results [default: the file name]")] = None,
-    output: Annotated[Path, typer.Option("--output", "-o")] = Path("eval-results"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result files")] = Path("eval-results"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,

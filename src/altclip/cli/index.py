@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from altclip.cli.common import (
@@ -28,7 +27,7 @@ from altclip.cli.common import (
     fail,
     load_embedder,
     note,
-    out,
+    print_table,
     require_paths,
 )
 from altclip.files import IMAGE_SUFFIXES
@@ -42,7 +41,9 @@ StoreOpt = Annotated[
     str | None,
     typer.Option(
         "--store",
-        help="Where vectors live: sqlite (default, in the index folder) or milvus://HOST:PORT, milvus:///FILE.db",
+        metavar="STORE",
+        help="Where vectors live: sqlite (in the index folder), milvus://HOST:PORT or milvus:///FILE.db "
+        "[default: sqlite, or the store the index was built with]",
     ),
 ]
 
@@ -104,7 +105,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
 
 @app.command("index")
 def index_command(
-    folders: Annotated[list[Path], typer.Argument(help="Folders (or image files) to index")],
+    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER", help="Folders (or image files) to index")],
     index: IndexOpt = None,
     store: StoreOpt = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads [default: CPU count, at most 8]")] = None,
@@ -141,8 +142,10 @@ def index_command(
 
 @app.command()
 def search(
-    query: Annotated[str | None, typer.Argument(help="What to look for, in any language")] = None,
-    image: Annotated[Path | None, typer.Option("--image", help="Search with an image instead of text")] = None,
+    query: Annotated[str | None, typer.Argument(metavar="QUERY", help="What to look for, in any language")] = None,
+    image: Annotated[
+        Path | None, typer.Option("--image", help="Search with this image instead [default: none, search for QUERY]")
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
     index: IndexOpt = None,
     model: ModelOpt = None,
@@ -172,20 +175,22 @@ def search(
     if as_json:
         emit_json([{"score": h.score, "id": h.id, "path": h.path, "duplicates": h.duplicates} for h in hits])
         return
-    table = Table(title=f"{query!r}" if query is not None else str(image), title_justify="left")
-    table.add_column("score", justify="right")
-    table.add_column("path")
-    for h in hits:
-        table.add_row(f"{h.score:.3f}", h.path + (f"  (+{len(h.duplicates)} duplicates)" if h.duplicates else ""))
-    out.print(table)
+    rows = [[h.path + (f"  (+{len(h.duplicates)} duplicates)" if h.duplicates else ""), f"{h.score:.3f}"] for h in hits]
+    print_table(("path", "score"), rows, title=f"{query!r}" if query is not None else str(image), right={"score"})
 
 
 @app.command()
 def embed(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Image folders, image files, or .txt lists of image paths")
+        list[Path],
+        typer.Argument(metavar="INPUT", help="Image folders, image files, or .txt lists of image paths"),
     ] = None,
-    texts: Annotated[list[Path] | None, typer.Option("--texts", help="Text files, one text per line")] = None,
+    texts: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--texts", metavar="FILE", help="A file of texts, one per line (repeat for more files) [default: none]"
+        ),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
     shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
     overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
@@ -195,7 +200,8 @@ def embed(
             "--ray",
             metavar="ADDRESS",
             help="Embed every shard on a Ray cluster: local (start one here), auto (the one running here), "
-            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards",
+            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards [default: none, this process "
+            "embeds --shard]",
         ),
     ] = None,
     shards: Annotated[
@@ -324,13 +330,14 @@ DEMO_LABELS = ["猫", "dog", "café", "ロケット", "галактика", "coi
 
 @app.command()
 def demo(
-    photos: Annotated[Path, typer.Argument(help="A folder of photos")] = Path("examples/photos"),
+    photos: Annotated[Path, typer.Argument(metavar="FOLDER", help="A folder of photos")] = Path("examples/photos"),
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     batch_size: BatchOpt = 16,
 ) -> None:
-    """Index a folder of photos, search it in six languages, and classify two photos."""
+    """Index a folder of photos (in a temporary index, or $ALTCLIP_DEMO_INDEX), search it in six languages, and
+    classify the first three photos against seven labels in five languages."""
     from altclip.pipeline import ZeroShotImageClassificationPipeline
 
     if not photos.is_dir():
@@ -347,24 +354,20 @@ def demo(
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
         _report(report, idx, as_json=False)
-        table = Table(title="Search", title_justify="left")
-        for column in ("language", "query", "best match", "score", "runner-up"):
-            table.add_column(column)
+        rows = []
         for language, query in DEMO_QUERIES:
             hits = idx.search(embedder.embed_texts([query])[0], 2)
             names = [Path(h.path).name for h in hits] + ["", ""]
-            table.add_row(language, query, names[0], f"{hits[0].score:.3f}" if hits else "", names[1])
-        out.print(table)
+            rows.append([query, language, names[0], f"{hits[0].score:.3f}" if hits else "", names[1]])
+        print_table(("query", "language", "best match", "score", "runner-up"), rows, title="Search", right={"score"})
     pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor)
-    table = Table(title="Zero-shot classification", title_justify="left")
-    for column in ("photo", "top label", "score", "second", "score "):
-        table.add_column(column)
     chosen = sorted(photos.glob("*.jp*g"))[:3]  # a few photos, in a stable order
-    for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto")):
-        table.add_row(
-            path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"
-        )
-    out.print(table)
+    rows = [
+        [path.name, ranked[0]["label"], f"{ranked[0]['score']:.3f}", ranked[1]["label"], f"{ranked[1]['score']:.3f}"]
+        for path, ranked in zip(chosen, pipe([str(p) for p in chosen], candidate_labels=DEMO_LABELS, templates="auto"))
+    ]
+    columns = ("photo", "top label", "its score", "second", "second's score")
+    print_table(columns, rows, title="Zero-shot classification", right={"its score", "second's score"})
     if not os.environ.get("ALTCLIP_DEMO_INDEX"):
         shutil.rmtree(index_dir, ignore_errors=True)
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from altclip.cli.common import (
     EXIT_INPUT,
@@ -20,7 +19,7 @@ from altclip.cli.common import (
     emit_json,
     fail,
     load_embedder,
-    out,
+    print_table,
     read_templates,
     several_values,
 )
@@ -30,9 +29,12 @@ app = typer.Typer()
 
 @app.command(cls=several_values("--labels", "-l"))
 def classify(
-    images: Annotated[list[Path], typer.Argument(help="Image files")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files")],
     labels: Annotated[
-        list[str], typer.Option("--labels", "-l", help="A candidate label, in any language (repeat for each label)")
+        list[str],
+        typer.Option(
+            "--labels", "-l", metavar="LABEL", help="A candidate label, in any language (repeat for each label)"
+        ),
     ],
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image")] = 5,
     templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
@@ -62,21 +64,22 @@ def classify(
     if as_json:
         emit_json([{"image": str(p), "labels": r} for p, r in zip(images, results)])
         return
-    table = Table()
-    for column in ("image", "label", "score"):
-        table.add_column(column, justify="right" if column == "score" else "left")
-    for path, ranked in zip(images, results):
-        for i, r in enumerate(ranked):
-            table.add_row(
-                str(path) if i == 0 else "", r["label"], f"{r['score']:.4f}", end_section=i == len(ranked) - 1
-            )
-    out.print(table)
+    rows = [
+        [str(path) if i == 0 else "", r["label"], f"{r['score']:.4f}"]
+        for path, ranked in zip(images, results)
+        for i, r in enumerate(ranked)
+    ]
+    print_table(("image", "label", "score"), rows, right={"score"})
 
 
 @app.command(cls=several_values("--images", "-i", "--texts", "-t"))
 def similarity(
-    images: Annotated[list[Path], typer.Option("--images", "-i", help="An image file (repeat for each image)")],
-    texts: Annotated[list[str], typer.Option("--texts", "-t", help="A text, in any language (repeat for each text)")],
+    images: Annotated[
+        list[Path], typer.Option("--images", "-i", metavar="IMAGE", help="An image file (repeat for each image)")
+    ],
+    texts: Annotated[
+        list[str], typer.Option("--texts", "-t", metavar="TEXT", help="A text, in any language (repeat for each text)")
+    ],
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -96,10 +99,5 @@ def similarity(
     if as_json:
         emit_json({"images": [str(p) for p in images], "texts": texts, **{k: v.tolist() for k, v in scores.items()}})
         return
-    table = Table(title="P(text | image)", title_justify="left")
-    table.add_column("image")
-    for t in texts:
-        table.add_column(t, justify="right")
-    for path, row in zip(images, scores["probs"]):
-        table.add_row(str(path), *(f"{p:.4f}" for p in row))
-    out.print(table)
+    rows = [[str(path), *(f"{p:.4f}" for p in row)] for path, row in zip(images, scores["probs"])]
+    print_table(["image", *texts], rows, title="P(text | image)", right=texts)

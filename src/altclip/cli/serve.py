@@ -16,7 +16,10 @@ app = typer.Typer()
 @app.command()
 def serve(
     index: Annotated[
-        Path | None, typer.Option("--index", help="An index folder to search (see `altclip index`)")
+        Path | None,
+        typer.Option(
+            "--index", help="An index folder to search (see `altclip index`) [default: none; search answers 404]"
+        ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1, this machine only]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
@@ -29,34 +32,45 @@ def serve(
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     config: Annotated[
-        Path | None, typer.Option(help="A JSON or TOML file of settings", envvar="ALTCLIP_CONFIG")
+        Path | None, typer.Option(help="A JSON or TOML file of settings [default: none]", envvar="ALTCLIP_CONFIG")
     ] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Items per model call [32]")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill up [5]")] = None,
-    max_queue: Annotated[int | None, typer.Option(help="API requests served at once before 429 [64]")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Items per model call [default: 32]")] = None,
+    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill up [default: 5]")] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="API requests served at once; more get 429 [default: 64]")
+    ] = None,
     request_timeout_s: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds per request before 504 [30]")
+        float | None, typer.Option("--timeout", help="Seconds per request before 504 [default: 30]")
     ] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(help="Largest request body before 413 [20 MiB]")] = None,
-    max_items: Annotated[int | None, typer.Option(help="Texts, images or labels per request before 422 [64]")] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option(help="Largest request body before 413 [default: 20971520, 20 MiB]")
+    ] = None,
+    max_items: Annotated[
+        int | None, typer.Option(help="Texts, images or labels per request before 422 [default: 64]")
+    ] = None,
     token_file: Annotated[
         Path | None,
         typer.Option(
             "--token-file",
-            help="Require 'Authorization: Bearer TOKEN' on /v1/* and /metrics, TOKEN the file's first line (or "
-            "ALTCLIP_TOKEN, ALTCLIP_TOKEN_FILE; never a flag, which every user sees in ps)",
+            help="Require 'Authorization: Bearer TOKEN' on /v1/*, the OpenAI and clip-retrieval routes and /metrics, "
+            "TOKEN the file's first line [default: $ALTCLIP_TOKEN_FILE, or the token in $ALTCLIP_TOKEN, else none; "
+            "never a flag, which every user of the machine sees in ps]",
         ),
     ] = None,
     token: Annotated[str | None, typer.Option(hidden=True)] = None,
     cors_origins: Annotated[
         list[str] | None,
-        typer.Option("--cors-origin", help="Allow cross-origin requests from this origin (repeatable) [none]"),
+        typer.Option(
+            "--cors-origin",
+            metavar="ORIGIN",
+            help="Allow cross-origin requests from this origin (repeat for more) [default: none, CORS off]",
+        ),
     ] = None,
     drain_seconds: Annotated[
-        float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [0]")
+        float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [default: 0]")
     ] = None,
     access_log: Annotated[
-        bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [off]")
+        bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [default: no-access-log]")
     ] = None,
 ) -> None:
     """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.

@@ -35,16 +35,21 @@ def _config(options: dict[str, Any]):
 
 GradAccum = Annotated[int, typer.Option(help="Micro-steps per optimizer step")]
 Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW)")]
-WeightDecay = Annotated[float, typer.Option()]
+WeightDecay = Annotated[float, typer.Option(help="AdamW's weight decay")]
 Warmup = Annotated[int, typer.Option(help="Linear warmup steps, then cosine decay")]
 SaveEvery = Annotated[int, typer.Option(help="Checkpoint every N steps")]
 LogEvery = Annotated[int, typer.Option(help="Log metrics every N steps")]
-Seed = Annotated[int, typer.Option()]
+Seed = Annotated[int, typer.Option(help="Seed of the initialisation, data order and dropout")]
 Bf16 = Annotated[bool, typer.Option(help="bfloat16 autocast")]
-Checkpointing = Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward")]
+Checkpointing = Annotated[
+    bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward [default: off]")
+]
 Fsdp = Annotated[bool, typer.Option(help="Shard parameters across processes (FSDP)")]
 Resume = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output")]
-Dropout = Annotated[float | None, typer.Option(help="Override dropout (0 makes runs reproducible bit for bit)")]
+Dropout = Annotated[
+    float | None,
+    typer.Option(help="Override dropout (0 makes runs reproducible bit for bit) [default: the model's]"),
+]
 
 
 def _run(fn, *args, **kwargs) -> None:
@@ -70,15 +75,27 @@ def _run(fn, *args, **kwargs) -> None:
 
 @train_app.command("distill")
 def distill_command(
-    teacher: Annotated[str, typer.Option(help="CLIP checkpoint (CLIPModel for a complete AltCLIP, or CLIPTextModel)")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="CLIP checkpoint (CLIPModel for a complete AltCLIP, or CLIPTextModel); offline, a random one from "
+            "`altclip random-checkpoint --shape clip-tiny`"
+        ),
+    ],
     student: Annotated[
         str,
         typer.Option(
-            help="XLM-R checkpoint (e.g. FacebookAI/xlm-roberta-large), AltCLIP checkpoint, or a shape (tiny)"
+            help="XLM-R checkpoint (e.g. FacebookAI/xlm-roberta-large), AltCLIP checkpoint, or a shape with random "
+            "weights (tiny, BAAI/AltCLIP, ...; see `altclip models`)"
         ),
     ],
     corpus: Annotated[
-        list[str], typer.Option(help="Parallel corpus: .tsv (english<TAB>translation), .jsonl, or en.txt::xx.txt")
+        list[str],
+        typer.Option(
+            metavar="FILE",
+            help='Parallel corpus: .tsv (english<TAB>translation), .jsonl ({"en": ..., "translation": ...}), '
+            "or en.txt::xx.txt (repeat for more)",
+        ),
     ],
     output: Output,
     tokenizer: Annotated[
@@ -113,7 +130,11 @@ def distill_command(
 def contrastive_command(
     model: Annotated[str, typer.Option("--model", "-m", help="AltCLIP checkpoint to train (e.g. the distill output)")],
     data: Annotated[
-        list[str], typer.Option(help="Image-text pairs: .csv / .jsonl (image, caption) or WebDataset .tar shards")
+        list[str],
+        typer.Option(
+            metavar="FILE",
+            help="Image-text pairs: .csv / .jsonl (image, caption) or WebDataset .tar shards (repeat for more)",
+        ),
     ],
     output: Output,
     image_root: Annotated[

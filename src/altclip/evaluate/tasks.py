@@ -7,7 +7,8 @@ Result file ``{model}_{dataset}_{language}_{task}.json``::
      "metrics": {"acc1": 0.596, "acc5": 0.87, "mean_per_class_recall": 0.59},
      "samples": 50000, "skipped": {"unreadable image": 0}, "templates": 18, "date": "2026-11-23", "altclip": "0.1.0"}
 
-``task`` is ``zeroshot_classification`` (metrics ``acc1``, ``acc5``, ``mean_per_class_recall``) or
+The metrics are CLIP_benchmark's, as ``metrics.py`` defines them (ties, ``acc5`` NaN under 5 classes, images
+without captions as misses). ``task`` is ``zeroshot_classification`` (``acc1``, ``acc5``, ``mean_per_class_recall``) or
 ``zeroshot_retrieval`` (``image_retrieval_recall@{1,5,10}``: a caption finds its image; ``text_retrieval_recall@
 {1,5,10}``: an image finds any of its captions; ``mean_recall``: the mean of the six, as Flickr30k-CN reports it).
 """
@@ -50,10 +51,11 @@ def zero_shot_classification(
             if is_image_name(path.name):
                 paths.append(path)
                 labels.append(label)
-    probs, kept, failed = zero_shot_scores(embedder, paths, names, templates)
+    scores, kept, failed = _zero_shot(embedder, paths, names, templates)
     return {
         "task": "zeroshot_classification",
-        "metrics": classification_metrics(probs, np.array(labels)[kept]),
+        # On the logits, as CLIP_benchmark: probabilities can round distinct logits into ties.
+        "metrics": classification_metrics(scores["logits_per_image"], np.array(labels)[kept]),
         "samples": len(kept),
         "classes": len(classes),
         "skipped": {"unreadable image": len(failed)},
@@ -66,10 +68,17 @@ def zero_shot_scores(
 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """(readable images, labels) zero-shot probabilities, the same the pipeline and the service give; the indices
     of the readable images; (index, reason) for the others."""
+    scores, kept, failed = _zero_shot(embedder, images, labels, templates)
+    return scores["probs"], kept, failed
+
+
+def _zero_shot(
+    embedder: Embedder, images: Sequence[Any], labels: Sequence[str], templates: zeroshot.Templates
+) -> tuple[dict[str, np.ndarray], list[int], list[tuple[int, str]]]:
+    """``Embedder.scores`` of the readable images against the labels' classifier, with ``kept`` and ``failed``."""
     prompts = zeroshot.label_prompts(labels, templates)
     image_embeds, kept, failed = embedder.embed_readable(images)
-    probs = embedder.scores(image_embeds, embedder.zero_shot_classifier(prompts))["probs"]
-    return probs, kept, failed
+    return embedder.scores(image_embeds, embedder.zero_shot_classifier(prompts)), kept, failed
 
 
 def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ on padded batches of several sizes. The embeddings are not normalised, as ``get_
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -105,7 +106,8 @@ def export_onnx(
     for name, variant, dtype in variants:
         suffix = "" if name == "fp32" else f"_{name}"
         log(f"Exporting {name} graphs...")
-        with warnings.catch_warnings(), torch.no_grad():
+        # torch's exporter warns, for each of torchvision's ops, that torchvision is missing: these graphs use none.
+        with warnings.catch_warnings(), torch.no_grad(), _only_errors("torch.onnx._internal.exporter._registration"):
             warnings.simplefilter("ignore")
             for graph, args, names, shapes, file in (
                 (TextGraph(variant), texts[1], (["input_ids", "attention_mask"], ["text_embeds"]),
@@ -121,15 +123,11 @@ def export_onnx(
 
         log("Quantizing to int8...")
         files["int8"] = {}
-        quiet = logging.getLogger()  # onnxruntime's quantizer advises pre-processing through the root logger
-        level, quiet.level = quiet.level, logging.ERROR
-        try:
+        with _only_errors(None):  # onnxruntime's quantizer advises pre-processing through the root logger
             for tower in ("text", "vision"):
                 target = f"{tower}_int8.onnx"
                 quantize_dynamic(str(out / files["fp32"][tower]), str(out / target), weight_type=QuantType.QInt8)
                 files["int8"][tower] = target
-        finally:
-            quiet.level = level
 
     parity: dict[str, dict[str, float]] = {}
     if check:
@@ -194,3 +192,15 @@ def export_onnx(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     return manifest
+
+
+@contextlib.contextmanager
+def _only_errors(logger_name: str | None):
+    """Within the block, the named logger (the root logger for None) lets through errors only."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

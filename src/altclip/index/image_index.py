@@ -209,6 +209,17 @@ class ImageIndex:
                 hits.append(Hit(score, first_id, display(first), [display(p) for _, p in rest]))
         return hits
 
+    def vectors(self, file_ids: Sequence[int]) -> np.ndarray:
+        """The (len(file_ids), dim) vectors of indexed files, by id; KeyError naming an id that is not indexed."""
+        marks = ",".join("?" * len(file_ids))
+        rows = self.db.execute(f"SELECT id, hash FROM files WHERE id IN ({marks}) AND hash IS NOT NULL", list(file_ids))
+        content = dict(rows.fetchall())
+        missing = [i for i in file_ids if i not in content]
+        if missing:
+            raise KeyError(f"No indexed image with id {missing[0]}")
+        stored = self.store.vectors(sorted(set(content.values())))
+        return np.stack([stored[content[i]] for i in file_ids]) if file_ids else np.zeros((0, self.dim), np.float32)
+
     # -- indexing ---------------------------------------------------------------------------------------------
 
     def update(

@@ -109,6 +109,14 @@ class MilvusVectors:
         iterator.close()
         return found
 
+    def vectors(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        if not hashes or not self._ensure():
+            return {}
+        rows = self.client.query(
+            self.collection, filter=f"hash in {list(hashes)!r}".replace("'", '"'), output_fields=["hash", "vector"]
+        )
+        return {r["hash"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
     def count(self) -> int:
         if not self._ensure():
             return 0

@@ -84,6 +84,11 @@ class SQLiteVectors:
     def hashes(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT hash FROM vectors")}
 
+    def vectors(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        marks = ",".join("?" * len(hashes))
+        rows = self.db.execute(f"SELECT hash, embedding FROM vectors WHERE hash IN ({marks})", list(hashes))
+        return {h: np.frombuffer(blob, dtype=np.float32) for h, blob in rows}
+
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
 

@@ -29,6 +29,9 @@ class VectorStore(Protocol):
 
     def hashes(self) -> set[str]: ...
 
+    def vectors(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of ``hashes`` (those it holds)."""
+
     def count(self) -> int: ...
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[str, float]]:

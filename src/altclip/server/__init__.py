@@ -5,6 +5,8 @@ app.py         create_app: the FastAPI app, its routers, middleware and error ha
 run.py         serve: the port bound first, uvicorn (half-sent headers timed out), and draining on SIGTERM
 service.py     Service: the model, batchers, decoder, index, classifier cache and metrics behind the routes
 routes.py      the /v1 API          ops.py    probes, /metrics and the search page (static/)
+openai_api.py  OpenAI's /v1/embeddings and /v1/models       clip_retrieval.py   clip-retrieval's back-end API
+docs.py        /docs (Swagger UI) and /redoc, from static/docs
 schemas.py     request and response types      inputs.py   reading JSON and multipart bodies into them
 limits.py      what one request may cost: the checks validation and the service share
 decoding.py    images: headers checked and pixels counted first, then decoded in a bounded pool

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from altclip.inference import Embedder
-from altclip.server import errors, middleware, openapi, ops, routes
+from altclip.server import clip_retrieval, docs, errors, middleware, openai_api, openapi, ops, routes
 from altclip.server.auth import require_token
 from altclip.server.service import Service
 from altclip.server.settings import ServerSettings
@@ -38,19 +38,22 @@ def create_app(settings: ServerSettings, embedder: Embedder | None = None) -> Fa
         description="Multilingual image and text embeddings, zero-shot classification and image search.",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from docs.py, with their scripts served here rather than from a CDN
+        redoc_url=None,
     )
     service = Service(settings, embedder)
     app.state.service = service
     errors.install(app)
     middleware.install(app, settings, service.metrics)
     app.include_router(ops.router)
-    if settings.token is None:
-        app.include_router(ops.metrics_router)
-        app.include_router(routes.router)
-    else:
-        authenticated = {"dependencies": [Depends(require_token)], "responses": openapi.errors(401)}
-        app.include_router(ops.metrics_router, **authenticated)
-        app.include_router(routes.router, **authenticated)
+    app.include_router(docs.router)
+    # the API and the metrics, behind the token if there is one
+    for router in (ops.metrics_router, routes.router, openai_api.router, clip_retrieval.router):
+        if settings.token is None:
+            app.include_router(router)
+        else:
+            unauthorized = openai_api.documented(401) if router is openai_api.router else openapi.errors(401)
+            app.include_router(router, dependencies=[Depends(require_token)], responses=unauthorized)
     app.mount("/static", StaticFiles(directory=ops.STATIC), name="static")
     app.openapi = partial(openapi.document, app, settings)  # type: ignore[method-assign]
     return app

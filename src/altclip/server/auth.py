@@ -12,7 +12,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from altclip.server.errors import Unauthorized
 from altclip.server.service import ServiceDep
 
-bearer = HTTPBearer(auto_error=False, description="The token the server was started with (--token, ALTCLIP_TOKEN)")
+bearer = HTTPBearer(
+    auto_error=False,
+    description="The token the server was started with (--token-file, ALTCLIP_TOKEN_FILE, ALTCLIP_TOKEN)",
+)
 
 
 async def require_token(

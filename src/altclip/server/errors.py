@@ -86,10 +86,17 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
 
 
+def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
+    """(status, detail, headers) of an exception of the table; None for any other."""
+    for kind, (status, detail, headers) in STATUS.items():
+        if isinstance(exc, kind):
+            return status, detail.format(exc), headers
+    return None
+
+
 def response(exc: Exception) -> JSONResponse:
-    """The response the table gives ``exc``."""
-    status, detail, headers = next(entry for kind, entry in STATUS.items() if isinstance(exc, kind))
-    return error(status, detail.format(exc), headers)
+    """The response the table gives ``exc`` (one of its exceptions)."""
+    return error(*describe(exc))
 
 
 async def _respond(request: Request, exc: Exception) -> JSONResponse:

@@ -21,12 +21,14 @@ from altclip.server.settings import ServerSettings
 M = TypeVar("M", bound=BaseModel)
 
 
-def body(json_model: type[BaseModel], form_model: type[BaseModel] | None = None):
-    """A dependency giving the request's body as ``json_model``, or as ``form_model`` when it is a multipart form."""
+def body(json_model: type[BaseModel], form_model: type[BaseModel] | None = None, *, any_content_type: bool = False):
+    """A dependency giving the request's body as ``json_model``, or as ``form_model`` when it is a multipart form.
+    ``any_content_type``: the body is read as JSON whatever its content type says (for clients that send JSON
+    without one, or as text/plain)."""
 
     async def read(request: Request, service: ServiceDep) -> BaseModel:
         settings = service.settings
-        if _is_json(request, accepts_forms=form_model is not None):
+        if any_content_type or _is_json(request, accepts_forms=form_model is not None):
             return validate(json_model, await _json(request, settings), settings)
         assert form_model is not None
         return validate(form_model, await _form(request, form_model, settings), settings)

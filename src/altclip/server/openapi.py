@@ -14,6 +14,8 @@ from altclip.server.middleware import admitted
 from altclip.server.schemas import LABEL_LIST, LIMIT, WHITESPACE, ErrorResponse
 from altclip.server.settings import ServerSettings
 
+DIM = "x-altclip-dim"  # {DIM: True}: the model's embedding size, an integer's only value or an array's length
+
 
 def request_body(json_model: type[BaseModel], form_model: type[BaseModel] | None = None) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads ``json_model`` (and ``form_model`` from multipart forms) itself."""
@@ -32,11 +34,16 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def document(app: FastAPI, settings: ServerSettings) -> dict[str, Any]:
-    """The app's OpenAPI document (made once), with this deployment's limits."""
+    """The app's OpenAPI document (made once the model is loaded), with this deployment's limits and the model's
+    embedding size."""
     if app.openapi_schema is None:
         description = f"{app.description}\n\n{limits_text(settings)}"
         schema = get_openapi(title=app.title, version=app.version, description=description, routes=app.routes)
-        app.openapi_schema = _with_admission(_with_limits(schema, settings))
+        embedder = app.state.service.embedder
+        schema = _with_dim(_with_admission(_with_limits(schema, settings)), embedder.dim if embedder else None)
+        if embedder is None:  # not final until the model is loaded
+            return schema
+        app.openapi_schema = schema
     return app.openapi_schema
 
 
@@ -84,6 +91,21 @@ def _with_limits(node: Any, settings: ServerSettings) -> Any:
     if node.pop(LABEL_LIST, False):
         node["minLength"] = 1
         node["pattern"] = "|".join(f"(?:{pattern})" for pattern in label_list_patterns(settings.max_items))
+    return node
+
+
+def _with_dim(node: Any, dim: int | None) -> Any:
+    """Replaces the ``DIM`` marks by the model's embedding size (none before the model is loaded)."""
+    if isinstance(node, list):
+        return [_with_dim(item, dim) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _with_dim(value, dim) for key, value in node.items()}
+    if node.pop(DIM, False) and dim is not None:
+        if node.get("type") == "array":
+            node["minItems"] = node["maxItems"] = dim
+        else:
+            node["enum"] = [dim]
     return node
 
 

@@ -58,7 +58,7 @@ def invalid(message: str) -> PydanticCustomError:
 # --- validation against the deployment's limits (``limits``; the settings are the validation context) ---------------
 
 
-def _checked(check: Callable[..., None], *args: Any) -> None:
+def checked(check: Callable[..., None], *args: Any) -> None:
     """Runs one of the ``limits`` checks, its InvalidInput as a validation error."""
     try:
         check(*args)
@@ -67,22 +67,22 @@ def _checked(check: Callable[..., None], *args: Any) -> None:
 
 
 def _texts(texts: list[str], info: ValidationInfo) -> list[str]:
-    _checked(limits.check_texts, texts, info.context)
+    checked(limits.check_texts, texts, info.context)
     return texts
 
 
 def _query(query: str, info: ValidationInfo) -> str:
-    _checked(limits.check_text, query, "The query", info.context)
+    checked(limits.check_text, query, "The query", info.context)
     return query
 
 
 def _labels(labels: list[str], info: ValidationInfo) -> list[str]:
-    _checked(limits.check_texts, labels, info.context, "labels", "Label")
+    checked(limits.check_texts, labels, info.context, "labels", "Label")
     return labels
 
 
 def _images(images: list, info: ValidationInfo) -> list:
-    _checked(limits.check_count, images, "images", info.context)
+    checked(limits.check_count, images, "images", info.context)
     return images
 
 
@@ -92,7 +92,7 @@ def _counted(what: str) -> BeforeValidator:
 
     def check(value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, list):
-            _checked(limits.check_count, value, what, info.context)
+            checked(limits.check_count, value, what, info.context)
         return value
 
     return BeforeValidator(check)
@@ -102,9 +102,9 @@ def _templates(value: Any, info: ValidationInfo) -> Any:
     if value is None or value in TEMPLATE_MODES:
         return value
     if isinstance(value, list) and value:
-        _checked(limits.check_count, value, "templates", info.context)
+        checked(limits.check_count, value, "templates", info.context)
         if all(isinstance(t, str) for t in value):
-            _checked(limits.check_templates, value, info.context)
+            checked(limits.check_templates, value, info.context)
             return value
     raise invalid(
         f"templates must be 'auto', 'none', a language code ({', '.join(TEMPLATE_MODES[2:])}), a non-empty list of "

@@ -178,6 +178,12 @@ class Service:
     async def indexed_images(self) -> int | None:
         return None if self.index is None else await run_in_threadpool(self._locked, self.index.count)
 
+    async def on_index(self, fn, *args):
+        """``fn(index, *args)`` in a worker thread, holding the index's lock; NotFound when the server has no index."""
+        if self.index is None:
+            raise NotFound("This server has no index (start it with --index)")
+        return await run_in_threadpool(self._locked, fn, self.index, *args)
+
     def queue_depths(self) -> dict[str, int]:
         return {kind: b.waiting for kind, b in (("text", self.texts), ("image", self.images)) if b is not None}
 
