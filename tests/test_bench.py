@@ -25,6 +25,10 @@ def test_benchmark_against_transformers():
         assert r["images_per_s"] > 0 and r["texts_per_s"] > 0 and r["peak_rss_mb"] > 0
         assert r["image_latency_ms"] > 0 and r["load_s"] > 0
     assert results["transformers"]["images_per_s_ratio"] == 1.0
+    assert results["transformers"]["text_latency_speedup"] == 1.0
+    for r in results.values():  # the speedup is the reference's latency over this engine's
+        expected = results["transformers"]["text_latency_ms"] / r["text_latency_ms"]
+        assert abs(r["text_latency_speedup"] - expected) <= 0.01 * expected + 0.005
     assert results["exact"]["cosine_image"] > 0.99999 and results["exact"]["cosine_text"] > 0.99999
     assert results["int8"]["cosine_image"] > 0.99
 

@@ -39,9 +39,9 @@ def invoke(*args: str, env: dict[str, str] | None = None):
 
 
 def options(command) -> list:
-    """The options of a command that take a value and may be left out."""
+    """The options of a command that take a value and may be left out (and that --help shows)."""
     return [p for p in command.params if p.param_type_name == "option" and not p.is_flag and not p.required
-            and p.name != "help"]  # fmt: skip
+            and p.name != "help" and not p.hidden]  # fmt: skip
 
 
 def help_text(command, param) -> str:

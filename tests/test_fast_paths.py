@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from altclip import AltCLIPConfig, AltCLIPModel
+from altclip import AltCLIPConfig, AltCLIPModel, layers
 from altclip.quantize import QuantizationConfig, QuantizationError, quantize
 from altclip.registry import random_model
 
@@ -156,3 +156,85 @@ def test_recorded_path_equals_eager(checkpoint, inputs):
         with recording():
             recorded = model.get_text_features(input_ids=ids, attention_mask=mask)
     assert (recorded - eager).abs().max() <= 1e-5
+
+
+def _linear_kernels(fn) -> set[str]:
+    """The matrix-multiply kernels ``fn`` runs, as the profiler names them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    names = {e.key for e in prof.key_averages()}
+    return names & {"mkldnn::_linear_pointwise", "aten::addmm", "aten::linear", "quantized::linear_dynamic"}
+
+
+@pytest.mark.skipif(not layers._onednn, reason="oneDNN's small-batch path is for x86 CPUs")
+def test_small_batches_multiply_through_onednn_within_round_off():
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(3, 20, 64)  # 60 rows
+    with torch.inference_mode():
+        assert _linear_kernels(lambda: layers.linear(layer, x)) == {"mkldnn::_linear_pointwise"}
+        torch.testing.assert_close(layers.linear(layer, x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=1e-6)
+        big = torch.randn(layers.ONEDNN_MAX_ROWS + 1, 64)
+        assert "mkldnn::_linear_pointwise" not in _linear_kernels(lambda: layers.linear(layer, big))
+        half = torch.nn.Linear(64, 48).to(torch.bfloat16)
+        assert "mkldnn::_linear_pointwise" not in _linear_kernels(lambda: layers.linear(half, x.bfloat16()))
+        int8 = torch.ao.nn.quantized.dynamic.Linear(64, 48)
+        assert _linear_kernels(lambda: layers.linear(int8, x)) == {"quantized::linear_dynamic"}
+
+
+@pytest.mark.skipif(not layers._onednn, reason="oneDNN's small-batch path is for x86 CPUs")
+def test_small_batch_path_leaves_autograd_hooks_and_tracing_alone():
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(20, 64)
+    out = layers.linear(layer, x)  # autograd on: the weights need gradients
+    assert out.grad_fn is not None
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    seen = []
+    layer.register_forward_hook(lambda *args: seen.append(1))
+    with torch.inference_mode():
+        layers.linear(layer, x)
+    assert seen == [1]  # the hook ran: the module was called
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(64, 48)
+
+        def forward(self, t):
+            return layers.linear(self.layer, t)
+
+    with torch.no_grad():
+        graph = str(torch.jit.trace(Wrapper(), (x,)).inlined_graph)
+    assert "linear" in graph and "mkldnn" not in graph
+
+
+def test_one_query_matches_transformers(ref_checkpoint, text_ids):
+    """Batch 1 on CPU (the small-batch path where oneDNN is there) within 1e-5 of transformers."""
+    from conftest import load_reference
+
+    ours = AltCLIPModel.from_pretrained(ref_checkpoint)
+    ref = load_reference(ref_checkpoint)
+    ids = text_ids[0][:1]
+    with torch.inference_mode():
+        a = ours.get_text_features(input_ids=ids)
+        b = ref.get_text_features(input_ids=ids).pooler_output
+        a_image = ours.get_image_features(pixel_values=torch.ones(1, 3, 30, 30))
+        b_image = ref.get_image_features(pixel_values=torch.ones(1, 3, 30, 30)).pooler_output
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a_image, b_image, rtol=0, atol=1e-5)
+
+
+def test_quick_gelu_in_one_buffer_is_the_same_function():
+    x = torch.randn(7, 33, generator=torch.Generator().manual_seed(0)) * 4
+    before = x.clone()
+    expected = x * torch.sigmoid(1.702 * x)
+    with torch.inference_mode():
+        assert torch.equal(layers.quick_gelu(x), expected)  # bit for bit: the same three operations
+    assert torch.equal(x, before)  # the input is never written
+    leaf = x.clone().requires_grad_()
+    layers.quick_gelu(leaf).sum().backward()  # with autograd: the out-of-place form, whose backward is sound
+    leaf2 = x.clone().requires_grad_()
+    (leaf2 * torch.sigmoid(1.702 * leaf2)).sum().backward()
+    assert torch.equal(leaf.grad, leaf2.grad)

@@ -280,7 +280,11 @@ def _json(data) -> bytes:
         ({"text": "x" * 4001}, 422, "4,001 characters (limit 4,000)"),
         ({"embedding_input": [1.0, 2.0]}, 422, "embedding_input must be 16 finite numbers"),
         ({"text": "cat", "indice_name": "laion5B"}, 404, "No index named 'laion5B'"),
-        ({"image": base64.b64encode(b"not an image").decode()}, 422, "Image 0: not an image in a format the service reads"),
+        (
+            {"image": base64.b64encode(b"not an image").decode()},
+            422,
+            "Image 0: not an image in a format the service reads",
+        ),
     ],
 )
 def test_knn_service_refusals(open_server, query, status, message):

@@ -55,16 +55,19 @@ class Workload:
     text_batch: int = 64
     min_seconds: float = 3.0
     latency_runs: int = 10
+    latency_tokens: int = 20  # the one text of the batch-1 latency: <s>, 18 random tokens, </s>
     seed: int = 0
 
 
 def make_inputs(config: dict, w: Workload, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pixels, input_ids, attention_mask): texts of 8 to 32 tokens, right-padded with <pad> (1)."""
+    """(pixels, input_ids, attention_mask): texts of 8 to 32 tokens, right-padded with <pad> (1). The first text has
+    ``latency_tokens`` tokens: the batch-1 latency is measured on it."""
     g = torch.Generator().manual_seed(w.seed)
     size = config["vision_config"]["image_size"]
     pixels = torch.randn(w.image_batch, 3, size, size, generator=g)
     vocab = config["text_config"]["vocab_size"]
     lengths = torch.randint(8, 33, (w.text_batch,), generator=g)
+    lengths[0] = w.latency_tokens
     ids = torch.full((w.text_batch, int(lengths.max())), 1)
     for i, n in enumerate(lengths.tolist()):
         ids[i, :n] = torch.randint(5, vocab, (n,), generator=g)
@@ -148,7 +151,7 @@ def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out
             "image_latency_ms": round(_latency_ms(lambda: image(pixels[:1]), w.latency_runs, device), 2),
             "text_latency_ms": round(
                 _latency_ms(
-                    lambda: text(ids[:1, : int(mask[0].sum())], mask[:1, : int(mask[0].sum())]), w.latency_runs, device
+                    lambda: text(ids[:1, : w.latency_tokens], mask[:1, : w.latency_tokens]), w.latency_runs, device
                 ),
                 2,
             ),
@@ -227,6 +230,8 @@ def benchmark(
         if baseline and "error" not in r:
             for key in ("images_per_s", "texts_per_s"):
                 r[f"{key}_ratio"] = round(r[key] / baseline[key], 2)
+            for key in ("image_latency", "text_latency"):  # how many times faster than the reference, as the ratios
+                r[f"{key}_speedup"] = round(baseline[f"{key}_ms"] / r[f"{key}_ms"], 2)
     return {
         "checkpoint": given or f"random {shape}",
         "device": _device_name(device),
