@@ -49,25 +49,18 @@ def serve_process(*args: str, timeout: float = 90) -> Iterator[str]:
     import sys
     import tempfile
 
-    import httpx
-
     port = free_port()
     command = [sys.executable, "-m", "altclip", "serve", "--port", str(port), *args]
     log = tempfile.TemporaryFile()  # not a pipe: nothing reads it while the server runs
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+
+    def output() -> str:
+        log.seek(0)
+        return log.read()[-3000:].decode(errors="replace")
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"altclip serve did not start: {log.read()[-3000:].decode(errors='replace')}")
-            time.sleep(0.1)
+        wait_until_ready(url, process, timeout, output)
         yield url
     finally:
         process.terminate()
@@ -77,3 +70,22 @@ def serve_process(*args: str, timeout: float = 90) -> Iterator[str]:
             process.kill()
             process.wait()
         log.close()
+
+
+def wait_until_ready(url: str, process, timeout: float, output) -> None:
+    """Waits until the ``altclip serve`` process at ``url`` says ready (/readyz); if it exits first or ``timeout``
+    seconds pass, kills it and raises RuntimeError with ``output()``, the end of what it printed."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"altclip serve did not start: {output()}")
+        time.sleep(0.1)

@@ -11,7 +11,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ from PIL import Image
 import altclip
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
-from serving import free_port, running_server
+from serving import free_port, running_server, wait_until_ready
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -360,15 +359,7 @@ def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read().decode()
-            time.sleep(0.1)
+        wait_until_ready(url, process, 60, lambda: process.stderr.read().decode())
 
         async def scenario() -> tuple[int, int]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
-from serving import free_port, running_server
+from serving import free_port, running_server, wait_until_ready
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -511,15 +511,7 @@ def test_10_a_served_process_keeps_its_token_out_of_ps_and_logs_disconnects_in_o
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-            time.sleep(0.1)
+        wait_until_ready(url, process, 60, lambda: process.stderr.read())
         assert "process-token" not in Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
         ok = httpx.post(
             url + "/v1/embed/text", json={"texts": ["a"]}, headers={"Authorization": "Bearer process-token"}

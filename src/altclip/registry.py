@@ -19,6 +19,8 @@ DEFAULT_MODEL = "BAAI/AltCLIP"  # what every entry point loads when not told whi
 _XLMR_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 _VIT_L14 = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096, patch_size=14)
 _VIT_H14 = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120, patch_size=14)
+# The image tower of the tiny random shapes (the AltCLIP student and the CLIP teacher).
+_VIT_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=32)
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
                 max_position_embeddings=514,
                 project_dim=24,
             ),
-            vision=dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                image_size=224,
-                patch_size=32,
-            ),
+            vision=dict(_VIT_TINY, image_size=224),
             projection_dim=16,
             released=False,
         ),
@@ -144,14 +139,7 @@ KNOWN_TEACHERS: dict[str, TeacherShape] = {
             text=dict(
                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=1000
             ),
-            vision=dict(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                image_size=224,
-                patch_size=32,
-            ),
+            vision=dict(_VIT_TINY, image_size=224),
             projection_dim=16,
             released=False,
         ),  # fmt: skip
