@@ -187,7 +187,11 @@ def test_refusals_through_the_sdk(client, token_server):
         content=b"x" * (21 * 2**20),
         headers={"Authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
     )
-    assert big.status_code == 413
+    assert big.status_code == 413  # refused by the middleware, before any route: still OpenAI's error object
+    assert big.json()["error"]["type"] == "invalid_request_error" and "over" in big.json()["error"]["message"]
+    with pytest.raises(openai.APIStatusError) as e:
+        client.embeddings.create(model="m", input="x" * (21 * 2**20))
+    assert e.value.status_code == 413 and e.value.body["type"] == "invalid_request_error"
 
 
 # --- clip-retrieval ---------------------------------------------------------------------------------------------------

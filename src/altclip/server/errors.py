@@ -1,7 +1,8 @@
 """The service's errors and their HTTP statuses, in one table. Handlers, request parsing and the middleware raise
 these (or the library's own ``ImageError``); ``install`` turns each into its status with a JSON body
 ``{"detail": "what went wrong"}``, the shape every error response of the API has, and ``response`` does the same
-for the middleware, which answers outside the app's handlers."""
+for the middleware, which answers outside the app's handlers. The OpenAI-compatible routes (``OPENAI_PATHS``) add
+OpenAI's error object beside ``detail`` (``openai_error``), from their handlers and from the middleware alike."""
 
 from __future__ import annotations
 
@@ -75,8 +76,22 @@ DESCRIPTIONS = {
 }
 
 
+OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
+OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout_error"}
+
+
 def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def openai_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error as OpenAI's API gives it (``{"error": {"message", "type", ...}}``), with ``detail`` as ours."""
+    kind = OPENAI_TYPES.get(status, "invalid_request_error")
+    return JSONResponse(
+        {"detail": detail, "error": {"message": detail, "type": kind, "param": None, "code": None}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -94,9 +109,10 @@ def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
     return None
 
 
-def response(exc: Exception) -> JSONResponse:
-    """The response the table gives ``exc`` (one of its exceptions)."""
-    return error(*describe(exc))
+def response(exc: Exception, path: str = "") -> JSONResponse:
+    """The response the table gives ``exc`` (one of its exceptions), in OpenAI's shape on its routes."""
+    shape = openai_error if path.startswith(OPENAI_PATHS) else error
+    return shape(*describe(exc))
 
 
 async def _respond(request: Request, exc: Exception) -> JSONResponse:

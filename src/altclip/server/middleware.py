@@ -86,7 +86,7 @@ class RequestMetrics:
             if status is None:
                 status = 500
                 with contextlib.suppress(Exception):  # the client may be gone too
-                    await response(InternalError("see the server's log"))(scope, receive, send)
+                    await response(InternalError("see the server's log"), scope["path"])(scope, receive, send)
         finally:
             self.metrics.request(self._endpoint(scope), status or 500, time.perf_counter() - start)
 
@@ -108,7 +108,7 @@ class Admission:
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
             busy = QueueFull(f"it is serving {self.active} requests (limit {self.limit})")
-            return await response(busy)(scope, receive, send)
+            return await response(busy, scope["path"])(scope, receive, send)
         self.active += 1
         try:
             with self.metrics.in_flight.track_inprogress():
@@ -166,7 +166,8 @@ class Lifetime:
         if gone.is_set():  # (the work may have failed for it: Starlette raises ClientDisconnect mid-body)
             raise ClientGone()
         if not started:
-            await response(Timeout(f"The request took longer than {self.timeout:g} s"))(scope, receive, send)
+            timeout = Timeout(f"The request took longer than {self.timeout:g} s")
+            await response(timeout, scope["path"])(scope, receive, send)
 
 
 class BodyLimit:
@@ -179,7 +180,7 @@ class BodyLimit:
         too_large = BodyTooLarge(f"The request body is over {self.limit} bytes")
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.limit:
-            return await response(too_large)(scope, receive, send)
+            return await response(too_large, scope["path"])(scope, receive, send)
         seen = 0
 
         async def counted_receive():

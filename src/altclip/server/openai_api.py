@@ -28,7 +28,6 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -197,17 +196,6 @@ class OpenAIErrorResponse(BaseModel):
 
 # --- errors in both shapes -----------------------------------------------------------------------------------------
 
-ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout_error"}
-
-
-def openai_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    kind = ERROR_TYPES.get(status, "invalid_request_error")
-    return JSONResponse(
-        {"detail": detail, "error": {"message": detail, "type": kind, "param": None, "code": None}},
-        status_code=status,
-        headers=headers,
-    )
-
 
 class OpenAIRoute(APIRoute):
     """A route whose errors (those of the service's table: body, limits, auth, queue, timeout) also carry OpenAI's
@@ -223,7 +211,7 @@ class OpenAIRoute(APIRoute):
                 described = errors.describe(e)
                 if described is None:
                     raise
-                return openai_error(*described)
+                return errors.openai_error(*described)
 
         return handle
 
