@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, ValidationInfo, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
 
 from altclip.files import display
 from altclip.index import ImageIndex
@@ -40,6 +40,7 @@ from altclip.server.service import Service, ServiceDep
 
 DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near duplicates
 MOST_RESULTS = 1000  # as top_k of /v1/search
+MOST_DIMENSIONS = 4096  # more than any model's embedding size: an embedding_input's length, checked before its numbers
 
 # --- requests ----------------------------------------------------------------------------------------------------
 
@@ -58,6 +59,14 @@ def _nullable(schema: dict[str, Any], description: str) -> WithJsonSchema:
     return WithJsonSchema({"anyOf": [schema, {"type": "null"}], "description": description})
 
 
+def _sized(value: Any) -> Any:
+    """A list of a million wrong numbers would cost pydantic an error for each: its length is checked first (the
+    exact length, the model's embedding size, with the numbers in ``_query``)."""
+    if isinstance(value, list) and len(value) > MOST_DIMENSIONS:
+        raise invalid(f"{len(value):,} numbers; no embedding has over {MOST_DIMENSIONS:,}")
+    return value
+
+
 Ignored = Field(description="Accepted and ignored: not offered by this server")
 Count = Annotated[int, Field(ge=1, le=MOST_RESULTS)]
 
@@ -69,7 +78,9 @@ class KnnRequest(BaseModel, json_schema_extra=ONE_QUERY):
         None, WithJsonSchema({"type": "null", "description": "Not supported: the server never fetches URLs"})
     ] = None
     embedding_input: Annotated[
-        list[float] | None, _nullable(EMBEDDING, "Or an embedding to search with (normalised here)")
+        list[float] | None,
+        BeforeValidator(_sized),
+        _nullable(EMBEDDING, "Or an embedding to search with (normalised here)"),
     ] = None
     modality: Annotated[
         Literal["image"], Field(description="Search the image embeddings (the index holds no caption embeddings)")
