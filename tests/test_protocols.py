@@ -196,12 +196,13 @@ def test_refusals_through_the_sdk(client, token_server):
 
 
 def test_inputs_are_counted_before_they_are_validated(open_server):
-    """250,000 wrong items (4.5 MB) cost pydantic an error each: 6 s of the event loop, every other request waiting."""
+    """250,000 wrong items (4.5 MB) cost pydantic an error each: 6 s of the event loop, every other request waiting.
+    Counted first, they are refused before any is validated (the message says so: it is the count's)."""
     start = time.monotonic()
     for items in ([None] * 250_000, [{"text": {"a": []}}] * 250_000, [[1]] * 250_000):
         r = httpx.post(open_server + "/v1/embeddings", json={"model": "m", "input": items}, timeout=10)
         assert r.status_code == 422 and r.json()["error"]["message"] == "input: Too many inputs: 250000 (limit 8)"
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 10  # 15 s before, on a 2-core CPU
 
 
 # --- clip-retrieval ---------------------------------------------------------------------------------------------------
