@@ -20,7 +20,6 @@ Errors keep the service's ``{"detail": ...}`` and add OpenAI's ``{"error": {"mes
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
 from collections.abc import Callable
@@ -45,7 +44,7 @@ from altclip.server.schemas import (
     invalid,
     limit,
 )
-from altclip.server.service import Service, ServiceDep
+from altclip.server.service import Service, ServiceDep, together
 
 # --- requests ----------------------------------------------------------------------------------------------------
 
@@ -283,7 +282,7 @@ async def _embed(service: Service, items: list[tuple[str, str]]) -> tuple[np.nda
         work.append(service.embed_texts([t for _, t in texts]))
     if images:
         work.append(service.embed_images([data for _, data in images]))
-    results = await asyncio.gather(*work)
+    results = await together(*work)
     vectors = np.empty((len(items), service.embedder.dim), np.float32)
     for positions, result in zip([p for p in (texts, images) if p], results):
         vectors[[i for i, _ in positions]] = result

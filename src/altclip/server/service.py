@@ -149,7 +149,7 @@ class Service:
 
     async def similarity(self, texts: list[str], images: list[bytes]) -> dict[str, np.ndarray]:
         limits.check_texts(texts, self.settings)
-        image_embeds, text_embeds = await asyncio.gather(self.embed_images(images), self._embed_texts(texts))
+        image_embeds, text_embeds = await together(self.embed_images(images), self._embed_texts(texts))
         return self.embedder.scores(image_embeds, text_embeds)
 
     async def search(self, query: str | None, image: bytes | None, top_k: int) -> list:
@@ -190,6 +190,19 @@ class Service:
     def _locked(self, fn, *args):
         with self.index_lock:
             return fn(*args)
+
+
+async def together(*work) -> list[Any]:
+    """The results of ``work``, run at once. When one fails, the others are cancelled before the error is answered
+    (``asyncio.gather`` would leave them running: their items in the batchers, the model's time, after the request
+    and its place in ``max_queue`` are gone)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def get_service(request: Request) -> Service:
