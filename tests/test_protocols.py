@@ -298,6 +298,8 @@ def test_clip_front_calls(open_server, index_dir):
     ids = [r["id"] for r in results[2:]] + [10**9]
     metadata = httpx.post(open_server + "/metadata", content=_json({"ids": ids, "indice_name": index_dir.name})).json()
     assert [m["id"] for m in metadata] == ids[:-1]  # an id the index does not have is left out
+    long_name = httpx.post(open_server + "/metadata", content=_json({"ids": ids, "indice_name": "x" * 257}))
+    assert long_name.status_code == 422 and len(long_name.content) < 200
     assert all(m["metadata"]["url"].endswith(f"/v1/thumbnails/{m['id']}") for m in metadata)
 
 
@@ -319,6 +321,8 @@ def _json(data) -> bytes:
         # counted before the numbers are validated, which costs an error each: 1 s of the event loop for 250,000
         ({"embedding_input": [None] * 250_000}, 422, "embedding_input: 250,000 numbers; no embedding has over 4,096"),
         ({"text": "cat", "indice_name": "laion5B"}, 404, "No index named 'laion5B'"),
+        # not echoed whole: a name of 19 MB was a 404 of 19 MB
+        ({"text": "cat", "indice_name": "x" * 257}, 422, "indice_name: String should have at most 256 characters"),
         (
             {"image": base64.b64encode(b"not an image").decode()},
             422,

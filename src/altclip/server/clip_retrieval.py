@@ -69,6 +69,8 @@ def _sized(value: Any) -> Any:
 
 Ignored = Field(description="Accepted and ignored: not offered by this server")
 Count = Annotated[int, Field(ge=1, le=MOST_RESULTS)]
+# bounded as OpenAI's model names are: the 404 of a name that is not the index's says which name it was
+IndexName = Annotated[str | None, Field(max_length=256, description="The index (GET /indices-list) [default: the one]")]
 
 
 class KnnRequest(BaseModel, json_schema_extra=ONE_QUERY):
@@ -89,7 +91,7 @@ class KnnRequest(BaseModel, json_schema_extra=ONE_QUERY):
     num_result_ids: Annotated[
         Count, Field(description="How many results [default: num_images]", json_schema_extra=_optional)
     ] = None
-    indice_name: Annotated[str | None, Field(description="The index (GET /indices-list) [default: the one]")] = None
+    indice_name: IndexName = None
     deduplicate: Annotated[bool, Field(description="Drop results within cosine 0.94 of a better one")] = False
     use_mclip: Annotated[bool | None, Ignored] = None
     use_safety_model: Annotated[bool | None, Ignored] = None
@@ -122,7 +124,7 @@ class KnnRequest(BaseModel, json_schema_extra=ONE_QUERY):
 
 class MetadataRequest(BaseModel):
     ids: Annotated[list[Annotated[int, Field(ge=0, le=2**53 - 1)]], Field(max_length=MOST_RESULTS)]
-    indice_name: str | None = None
+    indice_name: IndexName = None
 
 
 # --- responses ---------------------------------------------------------------------------------------------------
