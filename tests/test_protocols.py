@@ -95,6 +95,10 @@ def test_models_list_the_served_model(client, checkpoint):
     assert client.models.retrieve(models[0].id).id == models[0].id
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("text-embedding-3-small")
+    with pytest.raises(openai.APIStatusError) as e:  # Starlette's own 405: OpenAI's error object too
+        client.get("/embeddings", cast_to=object)
+    assert e.value.status_code == 405 and e.value.body["message"] == "Method Not Allowed"
+    assert e.value.response.headers["allow"] == "POST"
 
 
 @pytest.mark.parametrize("encoding_format", ["base64", None, "float"])  # None: the SDK's default (base64)

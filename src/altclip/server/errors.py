@@ -7,8 +7,10 @@ OpenAI's error object beside ``detail`` (``openai_error``), from their handlers 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from altclip.image_processing import ImageError
 
@@ -99,6 +101,7 @@ def install(app: FastAPI) -> None:
     for exc_type in STATUS:
         app.add_exception_handler(exc_type, _respond)
     app.add_exception_handler(RequestValidationError, _invalid_parameters)
+    app.add_exception_handler(HTTPException, _routing_error)
 
 
 def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
@@ -117,6 +120,13 @@ def response(exc: Exception, path: str = "") -> JSONResponse:
 
 async def _respond(request: Request, exc: Exception) -> JSONResponse:
     return response(exc)
+
+
+async def _routing_error(request: Request, exc: HTTPException):
+    """Starlette's own refusals (404 for no route, 405 for another method), in OpenAI's shape on its routes."""
+    if request.scope["path"].startswith(OPENAI_PATHS):
+        return openai_error(exc.status_code, str(exc.detail), exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
