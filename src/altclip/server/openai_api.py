@@ -37,9 +37,9 @@ from altclip.server.openapi import DIM, request_body
 from altclip.server.schemas import (
     IMAGE_BASE64,
     TEXT,
-    _counted,
     _optional,
     checked,
+    counted,
     decode_base64,
     invalid,
     limit,
@@ -112,7 +112,7 @@ class EmbeddingsRequest(BaseModel, json_schema_extra=BY_MODALITY):
     input: Annotated[
         str | list[Item],
         BeforeValidator(_not_token_ids),
-        _counted("inputs"),  # runs first: a list of a million wrong items would cost pydantic an error for each
+        counted("inputs"),  # runs first: a list of a million wrong items would cost pydantic an error for each
         WithJsonSchema({"anyOf": [TEXT_INPUTS, IMAGE_INPUTS], "description": "What to embed"}),
     ]
     model: Annotated[str, Field(max_length=256, description="Any name: this server embeds with the one it serves")]

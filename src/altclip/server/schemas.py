@@ -86,7 +86,7 @@ def _images(images: list, info: ValidationInfo) -> list:
     return images
 
 
-def _counted(what: str) -> BeforeValidator:
+def counted(what: str) -> BeforeValidator:
     """The number of items of a list checked before the items are: a list of millions of wrong items would
     otherwise cost pydantic an error for each (seconds and gigabytes)."""
 
@@ -168,21 +168,21 @@ TEMPLATE = {
 Text = Annotated[str, WithJsonSchema(TEXT)]
 Texts = Annotated[
     list[Text],
-    _counted("texts"),
+    counted("texts"),
     AfterValidator(_texts),
     Field(description="Texts in any language", json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 Label = Annotated[str, WithJsonSchema(TEXT)]
 Labels = Annotated[
     list[Label],
-    _counted("labels"),
+    counted("labels"),
     AfterValidator(_labels),
     Field(description="Candidate labels, in any language", json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 Base64Image = Annotated[str, WithJsonSchema(IMAGE_BASE64)]
 Base64Images = Annotated[
     list[Base64Image],
-    _counted("images"),
+    counted("images"),
     AfterValidator(_images),
     Field(json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
