@@ -120,7 +120,7 @@ def test_text_embeddings_through_the_sdk(client, embedder, checkpoint, encoding_
 def test_one_string_and_dimensions(client, embedder):
     answer = client.embeddings.create(model="m", input="一只猫", dimensions=embedder.dim, user="someone")
     assert len(answer.data) == 1 and len(answer.data[0].embedding) == embedder.dim
-    with pytest.raises(openai.UnprocessableEntityError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="m", input="一只猫", dimensions=embedder.dim - 1)
     assert e.value.body["message"] == f"dimensions must be {embedder.dim}, this model's embedding size"
     assert e.value.body["type"] == "invalid_request_error"
@@ -162,7 +162,7 @@ def test_image_urls_are_never_fetched(client):
         threading.Thread(target=bait.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{bait.server_address[1]}/cat.jpg"
         for body in ({"input": [url], "modality": "image"}, {"input": [{"image": url}]}):
-            with pytest.raises(openai.UnprocessableEntityError, match="not fetched"):
+            with pytest.raises(openai.BadRequestError, match="not fetched"):
                 client.embeddings.create(
                     model="m", input=body["input"], extra_body={k: v for k, v in body.items() if k != "input"}
                 )
@@ -171,13 +171,16 @@ def test_image_urls_are_never_fetched(client):
 
 
 def test_refusals_through_the_sdk(client, token_server):
-    with pytest.raises(openai.UnprocessableEntityError, match="token ids are not supported"):
+    with pytest.raises(openai.BadRequestError, match="token ids are not supported"):
         client.embeddings.create(model="m", input=[[101, 2023, 102]])
-    with pytest.raises(openai.UnprocessableEntityError, match="Input 1 is empty"):
+    with pytest.raises(openai.BadRequestError, match="input") as e:  # not text, but not token ids either
+        client.embeddings.create(model="m", input=[True])
+    assert "token ids" not in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="Input 1 is empty"):
         client.embeddings.create(model="m", input=["a", "  "])
-    with pytest.raises(openai.UnprocessableEntityError, match=r"Too many inputs: 65 \(limit 64\)"):
+    with pytest.raises(openai.BadRequestError, match=r"Too many inputs: 65 \(limit 64\)"):
         client.embeddings.create(model="m", input=["a"] * 65)
-    with pytest.raises(openai.UnprocessableEntityError, match="Image 0: not an image in a format the service reads"):
+    with pytest.raises(openai.BadRequestError, match="Image 0: not an image in a format the service reads"):
         client.embeddings.create(
             model="m", input=[base64.b64encode(b"no image").decode()], extra_body={"modality": "image"}
         )
@@ -205,7 +208,7 @@ def test_inputs_are_counted_before_they_are_validated(open_server):
     start = time.monotonic()
     for items in ([None] * 250_000, [{"text": {"a": []}}] * 250_000, [[1]] * 250_000):
         r = httpx.post(open_server + "/v1/embeddings", json={"model": "m", "input": items}, timeout=10)
-        assert r.status_code == 422 and r.json()["error"]["message"] == "input: Too many inputs: 250000 (limit 8)"
+        assert r.status_code == 400 and r.json()["error"]["message"] == "input: Too many inputs: 250000 (limit 8)"
     assert time.monotonic() - start < 10  # 15 s before, on a 2-core CPU
 
 
@@ -218,7 +221,7 @@ def test_a_refused_request_leaves_no_work_behind(open_server):
     before = _metric(open_server, 'altclip_batch_size_sum{kind="text"}')
     for _ in range(10):
         r = httpx.post(open_server + "/v1/embeddings", json=body)
-        assert r.status_code == 422 and "not an image" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "not an image" in r.json()["error"]["message"]
     deadline = time.monotonic() + 60
     while _metric(open_server, 'altclip_queue_depth{kind="text"}') and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -82,8 +82,8 @@ BY_MODALITY = {
 
 def _not_token_ids(value: Any) -> Any:
     """Token ids (a list of integers, or of lists of integers) are OpenAI's tokenizer's, not this model's."""
-    if isinstance(value, list) and value and all(isinstance(v, int) or isinstance(v, list) for v in value):
-        if any(isinstance(v, int) or (v and all(isinstance(t, int) for t in v)) for v in value):
+    if isinstance(value, list) and value and all(type(v) is int or isinstance(v, list) for v in value):
+        if any(type(v) is int or (v and all(type(t) is int for t in v)) for v in value):  # bools are not ids
             raise invalid(
                 "token ids are not supported: this model reads XLM-R tokens, not OpenAI's; send the texts "
                 "(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))"
@@ -200,7 +200,8 @@ class OpenAIErrorResponse(BaseModel):
 
 class OpenAIRoute(APIRoute):
     """A route whose errors (those of the service's table: body, limits, auth, queue, timeout) also carry OpenAI's
-    error object."""
+    error object, with OpenAI's status for a request that cannot be used: 400, where the rest of the API says 422
+    (the SDK raises ``BadRequestError`` for it, as against OpenAI)."""
 
     def get_route_handler(self) -> Callable:
         handler = super().get_route_handler()
@@ -212,14 +213,16 @@ class OpenAIRoute(APIRoute):
                 described = errors.describe(e)
                 if described is None:
                     raise
-                return errors.openai_error(*described)
+                status, detail, headers = described
+                return errors.openai_error(400 if status == 422 else status, detail, headers)
 
         return handle
 
 
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses`` entries for error statuses of these routes (both shapes of error body)."""
-    return {status: {"description": errors.DESCRIPTIONS[status], "model": OpenAIErrorResponse} for status in statuses}
+    descriptions = {**errors.DESCRIPTIONS, 400: "The body is not valid JSON, or its values cannot be used"}
+    return {status: {"description": descriptions[status], "model": OpenAIErrorResponse} for status in statuses}
 
 
 # --- the routes ----------------------------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ STARTED = int(time.time())
     "/embeddings",
     summary="OpenAI-compatible embeddings of texts and images",
     response_model=EmbeddingsResponse,
-    responses=documented(400, 413, 415, 422, 429, 504),
+    responses=documented(400, 413, 415, 429, 504),
     openapi_extra=request_body(EmbeddingsRequest),
 )
 async def embeddings(service: ServiceDep, payload: EmbeddingsBody) -> EmbeddingsResponse:
