@@ -161,7 +161,12 @@ def test_image_urls_are_never_fetched(client):
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) as bait:
         threading.Thread(target=bait.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{bait.server_address[1]}/cat.jpg"
-        for body in ({"input": [url], "modality": "image"}, {"input": [{"image": url}]}):
+        shouted = url.replace("http://", "HTTP://")
+        for body in (
+            {"input": [url], "modality": "image"},
+            {"input": [{"image": url}]},
+            {"input": [{"image": shouted}]},
+        ):
             with pytest.raises(openai.BadRequestError, match="not fetched"):
                 client.embeddings.create(
                     model="m", input=body["input"], extra_body={k: v for k, v in body.items() if k != "input"}

@@ -87,6 +87,12 @@ def test_embed_image_multipart_and_base64(client, embedder):
         ).json()["embeddings"]
     )
     assert np.abs(multipart - expected).max() < 1e-5 and np.abs(as_json - expected).max() < 1e-5
+    # base64 as the `base64` command writes it (a line break every 76 characters), and a data: URL in capitals
+    wrapped = base64.encodebytes(CAT).decode()
+    assert "\n" in wrapped
+    r = client.post("/v1/embed/image", json={"images": [wrapped, "DATA:image/jpeg;base64," + b64(CAT)]})
+    assert r.status_code == 200, r.text
+    assert np.abs(np.array(r.json()["embeddings"]) - expected[[0, 0]]).max() < 1e-5
 
 
 def test_classify(client, embedder):

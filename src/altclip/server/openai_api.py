@@ -132,7 +132,7 @@ class EmbeddingsRequest(BaseModel, json_schema_extra=BY_MODALITY):
         for i, (kind, value) in enumerate(items):
             if kind == "text":
                 checked(limits.check_text, value, f"Input {i}", info.context)
-            elif value.startswith(("http://", "https://")):
+            elif value[:8].lower().startswith(("http://", "https://")):
                 raise invalid(f"Input {i}: images are not fetched from URLs; send the image as a data: URI")
         return self
 

@@ -35,6 +35,7 @@ from altclip.zeroshot import TEMPLATE_MODES
 LIMIT = "x-altclip-limit"  # {LIMIT: "max_items"}: maxItems (arrays) or maxLength (strings) from the app's settings
 LABEL_LIST = "x-altclip-label-list"  # the multipart labels field, whose patterns depend on max_items
 _EDGES = re.compile(rf"^[{WHITESPACE}]+|[{WHITESPACE}]+$")
+_BASE64_BREAKS = re.compile(r"[\r\n\t ]+")
 
 
 def strip(text: str) -> str:
@@ -135,9 +136,12 @@ def _label_list(value: Any) -> Any:
 
 
 def decode_base64(text: str, index: int) -> bytes:
-    """An image sent as base64 (optionally a ``data:`` URL)."""
-    if text.startswith("data:"):
+    """An image sent as base64 (optionally a ``data:`` URL, whose scheme is case-insensitive), with or without the
+    line breaks of MIME base64 (what the ``base64`` command writes)."""
+    if text[:5].lower() == "data:":
         text = text.partition(",")[2]
+    if _BASE64_BREAKS.search(text):
+        text = _BASE64_BREAKS.sub("", text)
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
