@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,33 @@ def shard_of(items: list[str], index: int, count: int) -> list[str]:
     return items[index * len(items) // count : (index + 1) * len(items) // count]
 
 
+def shard_files(output: Path, kind: str, index: int, text_metadata: str = "metadata") -> tuple[Path, Path]:
+    """The (vectors, metadata) files of shard ``index`` of ``kind`` "image" or "text"; the texts' metadata folder is
+    ``text_metadata`` ("text_metadata" where images are embedded too)."""
+    if kind == "image":
+        return output / "img_emb" / f"img_emb_{index}.npy", output / "metadata" / f"metadata_{index}.parquet"
+    return output / "text_emb" / f"text_emb_{index}.npy", output / text_metadata / f"{text_metadata}_{index}.parquet"
+
+
+def write_atomically(outputs: dict[Path, Any]) -> None:
+    """Writes each array (as .npy) and pyarrow table (as .parquet) to a temporary name first, then renames them all:
+    a shard is either complete or absent."""
+    import pyarrow.parquet as pq
+
+    temporary = []
+    for target, value in outputs.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if isinstance(value, np.ndarray):
+            with open(tmp, "wb") as f:
+                np.save(f, value)
+        else:
+            pq.write_table(value, tmp)
+        temporary.append((tmp, target))
+    for tmp, target in temporary:
+        os.replace(tmp, target)
+
+
 def embed_shard(
     embedder,
     images: Sequence[Path],
@@ -83,16 +111,14 @@ def embed_shard(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     image_paths = shard_of(image_inputs(images), index, count) if images else []
     captions = shard_of(text_inputs(texts), index, count) if texts else []
     targets = []
     if images:
-        targets += [output / "img_emb" / f"img_emb_{index}.npy", output / "metadata" / f"metadata_{index}.parquet"]
+        targets += shard_files(output, "image", index)
     if texts:
-        meta = "metadata" if not images else "text_metadata"
-        targets += [output / "text_emb" / f"text_emb_{index}.npy", output / meta / f"{meta}_{index}.parquet"]
+        targets += shard_files(output, "text", index, "text_metadata" if images else "metadata")
     if not overwrite and all(t.exists() for t in targets):
         return {"skipped": True, "shard": f"{index}/{count}", "images": 0, "texts": 0, "failed": []}
 
@@ -114,19 +140,7 @@ def embed_shard(
         if progress:
             progress(total, total)
 
-    # Write everything to temporary names first, then rename: a shard is either complete or absent.
-    temporary = []
-    for target, value in outputs.items():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        if isinstance(value, np.ndarray):
-            with open(tmp, "wb") as f:
-                np.save(f, value)
-        else:
-            pq.write_table(value, tmp)
-        temporary.append((tmp, target))
-    for tmp, target in temporary:
-        os.replace(tmp, target)
+    write_atomically(outputs)
     return {
         "skipped": False,
         "shard": f"{index}/{count}",

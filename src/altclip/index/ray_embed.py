@@ -25,7 +25,6 @@ where the tasks run (a shared file system on a cluster). The output folder is wr
 from __future__ import annotations
 
 import math
-import os
 import tarfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from altclip.files import IMAGE_SUFFIXES
-from altclip.index.embed_files import EmbedError, image_inputs, shard_of, text_inputs
+from altclip.index.embed_files import EmbedError, image_inputs, shard_files, shard_of, text_inputs, write_atomically
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
 MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
@@ -214,16 +213,8 @@ def _plan(images, texts, output: Path, shards: int | None, rows_per_shard: int, 
     return plan
 
 
-def _files(output: Path, kind: str, index: int, text_metadata: str) -> tuple[Path, Path]:
-    """The (vectors, metadata) files of one shard, named as ``altclip.index.embed_files`` documents."""
-    if kind == "image":
-        return output / "img_emb" / f"img_emb_{index}.npy", output / "metadata" / f"metadata_{index}.parquet"
-    meta = text_metadata
-    return output / "text_emb" / f"text_emb_{index}.npy", output / meta / f"{meta}_{index}.parquet"
-
-
 def _finished(output: Path, kind: str, index: int, text_metadata: str) -> bool:
-    return all(path.exists() for path in _files(output, kind, index, text_metadata))
+    return all(path.exists() for path in shard_files(output, kind, index, text_metadata))
 
 
 def _pieces(ray, parts: list[tuple[int, list[str]]], cpus: int):
@@ -433,20 +424,12 @@ class _Writer:
 
     def write(self, kind: str, index: int, names: list[str], vectors: np.ndarray | None = None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if vectors is None:
             vectors = np.zeros((0, self.dim), np.float32)
-        targets = _files(self.output, kind, index, self.text_metadata)
-        temporary = []
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temporary.append(target.with_name(f".{target.name}.{os.getpid()}.tmp"))
-        with open(temporary[0], "wb") as f:
-            np.save(f, vectors.astype(np.float32))
-        pq.write_table(pa.table({"image_path" if kind == "image" else "caption": names}), temporary[1])
-        for tmp, target in zip(temporary, targets):
-            os.replace(tmp, target)
+        targets = shard_files(self.output, kind, index, self.text_metadata)
+        column = "image_path" if kind == "image" else "caption"
+        write_atomically({targets[0]: vectors.astype(np.float32), targets[1]: pa.table({column: names})})
         self.totals[kind] += len(names)
         self.written.add(index)
         self.files.update(str(target) for target in targets)
