@@ -51,7 +51,7 @@ _onednn = torch.backends.mkldnn.is_available() and platform.machine().lower() in
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, for the linear layers of the towers. A plain float32 ``nn.Linear`` on an x86 CPU, given fewer
     than 256 rows (one query, a short text) outside autograd and graph capture, multiplies through oneDNN instead:
-    the latency of one text falls by a third, with the same values to float32 round-off. Anything else (other
+    the latency of one text falls by a quarter, with the same values to float32 round-off. Anything else (other
     devices and dtypes, quantized or wrapped layers, hooks, training, tracing) calls the module as it is."""
     if _small_cpu_gemm(module, x):
         return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
