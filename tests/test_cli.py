@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,27 @@ def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
     assert skipped["skipped"] is True  # idempotent: a finished shard is not redone
     failed = json.loads(run("embed", folder, "--output", tmp_path / "e2", "--json").stdout)["failed"]
     assert [f["path"] for f in failed] == [str(folder / "broken.jpg")]
+
+
+def test_embed_redoes_a_shard_whose_inputs_changed(run, tmp_path):
+    """A file added before the others shifts every shard's part: a re-run must not skip the shards that exist (their
+    files would hold the old parts: one image twice, another never)."""
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "photos"
+    make_images(folder, 6)
+    out = tmp_path / "emb"
+    for shard in ("0/2", "1/2"):
+        assert run("embed", folder, "--output", out, "--shard", shard, "--json").exit_code == 0
+    shutil.copy(next(folder.iterdir()), folder / "0000-first.jpg")  # sorts before the others
+    for shard in ("0/2", "1/2"):
+        result = json.loads(run("embed", folder, "--output", out, "--shard", shard, "--json").stdout)
+        assert result["skipped"] is False
+    listed = [
+        p for i in (0, 1) for p in pq.read_table(out / "metadata" / f"metadata_{i}.parquet")["image_path"].to_pylist()
+    ]
+    assert sorted(listed) == sorted(str(p) for p in folder.iterdir())  # each image once
+    assert json.loads(run("embed", folder, "--output", out, "--shard", "0/2", "--json").stdout)["skipped"] is True
 
 
 def test_random_checkpoint_and_models(run, tmp_path):

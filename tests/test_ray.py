@@ -91,6 +91,14 @@ def test_ray_writes_what_embed_writes(cluster, run, tmp_path):
     changed = {name for name, path in files(out).items() if path.stat().st_mtime_ns != stamps[name]}
     assert changed == {"img_emb/img_emb_1.npy", "metadata/metadata_1.parquet"}
 
+    # An image removed from the first shard changes its part (29 images: 9, 10 and 10, the others' parts as they
+    # were): that shard is redone, from its new inputs, and no other.
+    (folder / "img_0001.jpg").unlink()
+    again = run(*args, "--json")
+    assert (again["written"], again["skipped"], again["images"], again["texts"]) == ([0], [1, 2], 8, 0)
+    listed = [p for i in range(3) for p in pq.read_table(out / "metadata" / f"metadata_{i}.parquet")["image_path"]]
+    assert sorted(map(str, listed)) == sorted(str(p) for p in folder.iterdir() if p.name != "img_0007.jpg")
+
 
 def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
     from altclip.index.ray_embed import embed_on_ray

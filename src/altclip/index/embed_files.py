@@ -7,12 +7,15 @@
     OUTPUT/text_metadata/text_metadata_{i}.parquet   the texts' rows when images are embedded too
 
 ``i`` is the shard: the inputs, sorted, are cut into ``n`` equal contiguous parts and shard ``i`` embeds part
-``i``. A shard's files appear atomically and a finished shard is skipped on re-run, so shards can be fanned out
-to any number of machines (Ray, Spark, Slurm) and retried freely.
+``i``. A shard's files appear atomically, and its metadata file records a digest of the inputs it was made from:
+a re-run skips a shard whose files exist and whose inputs are the same, and makes again one whose inputs changed
+(files added or removed before it shift the parts), so shards can be fanned out to any number of machines (Ray,
+Spark, Slurm) and retried freely.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,6 +83,37 @@ def shard_files(output: Path, kind: str, index: int, text_metadata: str = "metad
     return output / "text_emb" / f"text_emb_{index}.npy", output / text_metadata / f"{text_metadata}_{index}.parquet"
 
 
+INPUTS_KEY = b"altclip.inputs"  # in a shard's metadata file: the digest of the inputs the shard was made from
+
+
+def inputs_digest(items: Sequence[str]) -> str:
+    """A digest of a shard's inputs (paths or texts), in order."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(item.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def stamped(table, digest: str):
+    """``table`` (pyarrow) carrying the digest of the inputs it was made from, for ``finished``."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: digest.encode()})
+
+
+def finished(files: Sequence[Path], digest: str) -> bool:
+    """Whether a shard's (vectors, metadata) files exist and were made from inputs of this digest. A shard made from
+    other inputs, by a version that recorded none, or whose metadata cannot be read, is not finished."""
+    import pyarrow.parquet as pq
+
+    if not all(f.exists() for f in files):
+        return False
+    try:
+        metadata = pq.read_schema(files[1]).metadata or {}
+    except Exception:  # a damaged file: make the shard again
+        return False
+    return metadata.get(INPUTS_KEY) == digest.encode()
+
+
 def write_atomically(outputs: dict[Path, Any]) -> None:
     """Writes each array (as .npy) and pyarrow table (as .parquet) to a temporary name first, then renames them all:
     a shard is either complete or absent."""
@@ -114,12 +148,14 @@ def embed_shard(
 
     image_paths = shard_of(image_inputs(images), index, count) if images else []
     captions = shard_of(text_inputs(texts), index, count) if texts else []
-    targets = []
+    targets: list[Path] = []
+    image_digest, text_digest = inputs_digest(image_paths), inputs_digest(captions)
     if images:
         targets += shard_files(output, "image", index)
     if texts:
         targets += shard_files(output, "text", index, "text_metadata" if images else "metadata")
-    if not overwrite and all(t.exists() for t in targets):
+    done = (not images or finished(targets[:2], image_digest)) and (not texts or finished(targets[-2:], text_digest))
+    if not overwrite and done:
         return {"skipped": True, "shard": f"{index}/{count}", "images": 0, "texts": 0, "failed": []}
 
     total = len(image_paths) + len(captions)
@@ -132,11 +168,11 @@ def embed_shard(
     outputs: dict[Path, object] = {}
     if images:
         outputs[targets[0]] = matrix.astype(np.float32)
-        outputs[targets[1]] = pa.table({"image_path": kept})
+        outputs[targets[1]] = stamped(pa.table({"image_path": kept}), image_digest)
     if texts:
         text_matrix = embedder.embed_texts(captions) if captions else np.zeros((0, embedder.dim), np.float32)
         outputs[targets[-2]] = text_matrix.astype(np.float32)
-        outputs[targets[-1]] = pa.table({"caption": captions})
+        outputs[targets[-1]] = stamped(pa.table({"caption": captions}), text_digest)
         if progress:
             progress(total, total)
 

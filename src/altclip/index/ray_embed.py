@@ -3,7 +3,8 @@
 What runs where:
 
 - **The driver** (the process that calls ``embed_on_ray``) lists the inputs as ``altclip embed`` does (sorted, cut
-  into ``n`` contiguous shards), leaves out shards whose files exist, and writes each shard's files as soon as all
+  into ``n`` contiguous shards), leaves out shards whose files exist and were made from the same inputs (their
+  metadata records a digest of them), and writes each shard's files as soon as all
   its rows are back, atomically (temporary names, then renames), so a crash or a re-run redoes only unfinished
   shards. Only vectors travel to it, never pixels.
 - **CPU tasks** read the images (files, or the members of WebDataset ``.tar`` shards, one task per tar) and decode,
@@ -34,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from altclip.files import IMAGE_SUFFIXES
-from altclip.index.embed_files import EmbedError, image_inputs, shard_files, shard_of, text_inputs, write_atomically
+from altclip.index.embed_files import (
+    EmbedError,
+    finished,
+    image_inputs,
+    inputs_digest,
+    shard_files,
+    shard_of,
+    stamped,
+    text_inputs,
+    write_atomically,
+)
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
 MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
@@ -84,7 +95,8 @@ def embed_on_ray(
     plan = _plan(images, texts, Path(output), shards, rows_per_shard, overwrite)
     # Loaded here, so that a missing checkpoint fails before Ray starts; the image processor travels to the tasks.
     processor = AltCLIPProcessor.from_pretrained(model).image_processor
-    writer = _Writer(Path(output), AltCLIPConfig.from_pretrained(model).projection_dim, plan.text_metadata, progress)
+    dim = AltCLIPConfig.from_pretrained(model).projection_dim
+    writer = _Writer(Path(output), dim, plan.text_metadata, plan.digests, progress)
     for kind, index in plan.empty:  # shards without inputs: nothing to wait for
         writer.write(kind, index, [])
     if plan.images or plan.tars or plan.texts:
@@ -174,7 +186,8 @@ class _Plan:
     tars: list[tuple[int, str]] = field(default_factory=list)  # (shard, WebDataset tar) still to embed
     texts: list[tuple[int, list[str]]] = field(default_factory=list)  # (shard, texts) still to embed
     empty: list[tuple[str, int]] = field(default_factory=list)  # ("image" or "text", shard) without inputs
-    skipped: list[int] = field(default_factory=list)  # shards whose files all exist
+    skipped: list[int] = field(default_factory=list)  # shards whose files exist, made from the same inputs
+    digests: dict[tuple[str, int], str] = field(default_factory=dict)  # ("image" or "text", shard): its inputs'
 
 
 def _plan(images, texts, output: Path, shards: int | None, rows_per_shard: int, overwrite: bool) -> _Plan:
@@ -194,27 +207,29 @@ def _plan(images, texts, output: Path, shards: int | None, rows_per_shard: int, 
     plan = _Plan(count, "metadata" if not images else "text_metadata")
     for index in range(count):
         done = True
-        if images and (overwrite or not _finished(output, "image", index, plan.text_metadata)):
-            done = False
-            if tars:
-                plan.tars.append((index, tars[index]))
-            elif part := shard_of(paths, index, count):
-                plan.images.append((index, part))
-            else:
-                plan.empty.append(("image", index))
-        if texts and (overwrite or not _finished(output, "text", index, plan.text_metadata)):
-            done = False
-            if part := shard_of(captions, index, count):
-                plan.texts.append((index, part))
-            else:
-                plan.empty.append(("text", index))
+        if images:
+            part = [tars[index]] if tars else shard_of(paths, index, count)
+            digest = plan.digests["image", index] = inputs_digest(part)
+            if overwrite or not finished(shard_files(output, "image", index), digest):
+                done = False
+                if tars:
+                    plan.tars.append((index, tars[index]))
+                elif part:
+                    plan.images.append((index, part))
+                else:
+                    plan.empty.append(("image", index))
+        if texts:
+            part = shard_of(captions, index, count)
+            digest = plan.digests["text", index] = inputs_digest(part)
+            if overwrite or not finished(shard_files(output, "text", index, plan.text_metadata), digest):
+                done = False
+                if part:
+                    plan.texts.append((index, part))
+                else:
+                    plan.empty.append(("text", index))
         if done:
             plan.skipped.append(index)
     return plan
-
-
-def _finished(output: Path, kind: str, index: int, text_metadata: str) -> bool:
-    return all(path.exists() for path in shard_files(output, kind, index, text_metadata))
 
 
 def _pieces(ray, parts: list[tuple[int, list[str]]], cpus: int):
@@ -373,8 +388,9 @@ class _Writer:
     """Writes each shard's two files once all its rows are back, to temporary names and then renamed, as
     ``altclip embed`` does: a shard's files are complete or absent."""
 
-    def __init__(self, output: Path, dim: int, text_metadata: str, progress):
+    def __init__(self, output: Path, dim: int, text_metadata: str, digests: dict[tuple[str, int], str], progress):
         self.output, self.dim, self.text_metadata, self.progress = output, dim, text_metadata, progress
+        self.digests = digests  # of each shard's inputs, recorded in its metadata file
         self.totals = {"image": 0, "text": 0}
         self.seconds = {"image": 0.0, "text": 0.0}
         self.failed: list[tuple[int, int, str, str]] = []  # (shard, row, path, reason)
@@ -429,7 +445,8 @@ class _Writer:
             vectors = np.zeros((0, self.dim), np.float32)
         targets = shard_files(self.output, kind, index, self.text_metadata)
         column = "image_path" if kind == "image" else "caption"
-        write_atomically({targets[0]: vectors.astype(np.float32), targets[1]: pa.table({column: names})})
+        metadata = stamped(pa.table({column: names}), self.digests[kind, index])
+        write_atomically({targets[0]: vectors.astype(np.float32), targets[1]: metadata})
         self.totals[kind] += len(names)
         self.written.add(index)
         self.files.update(str(target) for target in targets)
