@@ -270,6 +270,21 @@ def test_attention_gradient_checkpointing_and_require_grads(ref_checkpoint, text
     assert not model.text_model(ids, mask).last_hidden_state.requires_grad
 
 
+@pytest.mark.parametrize("name", ["AltCLIPModel", "AltCLIPTextModel", "AltCLIPVisionModel"])
+def test_legacy_gradient_checkpointing_key_turns_it_on(name, tmp_path):
+    """transformers 4 configs could say gradient_checkpointing: true; transformers still honours it (and drops it)."""
+    ours_cls, ref_cls = both(name)
+    configs = {"AltCLIPModel": dict(text_config=TINY_TEXT, vision_config=TINY_VISION, projection_dim=TINY_PROJECTION)}
+    kwargs = configs.get(name, TINY_TEXT if "Text" in name else TINY_VISION)
+    ours_config, ref_config = ours_cls.config_class(**kwargs), ref_cls.config_class(**kwargs)
+    ours_config.gradient_checkpointing = ref_config.gradient_checkpointing = True
+    ours, ref = ours_cls(ours_config), ref_cls(ref_config)
+    assert ours.is_gradient_checkpointing and ref.is_gradient_checkpointing
+    assert all(m.gradient_checkpointing for m in ours.modules() if hasattr(m, "gradient_checkpointing"))
+    ours.save_pretrained(tmp_path)
+    assert "gradient_checkpointing" not in json.loads((tmp_path / "config.json").read_text())
+
+
 def test_num_parameters_and_from_config(ref_checkpoint):
     ours = AltCLIPModel.from_pretrained(ref_checkpoint)
     ref = load_reference(ref_checkpoint)

@@ -40,8 +40,7 @@ class AltCLIPModel(PreTrainedModel):
         self.text_projection = nn.Linear(config.text_config.project_dim, config.projection_dim, bias=False)
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
-        if initialize:
-            self.init_weights()
+        self._built(initialize)
 
     def _init_head(self) -> None:
         factor = self.config.initializer_factor

@@ -87,6 +87,17 @@ class PreTrainedModel(nn.Module):
         which ``initialize=False`` (loading) skips."""
         raise NotImplementedError
 
+    def _built(self, initialize: bool) -> None:
+        """The end of a model's ``__init__``: random initialisation unless loading, and transformers 4's
+        ``config.gradient_checkpointing = True``, which turns checkpointing on (the key is then dropped from the
+        config, as transformers does, so that it is not saved)."""
+        if initialize:
+            self.init_weights()
+        if getattr(self.config, "gradient_checkpointing", False):
+            self.gradient_checkpointing_enable()
+        if hasattr(self.config, "gradient_checkpointing"):
+            del self.config.gradient_checkpointing
+
     def set_dropout(self, p: float) -> None:
         """Sets every dropout probability (hidden states and attention probabilities) to ``p``; 0 makes training
         runs reproducible bit for bit."""

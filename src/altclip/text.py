@@ -114,8 +114,7 @@ class AltCLIPTextModel(PreTrainedModel):
         self.layers = nn.ModuleList(TextLayer(config) for _ in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # "pre_LN" in checkpoints
         self.transformation = nn.Linear(config.hidden_size, config.project_dim)
-        if initialize:
-            self.init_weights()
+        self._built(initialize)
 
     def init_weights(self) -> None:
         std = self.config.initializer_range

@@ -79,8 +79,7 @@ class AltCLIPVisionModel(PreTrainedModel):
             for _ in range(config.num_hidden_layers)
         )
         self.post_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        if initialize:
-            self.init_weights()
+        self._built(initialize)
 
     def init_weights(self) -> None:
         """CLIP's initialisation: standard deviations scaled by width and depth."""
