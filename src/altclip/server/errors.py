@@ -112,25 +112,32 @@ def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
     return None
 
 
+def shaped(status: int, detail: str, headers: dict[str, str] | None, path: str) -> JSONResponse:
+    """An error answer in the shape of the route at ``path``: OpenAI's on its routes, where a request that cannot be
+    used is a 400 as OpenAI answers it (the SDK's ``BadRequestError``); ``{"detail"}`` with our status elsewhere."""
+    if path.startswith(OPENAI_PATHS):
+        return openai_error(400 if status == 422 else status, detail, headers)
+    return error(status, detail, headers)
+
+
 def response(exc: Exception, path: str = "") -> JSONResponse:
-    """The response the table gives ``exc`` (one of its exceptions), in OpenAI's shape on its routes."""
-    shape = openai_error if path.startswith(OPENAI_PATHS) else error
-    return shape(*describe(exc))
+    """The response the table gives ``exc`` (one of its exceptions) on the route at ``path``."""
+    return shaped(*describe(exc), path)
 
 
 async def _respond(request: Request, exc: Exception) -> JSONResponse:
-    return response(exc)
+    return response(exc, request.scope["path"])
 
 
 async def _routing_error(request: Request, exc: HTTPException):
     """Starlette's own refusals (404 for no route, 405 for another method), in OpenAI's shape on its routes."""
     if request.scope["path"].startswith(OPENAI_PATHS):
-        return openai_error(exc.status_code, str(exc.detail), exc.headers)
+        return shaped(exc.status_code, str(exc.detail), exc.headers, request.scope["path"])
     return await http_exception_handler(request, exc)
 
 
 async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return error(422, validation_message(exc.errors()))
+    return shaped(422, validation_message(exc.errors()), None, request.scope["path"])
 
 
 def validation_message(errors: list[dict]) -> str:

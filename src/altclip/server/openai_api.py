@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -198,27 +196,6 @@ class OpenAIErrorResponse(BaseModel):
 # --- errors in both shapes -----------------------------------------------------------------------------------------
 
 
-class OpenAIRoute(APIRoute):
-    """A route whose errors (those of the service's table: body, limits, auth, queue, timeout) also carry OpenAI's
-    error object, with OpenAI's status for a request that cannot be used: 400, where the rest of the API says 422
-    (the SDK raises ``BadRequestError`` for it, as against OpenAI)."""
-
-    def get_route_handler(self) -> Callable:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as e:
-                described = errors.describe(e)
-                if described is None:
-                    raise
-                status, detail, headers = described
-                return errors.openai_error(400 if status == 422 else status, detail, headers)
-
-        return handle
-
-
 def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """``responses`` entries for error statuses of these routes (both shapes of error body)."""
     descriptions = {**errors.DESCRIPTIONS, 400: "The body is not valid JSON, or its values cannot be used"}
@@ -227,7 +204,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # --- the routes ----------------------------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v1", route_class=OpenAIRoute, tags=["OpenAI"])
+router = APIRouter(prefix="/v1", tags=["OpenAI"])
 EmbeddingsBody = Annotated[EmbeddingsRequest, Depends(body(EmbeddingsRequest))]
 STARTED = int(time.time())
 
