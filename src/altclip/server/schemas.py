@@ -82,11 +82,6 @@ def _labels(labels: list[str], info: ValidationInfo) -> list[str]:
     return labels
 
 
-def _images(images: list, info: ValidationInfo) -> list:
-    checked(limits.check_count, images, "images", info.context)
-    return images
-
-
 def counted(what: str) -> BeforeValidator:
     """The number of items of a list checked before the items are: a list of millions of wrong items would
     otherwise cost pydantic an error for each (seconds and gigabytes)."""
@@ -187,7 +182,6 @@ Base64Image = Annotated[str, WithJsonSchema(IMAGE_BASE64)]
 Base64Images = Annotated[
     list[Base64Image],
     counted("images"),
-    AfterValidator(_images),
     Field(json_schema_extra={"minItems": 1, **limit("max_items")}),
 ]
 ImageFile = Annotated[bytes, WithJsonSchema(IMAGE_FILE)]
@@ -227,7 +221,7 @@ class ImagesRequest(BaseModel):
 
 class ImagesForm(BaseModel):
     images: Annotated[
-        list[ImageFile], AfterValidator(_images), Field(json_schema_extra={"minItems": 1, **limit("max_items")})
+        list[ImageFile], counted("images"), Field(json_schema_extra={"minItems": 1, **limit("max_items")})
     ]
 
     def image_bytes(self) -> list[bytes]:
