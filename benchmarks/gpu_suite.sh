@@ -64,7 +64,7 @@ for name in ("transformers", "torchao", "torchvision", "triton", "PIL", "tokeniz
         print(name, importlib.import_module(name).__version__)
     except Exception as e:
         print(name, "missing:", type(e).__name__, e)
-from altclip import layers
+from altclip.modeling import layers
 print("variable-length attention (torch.nn.attention.varlen):", layers._varlen_attn is not None)
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)

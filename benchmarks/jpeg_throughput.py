@@ -86,7 +86,7 @@ def embed_files(
     embedder, processor, paths: list[Path], workers: int, batch: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(embeddings, uint8 pixels of the first 64 images, images/s): decoding threads run ahead of the model."""
-    from altclip.files import ordered_map
+    from altclip.utils.files import ordered_map
 
     arrays, out, keep = [], [], []
     start = time.perf_counter()
@@ -163,9 +163,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from altclip import AltCLIPModel
-    from altclip.image_processing import CLIPImageProcessor
     from altclip.inference import Embedder
-    from altclip.registry import random_model
+    from altclip.loading.random_checkpoints import random_model
+    from altclip.processing.image_processing import CLIPImageProcessor
 
     dtype = getattr(torch, args.dtype)
     if args.model:

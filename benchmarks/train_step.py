@@ -82,8 +82,8 @@ def main() -> None:
     parser.add_argument("--output", "-o", type=Path)
     args = parser.parse_args()
 
-    from altclip.clip_text import CLIPTextConfig, CLIPTextTower
-    from altclip.registry import random_model
+    from altclip.loading.random_checkpoints import random_model
+    from altclip.modeling.clip_text import CLIPTextConfig, CLIPTextTower
     from altclip.train.contrastive import ContrastiveModel, infonce
     from altclip.train.distill import Student
     from altclip.train.loop import Distributed

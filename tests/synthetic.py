@@ -10,9 +10,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from altclip import AltCLIPConfig, CLIPImageProcessor
-from altclip.clip_text import train_clip_tokenizer
-from altclip.registry import random_model
-from altclip.tokenizer import caption_corpus, train_tokenizer
+from altclip.loading.random_checkpoints import random_model
+from altclip.modeling.clip_text import train_clip_tokenizer
+from altclip.processing.tokenizer import caption_corpus, train_tokenizer
 
 COLOURS = {
     "red": ((215, 35, 35), "红色"),

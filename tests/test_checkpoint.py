@@ -18,7 +18,8 @@ from altclip import (
     CheckpointError,
     CheckpointNotFoundError,
 )
-from altclip.registry import KNOWN_MODELS, random_model, write_random_checkpoint
+from altclip.loading.random_checkpoints import random_model, write_random_checkpoint
+from altclip.loading.registry import KNOWN_MODELS
 from conftest import TINY_PROJECTION, TINY_TEXT, TINY_VISION, load_reference
 from test_parity import assert_close
 
@@ -297,7 +298,7 @@ def test_unreachable_hub_answers_from_the_cache_at_once(monkeypatch, tmp_path):
 
     import huggingface_hub.constants
 
-    from altclip import hub
+    from altclip.loading import hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

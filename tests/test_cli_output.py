@@ -97,7 +97,7 @@ def test_serve_help_names_the_settings_defaults():
 
 def test_a_table_too_wide_for_the_console_becomes_blocks(checkpoint):
     """`models` at 80 columns: each model a block of "field  value" lines, nothing cut, no line over 80."""
-    from altclip.registry import KNOWN_MODELS, KNOWN_TEACHERS
+    from altclip.loading.registry import KNOWN_MODELS, KNOWN_TEACHERS
 
     result = invoke("models")
     assert result.exit_code == 0

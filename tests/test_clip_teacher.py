@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from altclip.clip_text import CLIPTextTower, CLIPTokenizer
-from altclip.tokenizer import caption_corpus
+from altclip.modeling.clip_text import CLIPTextTower, CLIPTokenizer
+from altclip.processing.tokenizer import caption_corpus
 from synthetic import write_clip_teacher
 
 ENGLISH = [c for lang, c in caption_corpus() if lang in ("en", "mixed")] + [
@@ -73,8 +73,8 @@ def test_random_teacher_is_a_clip_checkpoint(tmp_path):
     key; our text tower, tokenizer and the image side distillation takes from it agree with transformers."""
     import transformers
 
-    from altclip.clip_text import assemble_altclip
-    from altclip.registry import write_random_checkpoint
+    from altclip.loading.random_checkpoints import write_random_checkpoint
+    from altclip.modeling.clip_text import assemble_altclip
     from altclip.train.distill import load_student
 
     path = write_random_checkpoint("clip-tiny", tmp_path / "teacher", seed=3)

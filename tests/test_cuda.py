@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from altclip import AltCLIPModel
-from altclip.layers import recording
+from altclip.modeling.layers import recording
 from conftest import load_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -51,7 +51,7 @@ def small_inputs(batch: int = 12, length: int = 20, image: int = 64, seed: int =
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
     from altclip import AltCLIPConfig
-    from altclip.registry import random_model
+    from altclip.loading.random_checkpoints import random_model
 
     path = tmp_path_factory.mktemp("small")
     random_model(AltCLIPConfig(**SMALL), seed=0).save_pretrained(path)
@@ -105,7 +105,7 @@ def test_bfloat16_stays_close_to_float32(small_checkpoint):
 
 def test_variable_length_attention_equals_padded_attention(small_checkpoint):
     """Packed texts through the variable-length kernel against the padded path (the one graphs record)."""
-    from altclip import layers
+    from altclip.modeling import layers
 
     if layers._varlen_attn is None:
         pytest.skip("this PyTorch has no torch.nn.attention.varlen")
@@ -120,7 +120,7 @@ def test_variable_length_attention_equals_padded_attention(small_checkpoint):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_graph_replay_equals_eager(small_checkpoint, dtype):
-    from altclip.cuda_graphs import GraphedFeatures
+    from altclip.modeling.cuda_graphs import GraphedFeatures
 
     model = AltCLIPModel.from_pretrained(small_checkpoint, device="cuda", dtype=dtype)
     graphed = GraphedFeatures(model)
@@ -160,8 +160,8 @@ def test_cuda_graph_replay_equals_eager(small_checkpoint, dtype):
 
 def test_embedder_uses_graphs_on_cuda(checkpoint):
     import altclip
-    from altclip.cuda_graphs import GraphedFeatures
     from altclip.inference import Embedder
+    from altclip.modeling.cuda_graphs import GraphedFeatures
 
     model, processor = altclip.load(checkpoint, device="cuda")
     fast, plain = Embedder(model, processor, "tiny"), Embedder(model, processor, "tiny", cuda_graphs=False)

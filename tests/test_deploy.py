@@ -15,7 +15,7 @@ import altclip
 from altclip import AltCLIPModel
 from altclip.cli import build
 from altclip.export import export_onnx
-from altclip.quantize import QuantizationError
+from altclip.modeling.quantize import QuantizationError
 from synthetic import write_toy_checkpoint
 from test_fast_paths import SMALL, embeddings, min_cosine
 
@@ -56,12 +56,12 @@ def test_quantized_variants_reload_without_requantizing(small, inputs, tmp_path,
     quantized.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert saved["method"] == (config if isinstance(config, str) else config["method"])
-    import altclip.quantize
+    import altclip.modeling.quantize
 
     def no_requantizing(*args, **kwargs):
         raise AssertionError("reloading must not quantize again")
 
-    monkeypatch.setattr(altclip.quantize, "quantize", no_requantizing)
+    monkeypatch.setattr(altclip.modeling.quantize, "quantize", no_requantizing)
     again = embeddings(AltCLIPModel.from_pretrained(tmp_path), inputs)
     assert torch.equal(again[0], got[0]) and torch.equal(again[1], got[1])
     assert (tmp_path / "quantized_model.pt").stat().st_size < (small / "model.safetensors").stat().st_size

@@ -232,13 +232,13 @@ def test_the_model_hint_recommends_hf_download(tmp_path):
 
 
 def test_an_unexpected_error_is_a_message_not_a_traceback(run, monkeypatch):
-    import altclip.registry
+    import altclip.loading.registry
 
     class Broken(dict):
         def values(self):
             raise RuntimeError("boom")
 
-    monkeypatch.setattr(altclip.registry, "KNOWN_MODELS", Broken())
+    monkeypatch.setattr(altclip.loading.registry, "KNOWN_MODELS", Broken())
     result = run("models")
     assert result.exit_code == 1 and "Unexpected RuntimeError: boom" in result.said and "bug" in result.said
     with pytest.raises(RuntimeError, match="boom"):  # ALTCLIP_DEBUG=1 shows where it happened

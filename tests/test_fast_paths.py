@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from altclip import AltCLIPConfig, AltCLIPModel, layers
-from altclip.quantize import QuantizationConfig, QuantizationError, quantize
-from altclip.registry import random_model
+from altclip.loading.random_checkpoints import random_model
+from altclip.modeling.quantize import QuantizationConfig, QuantizationError, quantize
 
 # A small model with realistic activation statistics (quantization error depends on width, so not the tiny one).
 SMALL = AltCLIPConfig(
@@ -124,7 +124,7 @@ def test_transformers_style_config_objects(checkpoint):
 def test_variable_length_attention_plumbing(checkpoint, inputs, monkeypatch):
     """The packed rows and sequence offsets handed to the variable-length kernel (CUDA only) are right: with a
     reference kernel (attention within each sequence, one at a time) the packed path equals the padded one."""
-    from altclip import layers
+    from altclip.modeling import layers
 
     def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k):
         assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and int(cu_q[-1]) == len(q)
@@ -147,7 +147,7 @@ def test_variable_length_attention_plumbing(checkpoint, inputs, monkeypatch):
 
 def test_recorded_path_equals_eager(checkpoint, inputs):
     """What a CUDA graph records (the padded path, no value-dependent branches) equals the default path."""
-    from altclip.layers import recording
+    from altclip.modeling.layers import recording
 
     model = AltCLIPModel.from_pretrained(checkpoint)
     ids, mask, pixels = inputs

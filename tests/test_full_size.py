@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from altclip import AltCLIPModel
-from altclip.registry import write_random_checkpoint
+from altclip.loading.random_checkpoints import write_random_checkpoint
 from conftest import load_reference
 from test_parity import assert_close
 

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from altclip.image_processing import CLIPImageProcessor, ImageError
 from altclip.index import ImageIndex
+from altclip.processing.image_processing import CLIPImageProcessor, ImageError
 from hostile_images import mutated, seeds
 
 SUFFIXES = (".jpg", ".png", ".webp", ".gif", ".tif", ".bmp")

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 import altclip
 from altclip import AltCLIPModel, CheckpointError
-from altclip.config import ConfigError
 from altclip.inference import Embedder, NonFiniteError
+from altclip.modeling.config import ConfigError
 
 PHOTO = Path(__file__).parent.parent / "examples" / "photos" / "cat.jpg"
 

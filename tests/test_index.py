@@ -147,7 +147,7 @@ def test_crafted_files_of_any_format_are_recorded_not_fatal(tmp_path, embedder):
 
 def test_files_over_the_size_limit_and_fifos_are_not_read(tmp_path, embedder, monkeypatch):
     import altclip.index.image_index as image_index
-    from altclip.files import read_regular_file
+    from altclip.utils.files import read_regular_file
 
     folder = tmp_path / "photos"
     paths = make_images(folder, 2, size=(300, 200))

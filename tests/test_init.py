@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from altclip import AltCLIPModel, AltCLIPTextModel
-from altclip.pretrained import empty_weights
-from altclip.registry import known_model
+from altclip.loading.pretrained import empty_weights
+from altclip.loading.registry import known_model
 
 CONFIG = known_model("tiny").config()
 

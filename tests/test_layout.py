@@ -1,6 +1,7 @@
-"""The package's layers, read from its source: no two modules import each other (directly or around a cycle), and the
-core at the top of the package never imports an application (the subpackages). Every import counts: those inside
-functions and under TYPE_CHECKING too."""
+"""The package's layers, read from its source: no two modules import each other (directly or around a cycle), the core
+(the public API at the top of the package and the folders it is grouped in) never imports an application, and an
+application imports another only where the layout says so (the command line fronts them all; the service searches the
+index). Every import counts: those inside functions and under TYPE_CHECKING too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "altclip"
 APPLICATIONS = ("cli", "server", "index", "train", "evaluate", "bench", "export")
+CORE_FOLDERS = ("modeling", "processing", "loading", "compat", "data", "utils")
+# Which application may import which other one: the command line is the front of every application, and the service
+# searches the index. Nothing else crosses between applications; what two of them share belongs in the core.
+MAY_IMPORT = {"cli": set(APPLICATIONS), "server": {"index"}}
 
 
 def module_names() -> dict[str, Path]:
@@ -78,7 +83,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_imports():
     graph = import_graph()
-    assert "altclip.model" in graph["altclip.pipeline"]  # a module-level import
+    assert "altclip.modeling.model" in graph["altclip.pipeline"]  # a module-level import
     assert "altclip.index" in graph["altclip.server.service"]  # one inside a function
     assert "altclip.zeroshot" in graph["altclip.inference"]  # `from altclip import zeroshot`
     assert {"altclip.cli.predict", "altclip.cli.common"} <= graph["altclip.cli"] | graph["altclip.cli.predict"]
@@ -88,14 +93,39 @@ def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
 
+def application(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in APPLICATIONS else None
+
+
+def test_the_core_is_grouped_in_folders():
+    top = {path.stem for path in PACKAGE.glob("*.py")} - {"__init__", "__main__"}
+    folders = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
+    assert folders == set(APPLICATIONS) | set(CORE_FOLDERS)
+    # At the top: only the public API (load, the pipeline, embedding, zero-shot classification and its templates).
+    assert top == {"pipeline", "inference", "zeroshot", "templates"}
+
+
 def test_the_core_imports_no_application():
     graph = import_graph()
-    core = [name for name in graph if name.count(".") == 1 and name.split(".")[1] not in (*APPLICATIONS, "__main__")]
-    assert "altclip.model" in core and "altclip.zeroshot" in core
-    reaching = {
-        name: sorted(t for t in graph[name] if t.split(".")[1] in APPLICATIONS) for name in core if name != "altclip"
-    }
+    core = [name for name in graph if application(name) is None and name != "altclip.__main__"]
+    assert "altclip.modeling.model" in core and "altclip.zeroshot" in core and "altclip.data.readers" in core
+    reaching = {name: sorted(t for t in graph[name] if application(t)) for name in core if name != "altclip"}
     assert {name: targets for name, targets in reaching.items() if targets} == {}
+
+
+def test_applications_import_each_other_only_as_the_layout_says():
+    graph = import_graph()
+    crossing = sorted(
+        f"{name} -> {target}"
+        for name, targets in graph.items()
+        for target in targets
+        if application(name)
+        and application(target)
+        and application(target) != application(name)
+        and application(target) not in MAY_IMPORT.get(application(name), set())
+    )
+    assert crossing == []
 
 
 def test_the_cycle_finder_finds_cycles():

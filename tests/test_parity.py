@@ -257,19 +257,19 @@ def test_training_loss_gradients_match_reference(ref_checkpoint, models, text_id
 def test_text_features_skip_padding(models, text_ids, monkeypatch):
     """get_text_features packs the real tokens of right-padded batches (no work on padding) and still equals the
     reference; other masks (left padding, holes) take the plain path, also equal to the reference."""
-    import altclip.layers
+    import altclip.modeling.layers
 
     ours, ref, _ = models
     ids, mask = text_ids
     packed_calls = []
-    original = altclip.layers.Packing.pack
+    original = altclip.modeling.layers.Packing.pack
 
     def spy(self, x):
         out = original(self, x)
         packed_calls.append(tuple(out.shape))
         return out
 
-    monkeypatch.setattr(altclip.layers.Packing, "pack", spy)
+    monkeypatch.setattr(altclip.modeling.layers.Packing, "pack", spy)
     with torch.no_grad():
         got = ours.get_text_features(input_ids=ids, attention_mask=mask)
         expected = ref.get_text_features(input_ids=ids, attention_mask=mask).pooler_output

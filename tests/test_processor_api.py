@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from altclip import AltCLIPProcessor, CLIPImageProcessor, XLMRobertaTokenizer
-from altclip.tokenizer import caption_corpus
+from altclip.processing.tokenizer import caption_corpus
 
 TEXTS = ["a photo of a cat sitting on the mat", "一只猫在沙发上", "short", "café au lait ☕"]
 

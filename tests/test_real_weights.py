@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from altclip import AltCLIPModel, AltCLIPProcessor, CheckpointNotFoundError
-from altclip.pretrained import checkpoint_files
+from altclip.loading.pretrained import checkpoint_files
 
 CHECKPOINTS = ["BAAI/AltCLIP", "BAAI/AltCLIP-m9", "BAAI/AltCLIP-m18"]
 COCO_URL = "http://images.cocodataset.org/val2017/000000039769.jpg"
@@ -43,7 +43,7 @@ def coco_image():
     if not COCO_CACHE.exists():
         from huggingface_hub import constants
 
-        from altclip.hub import hub_reachable
+        from altclip.loading.hub import hub_reachable
 
         if constants.HF_HUB_OFFLINE or not hub_reachable():
             pytest.skip(f"COCO image 39769 is not cached at {COCO_CACHE} and the network is off")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from altclip import AltCLIPTextModel, XLMRobertaTokenizer
-from altclip.registry import random_model
-from altclip.tokenizer import caption_corpus
+from altclip.loading.random_checkpoints import random_model
+from altclip.processing.tokenizer import caption_corpus
 
 EDGE_CASES = [
     "",
@@ -130,7 +130,7 @@ def test_fairseq_id_layout(folders):
 def test_long_text_is_truncated_by_default_and_the_model_accepts_it(folders, caplog):
     ours = XLMRobertaTokenizer.from_pretrained(folders["sentencepiece"])
     long_text = "一只猫 a cat " * 400
-    with caplog.at_level(logging.WARNING, logger="altclip.tokenizer"):
+    with caplog.at_level(logging.WARNING, logger="altclip.processing.tokenizer"):
         batch = ours([long_text, "short"], padding=True, return_tensors="pt")
     assert batch.input_ids.shape[1] == 512
     assert batch.input_ids[0, -1] == ours.eos_token_id

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import altclip
-from altclip.clip_text import CLIPTextTower, CLIPTokenizer
 from altclip.evaluate import classification_metrics, retrieval_metrics
 from altclip.inference import Embedder
+from altclip.modeling.clip_text import CLIPTextTower, CLIPTokenizer
 from synthetic import (
     CLASSES,
     COLOURS,

@@ -57,6 +57,14 @@ def test_every_entry_point_gives_the_same_scores(mode, pipeline, embedder, check
     assert kept == [0]
     assert_same(dict(zip(LABELS, probs[0].tolist())), expected)
 
+    # The library's classifier builder, with the templates given and with its default when they are None.
+    model, processor = embedder.model, embedder.processor
+    args = () if templates is None else (templates,)
+    classifier = altclip.zero_shot_classifier(model, processor, LABELS, *args)
+    image_embeds = altclip.embed_images(model, processor, [CAT])
+    probs = zeroshot.scores(image_embeds, classifier, embedder.logit_scale).probs
+    assert_same(dict(zip(LABELS, probs[0].tolist())), expected)
+
     image = base64.b64encode(CAT.read_bytes()).decode()
     answer = httpx.post(f"{server}/v1/classify", json={"image": image, "labels": LABELS, "templates": templates})
     assert answer.status_code == 200, answer.text

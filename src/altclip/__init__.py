@@ -7,21 +7,23 @@ checkpoints (BAAI/AltCLIP, BAAI/AltCLIP-m9, BAAI/AltCLIP-m18).
     probs = model(**inputs).logits_per_image.softmax(dim=1)
 """
 
-from altclip.auto import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
-from altclip.batch import BatchFeature
-from altclip.checkpoint import CheckpointError
-from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
-from altclip.hub import CheckpointNotFoundError
-from altclip.image_processing import CLIPImageProcessor, ImageError, load_image
+from altclip.compat.auto import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer
 from altclip.inference import NonFiniteError, embed_images, embed_texts, zero_shot_classifier
-from altclip.model import AltCLIPModel
-from altclip.outputs import AltCLIPOutput, TextModelOutput, VisionModelOutput
+from altclip.loading.checkpoint import CheckpointError
+from altclip.loading.hub import CheckpointNotFoundError
+from altclip.loading.random_checkpoints import write_random_checkpoint
+from altclip.loading.registry import KNOWN_MODELS
+from altclip.modeling.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig
+from altclip.modeling.model import AltCLIPModel
+from altclip.modeling.outputs import AltCLIPOutput, TextModelOutput, VisionModelOutput
+from altclip.modeling.quantize import QuantizationConfig
+from altclip.modeling.text import AltCLIPTextModel
+from altclip.modeling.vision import AltCLIPVisionModel
 from altclip.pipeline import ZeroShotImageClassificationPipeline, load, pipeline
-from altclip.processor import AltCLIPProcessor
-from altclip.registry import KNOWN_MODELS, write_random_checkpoint
-from altclip.text import AltCLIPTextModel
-from altclip.tokenizer import XLMRobertaTokenizer
-from altclip.vision import AltCLIPVisionModel
+from altclip.processing.batch import BatchFeature
+from altclip.processing.image_processing import CLIPImageProcessor, ImageError, load_image
+from altclip.processing.processor import AltCLIPProcessor
+from altclip.processing.tokenizer import XLMRobertaTokenizer
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "ImageError",
     "KNOWN_MODELS",
     "NonFiniteError",
+    "QuantizationConfig",
     "TextModelOutput",
     "VisionModelOutput",
     "XLMRobertaTokenizer",

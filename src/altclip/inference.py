@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from altclip import zeroshot
-from altclip.files import ordered_map
-from altclip.model import AltCLIPModel
-from altclip.processor import AltCLIPProcessor
+from altclip.modeling.model import AltCLIPModel
+from altclip.processing.processor import AltCLIPProcessor
+from altclip.utils.files import ordered_map
 
 
 class NonFiniteError(RuntimeError):
@@ -100,13 +100,14 @@ def zero_shot_classifier(
     model: AltCLIPModel,
     processor: AltCLIPProcessor,
     labels: Sequence[str],
-    templates: zeroshot.Templates = ("{}",),
+    templates: zeroshot.Templates = None,
     *,
     batch_size: int = 64,
 ) -> torch.Tensor:
     """(labels, projection_dim) unit-norm classifier: each label written into its templates, embedded, the
     embeddings averaged and renormalised (a prompt ensemble). ``templates`` as ``altclip.zeroshot`` describes them
-    (None, "none", "auto", a language code, a list, or one list per label); the default is the label alone."""
+    (None, "none", "auto", a language code, a list, or one list per label); the default, None, is the pipeline's
+    "This is a photo of {}.", as everywhere else."""
     prompts = zeroshot.label_prompts(labels, templates)
     embeds = embed_texts(model, processor, [p for ps in prompts for p in ps], batch_size=batch_size)
     return zeroshot.classifier_from_prompts(embeds, prompts)
@@ -116,7 +117,7 @@ class Embedder:
     """A model and its processor turned into unit-norm float32 numpy embeddings: what the index, the command
     line and the server use. ``name`` identifies the model in an index (a Hub id or a checkpoint path).
 
-    On CUDA, small batches replay CUDA graphs (``cuda_graphs``, on by default there; see ``altclip.cuda_graphs``).
+    On CUDA, small batches replay CUDA graphs (``cuda_graphs``, on by default there; see ``altclip.modeling.cuda_graphs``).
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class Embedder:
         # What computes the features: the model, or CUDA graphs of it (the same methods).
         self.features = model
         if cuda_graphs:
-            from altclip.cuda_graphs import GraphedFeatures
+            from altclip.modeling.cuda_graphs import GraphedFeatures
 
             self.features = GraphedFeatures(model)
 

@@ -10,9 +10,9 @@ import torch
 
 from altclip import zeroshot
 from altclip.inference import embed_images, embed_texts, logit_scale
-from altclip.model import AltCLIPModel
-from altclip.processor import AltCLIPProcessor
-from altclip.registry import DEFAULT_MODEL
+from altclip.loading.registry import DEFAULT_MODEL
+from altclip.modeling.model import AltCLIPModel
+from altclip.processing.processor import AltCLIPProcessor
 
 
 def load(

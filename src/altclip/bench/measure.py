@@ -29,8 +29,8 @@ import torch
 class Engine:
     library: str  # "altclip" or "transformers"
     dtype: str
-    quantization: str | None = None  # an altclip.quantize method
-    graphs: bool = False  # batches of up to 8 through CUDA graphs (altclip.cuda_graphs)
+    quantization: str | None = None  # an altclip.modeling.quantize method
+    graphs: bool = False  # batches of up to 8 through CUDA graphs (altclip.modeling.cuda_graphs)
     compile: bool = False  # torch.compile the image tower
 
 
@@ -121,7 +121,7 @@ def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out
         if spec.compile:
             model.vision_model.compile()
         if spec.graphs:
-            from altclip.cuda_graphs import GraphedFeatures
+            from altclip.modeling.cuda_graphs import GraphedFeatures
 
             model = GraphedFeatures(model)
     else:
@@ -196,8 +196,8 @@ def benchmark(
 ) -> dict[str, Any]:
     """Runs each engine in a worker process on the same checkpoint (a random one of ``shape`` unless given), on
     ``device`` (default: a GPU where there is one)."""
-    from altclip.devices import resolve_device
-    from altclip.registry import write_random_checkpoint
+    from altclip.loading.random_checkpoints import write_random_checkpoint
+    from altclip.utils.devices import resolve_device
 
     device = resolve_device(device)
     w = workload or Workload()

@@ -44,7 +44,7 @@ def bench(
     """Images/s, texts/s, latency at batch 1, peak memory, load time and accuracy of each engine, on the same
     random weights, with ratios against transformers (--compare transformers) or our exact path."""
     from altclip.bench import Workload, benchmark
-    from altclip.devices import resolve_device
+    from altclip.utils.devices import resolve_device
 
     names = [e.strip() for e in engines.split(",") if e.strip()]
     if compare == "transformers" and "transformers" not in names:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, print_table
-from altclip.registry import KNOWN_MODELS, KNOWN_TEACHERS
+from altclip.loading.registry import KNOWN_MODELS, KNOWN_TEACHERS
 
 app = typer.Typer()
 
@@ -28,8 +28,8 @@ def random_checkpoint(
 ) -> None:
     """Write a checkpoint with random weights (and a small tokenizer): for tests, benchmarks and demos without
     downloads. It loads like a released checkpoint, but its predictions mean nothing."""
-    from altclip.pretrained import parse_dtype
-    from altclip.registry import write_random_checkpoint
+    from altclip.loading.pretrained import parse_dtype
+    from altclip.loading.random_checkpoints import write_random_checkpoint
 
     if shape not in KNOWN_MODELS and shape not in KNOWN_TEACHERS:
         fail(f"Unknown shape {shape!r}; known: {', '.join([*KNOWN_MODELS, *KNOWN_TEACHERS])}", EXIT_USAGE)
@@ -48,7 +48,7 @@ def random_checkpoint(
 def models(as_json: JsonOpt = False) -> None:
     """The checkpoints this package knows: AltCLIP models and shapes, and the CLIP teacher shapes of teacher
     learning (all of them can be written with random weights by `altclip random-checkpoint --shape`)."""
-    from altclip import registry
+    from altclip.loading import registry
 
     rows = [
         {"name": m.name, "released": m.released, "languages": list(m.languages), "description": m.description}

@@ -28,8 +28,8 @@ from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import TyperException
 
-from altclip.files import stat_failure
-from altclip.registry import DEFAULT_MODEL
+from altclip.loading.registry import DEFAULT_MODEL
+from altclip.utils.files import stat_failure
 
 EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_INDEX = 1, 2, 3, 4, 5
 
@@ -71,10 +71,10 @@ def note(message: str) -> None:
 
 def model_errors() -> tuple[type[Exception], ...]:
     """What loading or running a model raises when the checkpoint is missing, damaged or does not fit."""
-    from altclip.checkpoint import CheckpointError
-    from altclip.config import ConfigError
-    from altclip.hub import CheckpointNotFoundError
     from altclip.inference import NonFiniteError
+    from altclip.loading.checkpoint import CheckpointError
+    from altclip.loading.hub import CheckpointNotFoundError
+    from altclip.modeling.config import ConfigError
 
     return CheckpointError, CheckpointNotFoundError, ConfigError, NonFiniteError
 
@@ -84,10 +84,10 @@ def explain(error: Exception) -> tuple[str, int]:
     order (the first match wins, so specific types come before the ValueError they derive from)."""
     import sqlite3
 
-    from altclip.devices import DeviceError
-    from altclip.image_processing import ImageError
     from altclip.index.embed_files import EmbedError
     from altclip.index.store import IndexMismatchError
+    from altclip.processing.image_processing import ImageError
+    from altclip.utils.devices import DeviceError
 
     table: list[tuple[type[BaseException] | tuple[type[BaseException], ...], int, Callable[[Exception], str]]] = [
         (DeviceError, EXIT_USAGE, str),
@@ -184,10 +184,10 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     """The model, its processor and an Embedder, or a clear exit: EXIT_USAGE for a --device or --dtype that cannot
     be, EXIT_MODEL when the model cannot be had."""
     from altclip import CheckpointNotFoundError
-    from altclip.devices import DeviceError, resolve_device
     from altclip.inference import Embedder
+    from altclip.loading.pretrained import parse_dtype
     from altclip.pipeline import load
-    from altclip.pretrained import parse_dtype
+    from altclip.utils.devices import DeviceError, resolve_device
 
     try:
         device, parsed_dtype = resolve_device(device), parse_dtype(dtype)

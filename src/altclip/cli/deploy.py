@@ -33,10 +33,10 @@ def quantize(
     """Write a quantized checkpoint that loads again (from_pretrained, altclip.load) without re-quantizing."""
     import torch
 
-    from altclip.devices import DeviceError
-    from altclip.model import AltCLIPModel
-    from altclip.processor import AltCLIPProcessor
-    from altclip.quantize import QuantizationConfig, QuantizationError
+    from altclip.modeling.model import AltCLIPModel
+    from altclip.modeling.quantize import QuantizationConfig, QuantizationError
+    from altclip.processing.processor import AltCLIPProcessor
+    from altclip.utils.devices import DeviceError
 
     try:
         config = QuantizationConfig(method, group_size=group_size, include_embeddings=include_embeddings)

@@ -30,10 +30,10 @@ from altclip.cli.common import (
     print_table,
     require_paths,
 )
-from altclip.files import IMAGE_SUFFIXES
 from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
-from altclip.progress import Progress
-from altclip.registry import is_random
+from altclip.loading.registry import is_random
+from altclip.utils.files import IMAGE_SUFFIXES
+from altclip.utils.progress import Progress
 
 app = typer.Typer()
 
@@ -275,7 +275,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
     if not inputs and not texts:
         fail("Give image inputs, --texts files, or both", EXIT_USAGE)
     require_paths([*inputs, *texts])
-    from altclip.registry import DEFAULT_MODEL
+    from altclip.loading.registry import DEFAULT_MODEL
 
     name = model or DEFAULT_MODEL
     name = str(Path(name).resolve()) if Path(name).exists() else name

@@ -53,8 +53,8 @@ Dropout = Annotated[
 
 
 def _run(fn, *args, **kwargs) -> None:
-    from altclip.devices import DeviceError
     from altclip.train.loop import TrainingError
+    from altclip.utils.devices import DeviceError
 
     try:
         result = fn(*args, **kwargs, log=lambda m: err.print(m, highlight=False))

@@ -27,8 +27,8 @@ import numpy as np
 
 from altclip import zeroshot
 from altclip.evaluate.metrics import classification_metrics, retrieval_metrics
-from altclip.files import is_image_name
 from altclip.inference import Embedder
+from altclip.utils.files import is_image_name
 
 
 def zero_shot_classification(
@@ -83,7 +83,7 @@ def _zero_shot(
 
 def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None = None) -> dict[str, Any]:
     """Retrieval over a captions file (CSV or JSONL of image and caption; several captions may share an image)."""
-    from altclip.train.data import read_pairs
+    from altclip.data.readers import read_pairs
 
     pairs, report = read_pairs([str(captions)], image_root)
     images = list(dict.fromkeys(source for source, _ in pairs))  # each image once, in order of appearance

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from altclip.model import AltCLIPModel
-from altclip.processor import AltCLIPProcessor
+from altclip.modeling.model import AltCLIPModel
+from altclip.processing.processor import AltCLIPProcessor
 
 FP32_TOLERANCE = 1e-4
 

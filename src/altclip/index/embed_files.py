@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from altclip.files import IMAGE_SUFFIXES, display, scan
+from altclip.utils.files import IMAGE_SUFFIXES, display, scan
 
 
 class EmbedError(ValueError):

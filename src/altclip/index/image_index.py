@@ -23,10 +23,10 @@ from typing import Protocol
 import numpy as np
 from filelock import FileLock, Timeout
 
-from altclip.files import display, ordered_map, read_regular_file, scan, stat_failure
-from altclip.image_processing import ImageError
 from altclip.index.sqlite_store import APPROX_THRESHOLD, SQLiteVectors
 from altclip.index.store import IndexMismatchError, VectorStore
+from altclip.processing.image_processing import ImageError
+from altclip.utils.files import display, ordered_map, read_regular_file, scan, stat_failure
 
 DB_NAME = "index.sqlite3"
 LOCK_NAME = "index.lock"  # held by the one process that writes the index

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from altclip.files import IMAGE_SUFFIXES
 from altclip.index.embed_files import (
     EmbedError,
     finished,
@@ -46,6 +45,7 @@ from altclip.index.embed_files import (
     text_inputs,
     write_atomically,
 )
+from altclip.utils.files import IMAGE_SUFFIXES
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
 MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work

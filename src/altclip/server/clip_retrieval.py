@@ -28,7 +28,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
 
-from altclip.files import display
 from altclip.index import ImageIndex
 from altclip.server import limits
 from altclip.server.errors import InvalidInput, NotFound
@@ -37,6 +36,7 @@ from altclip.server.limits import NON_BLANK
 from altclip.server.openapi import DIM, errors, request_body
 from altclip.server.schemas import IMAGE_BASE64, TEXT, _optional, checked, decode_base64, invalid, strip
 from altclip.server.service import Service, ServiceDep
+from altclip.utils.files import display
 
 DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near duplicates
 MOST_RESULTS = 1000  # as top_k of /v1/search

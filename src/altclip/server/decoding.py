@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from altclip.image_processing import CLIPImageProcessor, ImageError, convert_rgb
+from altclip.processing.image_processing import CLIPImageProcessor, ImageError, convert_rgb
 
 Image.init()
 FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF") if f in Image.OPEN)

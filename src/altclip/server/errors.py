@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from altclip.image_processing import ImageError
+from altclip.processing.image_processing import ImageError
 
 
 class BadRequest(Exception):

@@ -20,8 +20,8 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from altclip import zeroshot
-from altclip.image_processing import ImageError
 from altclip.inference import Embedder
+from altclip.processing.image_processing import ImageError
 from altclip.server import limits
 from altclip.server.batching import DynamicBatcher
 from altclip.server.decoding import Decoder
@@ -214,8 +214,8 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def _load(settings: ServerSettings) -> Embedder:
-    from altclip.devices import resolve_device
     from altclip.pipeline import load
+    from altclip.utils.devices import resolve_device
 
     model, processor = load(settings.model, device=resolve_device(settings.device), dtype=settings.dtype)
     return Embedder(model, processor, settings.model, batch_size=settings.max_batch_size)

@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from altclip.registry import DEFAULT_MODEL
+from altclip.loading.registry import DEFAULT_MODEL
 
 
 class ServerSettings(BaseSettings):
@@ -32,7 +32,7 @@ class ServerSettings(BaseSettings):
     index: str | None = None  # an index folder to search; without one, /v1/search answers 404
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    device: str | None = None  # default: a GPU where there is one (altclip.devices)
+    device: str | None = None  # default: a GPU where there is one (altclip.utils.devices)
     dtype: str | None = None
     max_batch_size: int = Field(32, ge=1)  # items per model call
     max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits for more items after its first

@@ -18,12 +18,12 @@ import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
 
-from altclip.files import ordered_map
-from altclip.image_processing import ImageError
-from altclip.model import AltCLIPModel
-from altclip.processor import AltCLIPProcessor
-from altclip.train.data import TarMember, read_pairs
+from altclip.data.readers import TarMember, read_pairs
+from altclip.modeling.model import AltCLIPModel
+from altclip.processing.image_processing import ImageError
+from altclip.processing.processor import AltCLIPProcessor
 from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_device
+from altclip.utils.files import ordered_map
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
 

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altclip.clip_text import CLIPTextTower, CLIPTokenizer, assemble_altclip
-from altclip.config import read_config_file
-from altclip.hub import resolve_file
-from altclip.image_processing import CLIPImageProcessor
-from altclip.text import AltCLIPTextModel
-from altclip.tokenizer import XLMRobertaTokenizer
-from altclip.train.data import read_parallel
+from altclip.data.readers import read_parallel
+from altclip.loading.hub import resolve_file
+from altclip.modeling.clip_text import CLIPTextTower, CLIPTokenizer, assemble_altclip
+from altclip.modeling.config import read_config_file
+from altclip.modeling.text import AltCLIPTextModel
+from altclip.processing.image_processing import CLIPImageProcessor
+from altclip.processing.tokenizer import XLMRobertaTokenizer
 from altclip.train.loop import Distributed, TrainConfig, Trainer, TrainingError, setup_device
 
 
@@ -45,7 +45,7 @@ class Student(nn.Module):
 
 def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
     """A registered shape (random weights), an AltCLIP checkpoint (its text tower), or an XLM-R checkpoint."""
-    from altclip.registry import KNOWN_MODELS, known_model
+    from altclip.loading.registry import KNOWN_MODELS, known_model
 
     if student in KNOWN_MODELS and not Path(student).exists():
         import dataclasses
@@ -67,7 +67,8 @@ def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
 def load_student_tokenizer(student: str, tokenizer: str | None, vocab_size: int) -> XLMRobertaTokenizer:
     """``tokenizer``, else the student's own. A registered shape that was never released (tiny) has none, and gets
     the small tokenizer random checkpoints of it are written with."""
-    from altclip.registry import KNOWN_MODELS, random_tokenizer
+    from altclip.loading.random_checkpoints import random_tokenizer
+    from altclip.loading.registry import KNOWN_MODELS
 
     if tokenizer is None and student in KNOWN_MODELS and not KNOWN_MODELS[student].released:
         if not Path(student).exists():

@@ -28,9 +28,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from altclip.devices import resolve_device
-from altclip.pretrained import PreTrainedModel
-from altclip.progress import Progress
+from altclip.loading.pretrained import PreTrainedModel
+from altclip.utils.devices import resolve_device
+from altclip.utils.progress import Progress
 
 
 class TrainingError(RuntimeError):

@@ -21,7 +21,7 @@ from typing import Any
 from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import Unigram
 
-from altclip.batch import BatchFeature, as_tensors
+from altclip.processing.batch import BatchFeature, as_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ class XLMRobertaTokenizer:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **hub: Any) -> XLMRobertaTokenizer:
         """Reads ``tokenizer.json``, or else ``sentencepiece.bpe.model``, from a folder or a Hub model id. ``hub``:
-        revision, subfolder, cache_dir, local_files_only, token (see ``altclip.hub.resolve_file``)."""
-        from altclip.hub import resolve_file, resolve_first
+        revision, subfolder, cache_dir, local_files_only, token (see ``altclip.loading.hub.resolve_file``)."""
+        from altclip.loading.hub import resolve_file, resolve_first
 
         name_or_path = pretrained_model_name_or_path
         found = resolve_first(name_or_path, [TOKENIZER_FILE, SENTENCEPIECE_FILE], what="a tokenizer", **hub)
@@ -514,6 +514,6 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenize
 
 def caption_corpus() -> list[tuple[str, str]]:
     """(language, caption) pairs shipped with the package (data/captions.txt)."""
-    text = (Path(__file__).parent / "data" / "captions.txt").read_text(encoding="utf-8")
+    text = (Path(__file__).parent.parent / "data" / "captions.txt").read_text(encoding="utf-8")
     rows = [line.split("\t", 1) for line in text.splitlines() if line and not line.startswith("#")]
     return [(lang, caption) for lang, caption in rows]

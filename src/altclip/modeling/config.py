@@ -247,7 +247,7 @@ class _Config:
         Other keywords override the file's values; a dict for a nested config (``text_config={"vocab_size": 20}``)
         overrides only the keys it names.
         """
-        from altclip.hub import resolve_file
+        from altclip.loading.hub import resolve_file
 
         hub = dict(
             revision=revision, subfolder=subfolder, cache_dir=cache_dir, local_files_only=local_files_only, token=token

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from altclip.config import CONFIG_CLASSES, CONFIG_NAME, _Config, read_config_file
-from altclip.hub import HUB_KEYWORDS, resolve_file
-from altclip.pretrained import PreTrainedModel
+from altclip.loading.hub import HUB_KEYWORDS, resolve_file
+from altclip.loading.pretrained import PreTrainedModel
+from altclip.modeling.config import CONFIG_CLASSES, CONFIG_NAME, _Config, read_config_file
 
 
 def _model_classes() -> dict[str, type[PreTrainedModel]]:
-    from altclip.model import AltCLIPModel
-    from altclip.text import AltCLIPTextModel
-    from altclip.vision import AltCLIPVisionModel
+    from altclip.modeling.model import AltCLIPModel
+    from altclip.modeling.text import AltCLIPTextModel
+    from altclip.modeling.vision import AltCLIPVisionModel
 
     return {"altclip": AltCLIPModel, "altclip_text_model": AltCLIPTextModel, "altclip_vision_model": AltCLIPVisionModel}
 
@@ -54,7 +54,7 @@ class AutoModel:
 class AutoProcessor:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        from altclip.processor import AltCLIPProcessor
+        from altclip.processing.processor import AltCLIPProcessor
 
         return AltCLIPProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -62,7 +62,7 @@ class AutoProcessor:
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        from altclip.tokenizer import XLMRobertaTokenizer
+        from altclip.processing.tokenizer import XLMRobertaTokenizer
 
         return XLMRobertaTokenizer.from_pretrained(pretrained_model_name_or_path, **kwargs)
 
@@ -70,6 +70,6 @@ class AutoTokenizer:
 class AutoImageProcessor:
     @staticmethod
     def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        from altclip.image_processing import CLIPImageProcessor
+        from altclip.processing.image_processing import CLIPImageProcessor
 
         return CLIPImageProcessor.from_pretrained(pretrained_model_name_or_path, **kwargs)

@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPConfig
-from altclip.outputs import AltCLIPOutput
-from altclip.pretrained import PreTrainedModel
-from altclip.text import AltCLIPTextModel
-from altclip.vision import AltCLIPVisionModel
+from altclip.loading import checkpoint as ckpt
+from altclip.loading.pretrained import PreTrainedModel
+from altclip.modeling.config import AltCLIPConfig
+from altclip.modeling.outputs import AltCLIPOutput
+from altclip.modeling.text import AltCLIPTextModel
+from altclip.modeling.vision import AltCLIPVisionModel
 
 
 def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:

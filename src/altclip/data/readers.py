@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from altclip.files import IMAGE_SUFFIXES
+from altclip.utils.files import IMAGE_SUFFIXES
 
 IMAGE_COLUMNS = ("image", "filepath", "path", "file", "image_path")
 CAPTION_COLUMNS = ("caption", "text", "title")

@@ -101,4 +101,4 @@ class AltCLIPOutput(ModelOutput):
 
 
 for _cls in (TextModelOutput, VisionModelOutput, AltCLIPOutput):
-    torch.export.register_dataclass(_cls, serialized_type_name=f"altclip.outputs.{_cls.__name__}")
+    torch.export.register_dataclass(_cls, serialized_type_name=f"altclip.modeling.outputs.{_cls.__name__}")

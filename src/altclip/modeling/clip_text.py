@@ -19,11 +19,11 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from torch import nn
 
-from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, ConfigError, read_config_file
-from altclip.hub import resolve_file, resolve_first
-from altclip.layers import PreNormLayer, run_layers
-from altclip.pretrained import checkpoint_files, empty_weights
+from altclip.loading import checkpoint as ckpt
+from altclip.loading.hub import resolve_file, resolve_first
+from altclip.loading.pretrained import checkpoint_files, empty_weights
+from altclip.modeling.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, ConfigError, read_config_file
+from altclip.modeling.layers import PreNormLayer, run_layers
 
 
 @dataclass
@@ -257,7 +257,7 @@ def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
 def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig):
     """An AltCLIP model with the CLIP checkpoint's image tower, projections and ``logit_scale`` loaded, and its
     text tower still empty (on the meta device), for a trained student to fill."""
-    from altclip.model import AltCLIPModel
+    from altclip.modeling.model import AltCLIPModel
 
     with empty_weights():
         model = AltCLIPModel(config, initialize=False)

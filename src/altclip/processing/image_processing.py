@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from altclip.batch import BatchFeature
-from altclip.files import stat_failure
-from altclip.hub import HUB_KEYWORDS
+from altclip.loading.hub import HUB_KEYWORDS
+from altclip.processing.batch import BatchFeature
+from altclip.utils.files import stat_failure
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"  # transformers 5 saves the image processor's settings nested in it
@@ -93,9 +93,9 @@ class CLIPImageProcessor:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> CLIPImageProcessor:
         """Reads ``preprocessor_config.json``, or the ``image_processor`` part of transformers 5's
-        ``processor_config.json``. Keywords: the hub keywords of ``altclip.hub.resolve_file`` (revision, subfolder,
+        ``processor_config.json``. Keywords: the hub keywords of ``altclip.loading.hub.resolve_file`` (revision, subfolder,
         ...) and settings that override the file's (``size={"shortest_edge": 180}``)."""
-        from altclip.hub import resolve_first
+        from altclip.loading.hub import resolve_first
 
         hub = {k: kwargs.pop(k) for k in HUB_KEYWORDS if k in kwargs}
         path = resolve_first(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], what="an image processor config", **hub)
@@ -108,7 +108,7 @@ class CLIPImageProcessor:
 
     @classmethod
     def has_config(cls, name_or_path: str | os.PathLike, **hub: Any) -> bool:
-        from altclip.hub import resolve_file
+        from altclip.loading.hub import resolve_file
 
         return any(resolve_file(name_or_path, f, required=False, **hub) for f in (PREPROCESSOR_FILE, PROCESSOR_FILE))
 

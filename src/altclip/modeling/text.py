@@ -12,9 +12,10 @@ import re
 import torch
 from torch import nn
 
-from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPTextConfig
-from altclip.layers import (
+from altclip.loading import checkpoint as ckpt
+from altclip.loading.pretrained import PreTrainedModel
+from altclip.modeling.config import AltCLIPTextConfig
+from altclip.modeling.layers import (
     MLP,
     Attention,
     Packing,
@@ -26,8 +27,7 @@ from altclip.layers import (
     padding_mask,
     run_layers,
 )
-from altclip.outputs import TextModelOutput
-from altclip.pretrained import PreTrainedModel
+from altclip.modeling.outputs import TextModelOutput
 
 
 class TextEmbeddings(nn.Module):
@@ -136,9 +136,9 @@ class AltCLIPTextModel(PreTrainedModel):
         """A text tower whose encoder is a pretrained XLM-RoBERTa (``xlm-roberta-large``, as AltCLIP started from),
         with a fresh ``pre_LN`` and ``transformation`` mapping to ``project_dim``: the student of teacher learning.
         The masked-language-model head and the pooler of the checkpoint are not used."""
-        from altclip.config import ConfigError, read_config_file
-        from altclip.hub import resolve_file
-        from altclip.pretrained import checkpoint_files
+        from altclip.loading.hub import resolve_file
+        from altclip.loading.pretrained import checkpoint_files
+        from altclip.modeling.config import ConfigError, read_config_file
 
         raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))  # type: ignore[arg-type]
         if raw.get("model_type") not in ("xlm-roberta", "roberta"):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from altclip.layers import recording
+from altclip.modeling.layers import recording
 
 
 @dataclass

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from altclip import checkpoint as ckpt
-from altclip.config import AltCLIPVisionConfig
-from altclip.layers import PreNormLayer, init_layer_norm, init_linear, run_layers
-from altclip.outputs import VisionModelOutput
-from altclip.pretrained import PreTrainedModel
+from altclip.loading import checkpoint as ckpt
+from altclip.loading.pretrained import PreTrainedModel
+from altclip.modeling.config import AltCLIPVisionConfig
+from altclip.modeling.layers import PreNormLayer, init_layer_norm, init_linear, run_layers
+from altclip.modeling.outputs import VisionModelOutput
 
 
 class VisionEmbeddings(nn.Module):

@@ -9,10 +9,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from altclip.batch import BatchFeature
-from altclip.hub import HUB_KEYWORDS
-from altclip.image_processing import CLIPImageProcessor
-from altclip.tokenizer import XLMRobertaTokenizer
+from altclip.loading.hub import HUB_KEYWORDS
+from altclip.processing.batch import BatchFeature
+from altclip.processing.image_processing import CLIPImageProcessor
+from altclip.processing.tokenizer import XLMRobertaTokenizer
 
 logger = logging.getLogger(__name__)
 
