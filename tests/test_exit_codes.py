@@ -20,7 +20,7 @@ from altclip.cli import build
 from altclip.index import ImageIndex
 from hostile_images import crafted
 from synthetic import write_clip_teacher, write_parallel
-from test_hostile_checkpoints import BAD_CONFIGS, DAMAGED_WEIGHTS, damaged
+from test_hostile_checkpoints import BAD_CONFIGS, DAMAGED_WEIGHTS, NESTED_FILES, damaged
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -60,13 +60,14 @@ def test_a_crafted_image_is_an_input_error_and_does_not_stop_the_indexer(run, tm
 # --- items 3 and 11: damaged checkpoints and configs ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", sorted(DAMAGED_WEIGHTS) + sorted(BAD_CONFIGS))
+@pytest.mark.parametrize("kind", sorted(DAMAGED_WEIGHTS) + sorted(BAD_CONFIGS) + sorted(NESTED_FILES))
 def test_a_damaged_checkpoint_or_config_exits_3_naming_the_file(run, tmp_path, checkpoint, kind):
     folder = damaged(checkpoint, tmp_path / "ckpt", kind)
     result = run("classify", CAT, "-l", "cat", "--model", folder)
     assert result.exit_code == 3, result.output
     assert "error: Could not load" in result.said
-    assert "model.safetensors" in result.said or "pytorch_model.bin" in result.said or "config.json" in result.said
+    named = ("model.safetensors", "pytorch_model.bin", "config.json", "tokenizer.json")
+    assert any(name in result.said for name in named)
 
 
 def test_a_config_far_deeper_than_its_weights_exits_3_at_once(tmp_path, checkpoint):

@@ -107,6 +107,13 @@ BAD_CONFIGS = {
 }
 
 
+NESTED_FILES = {
+    # name: (the file made 100,000 levels deep, what the error says)
+    "nested config.json": ("config.json", r"config\.json: JSON nested more than 64 levels deep"),
+    "nested tokenizer.json": ("tokenizer.json", r"tokenizer\.json is not a tokenizers JSON file: .*nested"),
+}
+
+
 def damaged(checkpoint: Path, folder: Path, kind: str) -> Path:
     """A copy of ``checkpoint`` with one of the damages above (weights, config, or "nan weights")."""
     shutil.copytree(checkpoint, folder)
@@ -114,6 +121,8 @@ def damaged(checkpoint: Path, folder: Path, kind: str) -> Path:
         DAMAGED_WEIGHTS[kind][0](folder)
     elif kind in BAD_CONFIGS:
         _edit_config(folder, BAD_CONFIGS[kind][0])
+    elif kind in NESTED_FILES:
+        (folder / NESTED_FILES[kind][0]).write_text('{"model": ' + "[" * 100_000 + "]" * 100_000 + "}")
     elif kind == "nan weights":
         _edit_weights(folder, lambda s: s["vision_model.post_layernorm.weight"].fill_(float("nan")))
     elif kind == "nan temperature":
@@ -130,6 +139,13 @@ def test_damaged_weight_files_are_checkpoint_errors_naming_the_file(tmp_path, ch
     folder = damaged(checkpoint, tmp_path / "ckpt", kind)
     with pytest.raises(CheckpointError, match=DAMAGED_WEIGHTS[kind][1]):
         AltCLIPModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", sorted(NESTED_FILES))
+def test_files_nested_too_deeply_are_errors_naming_the_file(tmp_path, checkpoint, kind):
+    folder = damaged(checkpoint, tmp_path / "ckpt", kind)
+    with pytest.raises(ValueError, match=NESTED_FILES[kind][1]):
+        altclip.load(folder)
 
 
 def test_float64_weights_still_load(tmp_path, checkpoint):

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from altclip.utils.jsonsafe import read_json
+
 # Checkpoint name -> our name, relative to each tower. "{}" stands for a layer index. A target (name, i) is the
 # i-th of the three row blocks (q, k, v) of a fused projection.
 WeightMap = dict[str, "str | tuple[str, int]"]
@@ -463,7 +465,7 @@ def save_tensors(state: dict[str, torch.Tensor], directory: Path, max_shard_size
 def shard_files(index_path: Path) -> list[Path]:
     """The shard files named by a ``*.index.json``, next to it."""
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        weight_map = read_json(index_path)["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index_path} is not a valid checkpoint index: {e}") from None
     return [index_path.parent / name for name in dict.fromkeys(weight_map.values())]

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from altclip.utils.jsonsafe import read_json
+
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -445,10 +447,7 @@ def _is_number(value: Any) -> bool:
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object, found {type(data).__name__}")
     return data

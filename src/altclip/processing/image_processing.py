@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from altclip.loading.hub import HUB_KEYWORDS
 from altclip.processing.batch import BatchFeature
 from altclip.utils.files import stat_failure
+from altclip.utils.jsonsafe import read_json
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"  # transformers 5 saves the image processor's settings nested in it
@@ -99,7 +100,7 @@ class CLIPImageProcessor:
 
         hub = {k: kwargs.pop(k) for k in HUB_KEYWORDS if k in kwargs}
         path = resolve_first(name_or_path, [PREPROCESSOR_FILE, PROCESSOR_FILE], what="an image processor config", **hub)
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
         if path.name == PROCESSOR_FILE:
             if "image_processor" not in data:
                 raise ValueError(f"{path} has no image_processor settings")

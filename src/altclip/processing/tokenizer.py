@@ -22,6 +22,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, normalizers, pre_tokeniz
 from tokenizers.models import Unigram
 
 from altclip.processing.batch import BatchFeature, as_tensors
+from altclip.utils.jsonsafe import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class XLMRobertaTokenizer:
         max_length = DEFAULT_MAX_LENGTH
         config_path = resolve_file(name_or_path, TOKENIZER_CONFIG_FILE, required=False, **hub)
         if config_path is not None:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
+            config = read_json(config_path)
             # transformers writes a huge sentinel (1e30) when no length was set.
             if isinstance(config.get("model_max_length"), int) and config["model_max_length"] < 1_000_000:
                 max_length = config["model_max_length"]
@@ -411,9 +412,9 @@ def _build(vocab: list[tuple[str, float]], charsmap: bytes | None, index: dict[s
 def read_tokenizer_json(path: Path) -> tuple[list[tuple[str, float]], bytes | None]:
     """The unigram vocabulary and the sentencepiece normalisation table of a ``tokenizer.json``."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path)
         model = data["model"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a tokenizers JSON file: {e}") from None
     if model.get("type", "Unigram") != "Unigram" or not isinstance(model.get("vocab"), list):
         raise ValueError(f"{path} holds a {model.get('type')} model; the XLM-R tokenizer is a Unigram model")
