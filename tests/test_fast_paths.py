@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from altclip import AltCLIPConfig, AltCLIPModel, layers
+from altclip import AltCLIPConfig, AltCLIPModel
+from altclip.modeling import layers
 from altclip.loading.random_checkpoints import random_model
 from altclip.modeling.quantize import QuantizationConfig, QuantizationError, quantize
 
