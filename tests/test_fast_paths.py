@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from altclip import AltCLIPConfig, AltCLIPModel
-from altclip.modeling import layers
 from altclip.loading.random_checkpoints import random_model
+from altclip.modeling import layers
 from altclip.modeling.quantize import QuantizationConfig, QuantizationError, quantize
 
 # A small model with realistic activation statistics (quantization error depends on width, so not the tiny one).
