@@ -125,7 +125,7 @@ class DynamicBatcher:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = self._take()
             if not batch:

@@ -61,7 +61,7 @@ def knn_request(f: Fields) -> type[BaseModel]:
     """The body of ``POST /knn-service`` for one deployment."""
     embedding = Annotated[
         list[FiniteFloat],
-        Field(min_length=f.dim, max_length=f.dim),
+        Field(min_length=f.dim, max_length=f.dim, json_schema_extra={"not": {"items": {"const": 0}}}),
         Says(f"embedding_input must be {f.dim} finite numbers"),
     ]
     one_query = {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}

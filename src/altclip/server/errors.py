@@ -121,10 +121,12 @@ def openai_error(status: int, detail: str, headers: dict[str, str] | None = None
 
 def documented(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
     """``responses`` entries for error statuses, all with a JSON body ``{"detail": "..."}`` (and OpenAI's error
-    object beside it on its routes, where an unusable request is a 400)."""
-    descriptions = {**DESCRIPTIONS, **({400: "The body is not valid JSON, or its values cannot be used"} if openai else {})}
-    model = OpenAIErrorResponse if openai else ErrorResponse
-    return {status: {"description": descriptions[status], "model": model} for status in statuses}
+    object beside it on its routes, where an unusable request is a 400), whatever the route's own content type."""
+    if openai:
+        descriptions = {**DESCRIPTIONS, 400: "The body is not valid JSON, or its values cannot be used"}
+        return {status: {"description": descriptions[status], "model": OpenAIErrorResponse} for status in statuses}
+    content = {"application/json": {"schema": ErrorResponse.model_json_schema()}}
+    return {status: {"description": DESCRIPTIONS[status], "content": content} for status in statuses}
 
 
 def install(app: FastAPI, message: Callable[[Sequence[dict]], str]) -> None:

@@ -309,7 +309,8 @@ def requests(f: Fields) -> Requests:
         labels: Annotated[
             Labels,
             BeforeValidator(label_list),
-            WithJsonSchema({"type": "string", "minLength": 1, "pattern": label_list_pattern(f.max_items),
+            WithJsonSchema({"type": "string", "minLength": 1, "maxLength": f.settings.max_body_bytes,
+                            "pattern": label_list_pattern(f.max_items),
                             "description": "Labels separated by commas, or a JSON list of labels (each within the "
                             "length limit of texts)"}),
         ]  # fmt: skip
@@ -394,7 +395,9 @@ def _sentence(error: dict) -> str:
         return error["msg"]
     if kind == "missing" and field in MISSING and len(loc) == 1:
         return MISSING[field]
-    if kind == "too_long" and ctx.get("field_type") == "List":
+    if field not in NAMES:
+        message = error.get("msg", "")
+    elif kind == "too_long" and ctx.get("field_type") == "List":
         message = f"Too many {plural}: {ctx['actual_length']} (limit {ctx['max_length']})"
     elif kind == "too_short" and ctx.get("field_type") == "List" and field not in WHAT_THEY_TAKE:
         message = f"No {plural} given"
