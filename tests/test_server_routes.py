@@ -186,4 +186,3 @@ def test_23_12_pages_answered_whole_are_not_counted_as_clients_gone(embedder, ca
     assert 'status="499"' not in metrics, [line for line in metrics.splitlines() if "499" in line]
     assert 'altclip_requests_total{endpoint="/",status="200"} 1.0' in metrics
     assert not [r for r in caplog.records if "went away" in r.getMessage()]
-

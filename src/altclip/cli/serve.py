@@ -136,7 +136,10 @@ COMMON = [
         ],
     ),
     inspect.Parameter(
-        "token", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[str | None, typer.Option(hidden=True)]
+        "token",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[str | None, typer.Option(hidden=True)],
     ),
 ]
 serve.__signature__ = inspect.Signature(COMMON + (setting_options() if ServerSettings is not None else []))

@@ -19,7 +19,6 @@ HEADERS = {
 }
 
 
-
 def add_routes(router: APIRouter) -> None:
     router.add_api_route("/docs", swagger_ui, include_in_schema=False)
     router.add_api_route("/redoc", redoc, include_in_schema=False)

@@ -83,8 +83,6 @@ DESCRIPTIONS = {
 }
 
 
-
-
 class ErrorResponse(BaseModel):
     detail: str = Field(description="What went wrong")
 
@@ -171,4 +169,3 @@ async def _routing_error(request: Request, exc: HTTPException):
     if request.scope["path"].startswith(OPENAI_PATHS):
         return shaped(exc.status_code, str(exc.detail), exc.headers, request.scope["path"])
     return await http_exception_handler(request, exc)
-

@@ -54,7 +54,9 @@ def _item_kind(value: Any) -> str:
 def embeddings_request(f: Fields) -> Any:
     """The body of ``POST /v1/embeddings`` for one deployment: texts (bare strings, unless ``modality`` is
     ``image``, as infinity-emb reads them) and typed items, each checked against the deployment's limits."""
-    Image = Annotated[f.base64_image, AfterValidator(_not_fetched)]  # (capitalised: EmbeddingsImageItem annotates "image")
+    Image = Annotated[
+        f.base64_image, AfterValidator(_not_fetched)
+    ]  # (capitalised: EmbeddingsImageItem annotates "image")
 
     class EmbeddingsTextItem(BaseModel, extra="forbid"):
         text: f.text
@@ -67,7 +69,8 @@ def embeddings_request(f: Fields) -> Any:
         over the limit is left to the limit, which refuses it without looking at its items."""
         if isinstance(value, list) and 0 < len(value) <= f.max_items:
             if all(type(v) is int or isinstance(v, list) for v in value) and any(
-                type(v) is int or (v and all(type(t) is int for t in v)) for v in value  # bools are not ids
+                type(v) is int or (v and all(type(t) is int for t in v))
+                for v in value  # bools are not ids
             ):
                 raise refuse("token ids are not supported: this model reads XLM-R tokens, not OpenAI's; send the "
                              "texts (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))")  # fmt: skip
@@ -120,7 +123,9 @@ def embeddings_request(f: Fields) -> Any:
         modality: Annotated[Literal["image"], Field(description="What the strings of input are: images")]
 
     def modality(value: Any) -> str:
-        return "images as strings" if isinstance(value, dict) and value.get("modality") == "image" else "texts as strings"
+        return (
+            "images as strings" if isinstance(value, dict) and value.get("modality") == "image" else "texts as strings"
+        )
 
     return Annotated[Annotated[TextEmbeddingsRequest, Tag("texts as strings")]
                      | Annotated[ImageEmbeddingsRequest, Tag("images as strings")],

@@ -19,7 +19,6 @@ PAGE_HEADERS = {
 }
 
 
-
 def add_routes(router: APIRouter, auth: list) -> None:
     router.add_api_route("/", page, include_in_schema=False)
     router.add_api_route("/healthz", healthz, summary="The process is alive", response_model=HealthResponse)

@@ -74,8 +74,9 @@ class Says:
     message: str
 
     def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.custom_error_schema(handler(source), custom_error_type="refused",
-                                               custom_error_message=self.message)
+        return core_schema.custom_error_schema(
+            handler(source), custom_error_type="refused", custom_error_message=self.message
+        )
 
 
 def decode_base64(text: str, index: int) -> bytes:
