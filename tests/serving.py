@@ -141,3 +141,32 @@ def in_process(settings: ServerSettings, embedder=None) -> Iterator[InProcess]:
         yield served
     finally:
         served.close()
+
+
+def until(condition, what: str = "the condition", timeout: float = 60) -> None:
+    """Waits until ``condition()`` holds: tests order their steps by what the server shows (its metrics), not by
+    sleeping. ``timeout`` only keeps a broken server from hanging the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
+
+
+async def until_async(condition, what: str = "the condition", timeout: float = 60) -> None:
+    """``until`` for a coroutine ``condition`` in an event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of one Prometheus series in ``text`` (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

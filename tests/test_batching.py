@@ -184,3 +184,18 @@ def test_a_batcher_not_started_says_so():
     batcher = DynamicBatcher(doubled, executor=ManualExecutor())
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(batcher.submit([1]))
+
+
+def test_the_warm_up_runs_alone_at_once():
+    """``run_alone`` (the service's warm-up) does not wait an hour for company, and is counted as a batch."""
+
+    async def scenario():
+        executor, seen = ManualExecutor(), []
+        batcher = DynamicBatcher(
+            doubled, executor=executor, max_wait_ms=3_600_000, on_batch=lambda n, s: seen.append(n)
+        )
+        warm = asyncio.ensure_future(batcher.run_alone([5]))
+        assert await executor.run_next() == [5]
+        assert await warm == [10] and seen == [1]
+
+    run(scenario)

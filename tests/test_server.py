@@ -1,5 +1,6 @@
-"""The HTTP service through a real uvicorn server on 127.0.0.1: every endpoint, every error code, auth on and
-off, draining on SIGTERM, and malformed requests."""
+"""The HTTP service: every endpoint, every error code and malformed requests in process (httpx's ASGI transport);
+auth, CORS, limits, admission, timeouts and batching through a real uvicorn server on 127.0.0.1; draining on SIGTERM
+in a real `altclip serve` process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 import altclip
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
-from serving import free_port, running_server, wait_until_ready
+from serving import free_port, in_process, metric_value, running_server, until_async, wait_until_ready
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -44,15 +45,9 @@ def index_dir(tmp_path_factory, embedder) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(embedder, index_dir):
-    with running_server(ServerSettings(index=str(index_dir), max_items=8, max_body_bytes=2_000_000), embedder) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server, timeout=30) as c:
-        yield c
+def client(embedder, index_dir):
+    with in_process(ServerSettings(index=str(index_dir), max_items=8, max_body_bytes=2_000_000), embedder) as app:
+        yield app
 
 
 # --- endpoints --------------------------------------------------------------------------------------------------
@@ -257,7 +252,7 @@ def test_error_codes(client, method, path, kwargs, code, message):
 
 
 def test_chunked_body_over_the_limit_is_refused(client):
-    def chunks():
+    async def chunks():  # (the in-process client sends from its event loop)
         for _ in range(30):
             yield b"x" * 100_000
 
@@ -316,7 +311,11 @@ def test_queue_full_gives_429_and_timeout_504(embedder):
     async def scenario(url: str) -> list[int]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             first = asyncio.create_task(c.post("/v1/embed/text", json={"texts": ["a", "b", "c"]}))
-            await asyncio.sleep(0.2)  # the first request now waits in the batcher
+
+            async def first_in_the_batcher() -> bool:
+                return metric_value((await c.get("/metrics")).text, 'altclip_queue_depth{kind="text"}') == 3
+
+            await until_async(first_in_the_batcher, "the first request queueing")
             second = await c.post("/v1/embed/text", json={"texts": ["d"]})
             assert second.headers["retry-after"] == "1" and "limit 1" in second.json()["detail"]
             return [second.status_code, (await first).status_code]
@@ -356,6 +355,7 @@ def test_dynamic_batching_gathers_concurrent_requests(embedder):
     assert total - 1 >= 16 and (total - 1) / (count - 1) >= 4  # minus the warm-up batch: 16 requests in few batches
 
 
+@pytest.mark.slow  # end to end: a real `altclip serve` process
 def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
     """A real `altclip serve` process: after SIGTERM /readyz turns 503 at once, a request in flight still
     completes, and the process exits cleanly."""

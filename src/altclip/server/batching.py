@@ -92,6 +92,14 @@ class DynamicBatcher:
                 self._queued_cost -= sum(i.cost for i in queue)
                 self.waiting -= len(queue)
 
+    async def run_alone(self, values: list[Any]) -> list[Any]:
+        """``values`` as a batch of their own, at once, without waiting for others (the warm-up)."""
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, values)
+        if self.on_batch is not None:
+            self.on_batch(len(values), time.perf_counter() - start)
+        return list(results)
+
     def _full(self) -> bool:
         return self._queued >= self.max_batch_size or self._queued_cost >= self.max_batch_tokens
 

@@ -94,8 +94,8 @@ class Service:
         self.texts.start()
         self.images.start()
         crop = self.image_processor.crop_size
-        await self.texts.submit(["warm-up"])
-        await self.images.submit([np.zeros((crop["height"], crop["width"], 3), np.uint8)], [self.image_tokens])
+        await self.texts.run_alone(["warm-up"])
+        await self.images.run_alone([np.zeros((crop["height"], crop["width"], 3), np.uint8)])
         self.ready = True
 
     async def stop(self) -> None:
