@@ -357,8 +357,8 @@ def test_dynamic_batching_gathers_concurrent_requests(embedder):
 
 @pytest.mark.slow  # end to end: a real `altclip serve` process
 def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
-    """A real `altclip serve` process: after SIGTERM /readyz turns 503 at once, a request in flight still
-    completes, and the process exits cleanly."""
+    """A real `altclip serve` process: it says where it listens; after SIGTERM /readyz turns 503 at once, a request
+    in flight still completes, and the process exits cleanly."""
     port = free_port()
     command = [sys.executable, "-m", "altclip", "serve", "--model", str(checkpoint), "--port", str(port),
                "--max-wait-ms", "1500", "--drain-seconds", "1"]  # fmt: skip
@@ -367,20 +367,27 @@ def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
     try:
         wait_until_ready(url, process, 60, lambda: process.stderr.read().decode())
 
-        async def scenario() -> tuple[int, int]:
+        async def scenario() -> tuple[bool, int]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 in_flight = asyncio.create_task(c.post("/v1/embed/text", json={"texts": ["in flight"]}))
-                await asyncio.sleep(0.3)
-                process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.2)
-                ready = (await c.get("/readyz")).status_code
-                return ready, (await in_flight).status_code
 
-        assert asyncio.run(scenario()) == (503, 200)
+                async def queued() -> bool:
+                    return metric_value((await c.get("/metrics")).text, 'altclip_queue_depth{kind="text"}') == 1
+
+                async def not_ready() -> bool:
+                    return (await c.get("/readyz")).status_code == 503
+
+                await until_async(queued, "the request queueing")
+                process.send_signal(signal.SIGTERM)
+                await until_async(not_ready, "/readyz turning 503")
+                return not in_flight.done(), (await in_flight).status_code
+
+        assert asyncio.run(scenario()) == (True, 200)  # 503 while the request was still in flight; then answered
         # uvicorn finishes the shutdown, then re-raises the signal so the exit status reports it
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
         log = process.stderr.read().decode()
         assert "Waiting for application shutdown" in log and "Finished server process" in log
+        assert f"Listening on http://127.0.0.1:{port}" in log  # issue 23: serve says where it listens
     finally:
         if process.poll() is None:
             process.kill()

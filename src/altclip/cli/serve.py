@@ -84,10 +84,13 @@ def serve(
     Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""
     from altclip.index import ImageIndex
 
-    if MISSING is not None:
-        fail(f"{MISSING}. The service needs: pip install 'altclip[serve]'", EXIT_USAGE)
-    from altclip.server import serve as run
-    from altclip.server.run import bind
+    try:
+        if MISSING is not None:
+            raise MISSING
+        from altclip.server import serve as run
+        from altclip.server.run import bind
+    except ImportError as e:
+        fail(f"{e}. The service needs: pip install 'altclip[serve]'", EXIT_USAGE)
 
     if token is not None:
         fail(

@@ -386,8 +386,13 @@ def validation_message(errors: Sequence[dict]) -> str:
 
 def _sentence(error: dict) -> str:
     kind, ctx, value = error.get("type", ""), error.get("ctx") or {}, error.get("input")
-    # union tags (which have spaces) and the parts of a request (body, path, query) are not fields
-    loc = [x for x in error.get("loc", ()) if not (isinstance(x, str) and (" " in x or x in ("body", "path", "query")))]
+    # where in the request (body, path, query: the first part) and union tags (which have spaces) are not fields
+    loc = list(error.get("loc", ()))
+    loc = [
+        x
+        for x in loc[1 if loc[:1] in (["body"], ["path"], ["query"]) else 0 :]
+        if not (isinstance(x, str) and " " in x)
+    ]
     field = next((x for x in loc if isinstance(x, str)), "")
     index = next((x for x in loc[1:] if isinstance(x, int)), None)
     plural, noun = NAMES.get(field, (field, field))
