@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
 from altclip.server.body import JSONRoute, UploadRoute
-from serving import in_process, running_server
+from serving import in_process, running_server, until
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -186,3 +186,30 @@ def test_23_12_pages_answered_whole_are_not_counted_as_clients_gone(embedder, ca
     assert 'status="499"' not in metrics, [line for line in metrics.splitlines() if "499" in line]
     assert 'altclip_requests_total{endpoint="/",status="200"} 1.0' in metrics
     assert not [r for r in caplog.records if "went away" in r.getMessage()]
+
+
+# --- admission in tokens ----------------------------------------------------------------------------------------------
+
+
+def test_requests_are_admitted_by_their_tokens(embedder):
+    """A request's tokens are counted before its work starts: over max_request_tokens it could never be served
+    (422); over what is left of max_queue_tokens while other work waits, it is turned away for now (429)."""
+    import asyncio
+
+    texts = [f"text number {i}" for i in range(6)]
+    with in_process(
+        ServerSettings(max_request_tokens=100, max_queue_tokens=100, max_wait_ms=3_600_000), embedder
+    ) as app:
+        tokens = sum(app.app.state.service.text_tokens(texts))
+        assert 50 < tokens <= 100  # the held request below leaves less than its own size
+        held = asyncio.run_coroutine_threadsafe(app.client.post("/v1/embed/text", json={"texts": texts}), app.loop)
+        until(lambda: app.app.state.service.budget.used == tokens, "the first request admitted")
+        busy = app.post("/v1/embed/text", json={"texts": texts})
+        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+        assert f"{tokens:,} tokens of work admitted (limit 100)" in busy.json()["detail"]
+        never = app.post("/v1/embed/text", json={"texts": texts * 2})
+        assert never.status_code == 422 and "over the limit of 100 per request" in never.json()["detail"]
+        usage = app.post("/v1/embeddings", json={"model": "m", "input": texts}).json()
+        assert usage["error"]["type"] == "rate_limit_error"  # the OpenAI route, turned away the same way
+        held.cancel()
+        until(lambda: app.app.state.service.budget.used == 0, "the held request's tokens released")
