@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +61,8 @@ class PreTrainedModel(nn.Module):
     # Each stack of layers (our parameter names before ".{}") -> the config value that counts its layers, which
     # loading checks against the weights before it builds anything.
     layer_stacks: ClassVar[dict[str, str]] = {}
+    # Checkpoint keys of tensors this model never uses (a head it does not have), skipped when loading.
+    ignored_weights: ClassVar[re.Pattern | None] = None
 
     # What transformers' tools (peft, accelerate, Trainer, pipelines) read off a model, with transformers' values.
     base_model_prefix: ClassVar[str] = "altclip"
@@ -366,6 +369,7 @@ class PreTrainedModel(nn.Module):
             dtype=dtype or torch.float32,
             device=device,
             source=f"Checkpoint {name}",
+            ignore=cls.ignored_weights,
         )
         return model
 
