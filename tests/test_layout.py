@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "altclip"
-APPLICATIONS = ("cli", "server", "index", "train", "evaluate", "bench", "export")
+APPLICATIONS = ("cli", "server", "index", "train", "evaluate", "bench", "export", "diffusion")
 
 
 def module_names() -> dict[str, Path]:
