@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from altclip.cli.common import EXIT_USAGE, JsonOpt, emit_json, err, fail, print_table
+from altclip.diffusion.shapes import DIFFUSION_SHAPES
 from altclip.registry import KNOWN_MODELS, KNOWN_TEACHERS
+
+RANDOM_PIPELINES = [name for name, shape in DIFFUSION_SHAPES.items() if not shape.released]
 
 app = typer.Typer()
 
@@ -19,8 +22,9 @@ def random_checkpoint(
     shape: Annotated[
         str,
         typer.Option(
-            help=f"An AltCLIP shape ({', '.join(KNOWN_MODELS)}) or a CLIP teacher shape for `altclip train distill` "
-            f"({', '.join(KNOWN_TEACHERS)})"
+            help=f"An AltCLIP shape ({', '.join(KNOWN_MODELS)}), a CLIP teacher shape for `altclip train distill` "
+            f"({', '.join(KNOWN_TEACHERS)}), or an AltDiffusion pipeline for `altclip generate` "
+            f"({', '.join(RANDOM_PIPELINES)})"
         ),
     ] = "tiny",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
@@ -31,8 +35,19 @@ def random_checkpoint(
     from altclip.pretrained import parse_dtype
     from altclip.registry import write_random_checkpoint
 
+    if shape in RANDOM_PIPELINES:
+        try:
+            from altclip.diffusion.pipeline import write_random_pipeline
+        except ImportError as e:
+            fail(f"{e}. An AltDiffusion pipeline needs diffusers: pip install 'altclip[diffusion]'", EXIT_USAGE)
+        if dtype not in ("float32", "fp32", "float"):
+            fail("An AltDiffusion pipeline is written in float32 (load it with --dtype to run in another)", EXIT_USAGE)
+        path = write_random_pipeline(shape, output, seed=seed)
+        err.print(f"Wrote a random {shape} pipeline to {path}", highlight=False)
+        return
     if shape not in KNOWN_MODELS and shape not in KNOWN_TEACHERS:
-        fail(f"Unknown shape {shape!r}; known: {', '.join([*KNOWN_MODELS, *KNOWN_TEACHERS])}", EXIT_USAGE)
+        known = [*KNOWN_MODELS, *KNOWN_TEACHERS, *RANDOM_PIPELINES]
+        fail(f"Unknown shape {shape!r}; known: {', '.join(known)}", EXIT_USAGE)
     try:
         torch_dtype = parse_dtype(dtype)
     except ValueError as e:
