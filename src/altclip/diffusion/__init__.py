@@ -6,14 +6,13 @@ diffusers' pipelines, which run the UNet, the VAE and the scheduler.
     image = pipe("一只戴着帽子的猫", num_inference_steps=25).images[0]
 
 ``AltDiffusionTextModel`` (and its config) need neither diffusers nor transformers; ``AltDiffusionTextEncoder``
-(the same model as a diffusers component) and the pipeline functions import diffusers when first asked for.
+(the same model as a diffusers component) and the pipeline functions import diffusers. Each name is imported when
+first asked for, so that ``altclip.diffusion.shapes`` (what the command line lists) costs nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from altclip.diffusion.text_encoder import AltDiffusionTextConfig, AltDiffusionTextModel, TransformationModelOutput
 
 __all__ = [
     "AltDiffusionTextConfig",
@@ -25,6 +24,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    "AltDiffusionTextConfig": "altclip.diffusion.text_encoder",
+    "AltDiffusionTextModel": "altclip.diffusion.text_encoder",
+    "TransformationModelOutput": "altclip.diffusion.text_encoder",
     "AltDiffusionTextEncoder": "altclip.diffusion.component",
     "load_pipeline": "altclip.diffusion.pipeline",
     "write_random_pipeline": "altclip.diffusion.pipeline",
@@ -32,7 +34,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """The names that need diffusers, imported when first used (``import altclip.diffusion`` does not)."""
+    """Each name, imported when first used."""
     if name not in _LAZY:
         raise AttributeError(f"module 'altclip.diffusion' has no attribute {name!r}")
     import importlib

@@ -36,6 +36,7 @@ TEXT_ENCODER_CLASSES = (DIFFUSERS_CLASS, AltDiffusionTextEncoder.__name__)
 PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 MAX_SIDE = 2048  # pixels per side: what one image may cost is bounded (SD's UNet grows with the square)
 MAX_STEPS = 1000  # the schedules have 1000 training timesteps; no sampler takes more steps than that
+MAX_CHARS_PER_TOKEN = 32  # a generous bound on the characters of one token (XLM-R's pieces are far shorter)
 
 
 class NotAPipelineError(CheckpointError):
@@ -206,9 +207,11 @@ def check_prompts(tokenizer, prompts: Sequence[str], what: str = "prompt") -> No
     would cut without a word."""
     limit = tokenizer.model_max_length
     for i, text in enumerate(prompts, 1):
+        where = f"{what} {i}" if len(prompts) > 1 else what
+        if len(text) > limit * MAX_CHARS_PER_TOKEN:  # bounded before tokenizing: no token is that long
+            raise PromptError(f"{where} is {len(text)} characters long, far over this pipeline's {limit} tokens")
         count = len(tokenizer(text, truncation=False)["input_ids"])
         if count > limit:
-            where = f"{what} {i}" if len(prompts) > 1 else what
             raise PromptError(
                 f"{where} is {count} tokens long; this pipeline reads at most {limit} (with <s> and </s>): shorten it"
             )
