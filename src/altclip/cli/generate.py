@@ -35,19 +35,19 @@ _NUMBERED = re.compile(r"^(\d{5})\.png$")
 @app.command()
 def generate(
     prompts: Annotated[
-        list[str], typer.Argument(metavar="PROMPT...", help="What to draw, in any of the model's languages")
+        list[str], typer.Argument(metavar="PROMPT", help="What to draw, in any of the model's languages")
     ],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the PNG images to")],
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--model",
             "-m",
             envvar="ALTCLIP_DIFFUSION_MODEL",
-            help="AltDiffusion pipeline: Hub id (BAAI/AltDiffusion, -m9, -m18) or folder",
+            help=f"AltDiffusion pipeline: Hub id (BAAI/AltDiffusion, -m9, -m18) or folder [default: {DEFAULT_PIPELINE}]",
         ),
-    ] = DEFAULT_PIPELINE,  # fmt: skip
-    negative_prompt: Annotated[str | None, typer.Option(help="What the images should not show")] = None,
+    ] = None,  # fmt: skip
+    negative_prompt: Annotated[str | None, typer.Option(help="What the images should not show [default: none]")] = None,
     seed: Annotated[
         int | None,
         typer.Option(min=0, max=2**32 - 1, help="Seed of the first image; image k gets seed + k [default: random]"),
@@ -56,7 +56,9 @@ def generate(
     guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 or less: none)")] = 7.5,
     width: Annotated[int | None, typer.Option(help="A multiple of 8 [default: the model's]")] = None,
     height: Annotated[int | None, typer.Option(help="A multiple of 8 [default: the model's]")] = None,
-    images_per_prompt: Annotated[int, typer.Option("--images-per-prompt", "-n", min=1, max=64)] = 1,
+    images_per_prompt: Annotated[
+        int, typer.Option("--images-per-prompt", "-n", min=1, max=64, help="Images of each prompt")
+    ] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=64, help="Images per pipeline call")] = 1,
     safety_checker: Annotated[
         bool, typer.Option(help="Run the pipeline's safety checker, if it has one (it blacks out what it flags)")
@@ -69,6 +71,7 @@ def generate(
     AltCLIP's). Each image is a PNG in --output, with its prompt and settings in the file's metadata; the same
     seed and settings make the same image again."""
     prompts = list(prompts)
+    model = model or DEFAULT_PIPELINE
     if not prompts or not all(p.strip() for p in prompts):
         fail("Give at least one prompt, and no empty ones", EXIT_USAGE)
     if negative_prompt is not None and not negative_prompt.strip():
