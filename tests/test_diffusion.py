@@ -129,6 +129,20 @@ def test_outputs_match_diffusers(encoders, tokenizer, masked):
     assert got[-1] is got.hidden_states  # what the pipelines' clip skip reads
 
 
+def test_what_the_packed_path_does_not_take(encoders, tokenizer):
+    """token_type_ids, position_ids, attention maps: the padded batch, as given; the same states as diffusers'."""
+    reference, ours, _ = encoders
+    ids, mask = padded(tokenizer, PROMPTS)
+    types = torch.zeros_like(ids)
+    with torch.no_grad():
+        expected = reference(ids, attention_mask=mask, token_type_ids=types)[0]
+        got = ours(ids, attention_mask=mask, token_type_ids=types, output_attentions=True)
+    torch.testing.assert_close(got[0], expected, atol=1e-5, rtol=0)
+    assert len(got.attentions) == TEXT["num_hidden_layers"] and got.attentions[0].shape == (3, 4, 77, 77)
+    assert torch.all(got.attentions[0][mask[:, None, None, :].expand(-1, 4, 77, -1) == 0] == 0)  # padding unread
+    assert isinstance(ours(ids, mask, return_dict=False), tuple)
+
+
 def test_prompts_run_on_their_own_tokens(encoders, tokenizer, monkeypatch):
     """A prompt padded to 77 tokens costs its tokens plus one: the rows the layers compute."""
     import altclip.text

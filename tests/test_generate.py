@@ -97,6 +97,7 @@ def test_images_are_diffusers_images_with_their_settings(pipeline_dir, tmp_path)
         (["a cat", "--steps", "0"], 2, "steps"),
         (["a cat", "--device", "gpu"], 2, "not a device"),
         (["  "], 2, "no empty ones"),
+        (["un chat \udcff"], 4, "must be valid UTF-8"),  # undecodable bytes of a command line
     ],
 )
 def test_bad_input(pipeline_dir, tmp_path, args, code, message):

@@ -208,13 +208,26 @@ def check_prompts(tokenizer, prompts: Sequence[str], what: str = "prompt") -> No
     limit = tokenizer.model_max_length
     for i, text in enumerate(prompts, 1):
         where = f"{what} {i}" if len(prompts) > 1 else what
+        if not isinstance(text, str):
+            raise PromptError(f"{where} is not text")
         if len(text) > limit * MAX_CHARS_PER_TOKEN:  # bounded before tokenizing: no token is that long
             raise PromptError(f"{where} is {len(text)} characters long, far over this pipeline's {limit} tokens")
+        if not _utf8(text):
+            raise PromptError(f"{where} is not text: it must be valid UTF-8")
         count = len(tokenizer(text, truncation=False)["input_ids"])
         if count > limit:
             raise PromptError(
                 f"{where} is {count} tokens long; this pipeline reads at most {limit} (with <s> and </s>): shorten it"
             )
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (a command line's undecodable bytes arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def generate(

@@ -153,7 +153,7 @@ class AltDiffusionTextModel(AltCLIPTextModel):
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         keep_hidden = output_hidden_states or config.has_pre_transformation
-        if (token_type_ids, position_ids, head_mask, inputs_embeds) == (None,) * 4 and not output_attentions:
+        if all(x is None for x in (token_type_ids, position_ids, head_mask, inputs_embeds)) and not output_attentions:
             h, hidden_states = self.encode_all_positions(input_ids, attention_mask, output_hidden_states=keep_hidden)
             attentions = None
         else:  # what the packed path does not take: the padded batch, as given
