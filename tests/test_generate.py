@@ -85,6 +85,13 @@ def test_images_are_diffusers_images_with_their_settings(pipeline_dir, tmp_path)
     assert code == 0 and "00004.png" in stdout  # a second run adds to the folder
 
 
+def test_models_lists_the_pipelines():
+    code, stdout, _ = run("models", "--json")
+    listed = {m["name"]: m for m in json.loads(stdout)}
+    assert len(listed["BAAI/AltDiffusion-m18"]["languages"]) == 18 and listed["BAAI/AltDiffusion-m18"]["released"]
+    assert not listed["altdiffusion-tiny"]["released"]
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [

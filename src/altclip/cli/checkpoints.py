@@ -61,8 +61,9 @@ def random_checkpoint(
 
 @app.command()
 def models(as_json: JsonOpt = False) -> None:
-    """The checkpoints this package knows: AltCLIP models and shapes, and the CLIP teacher shapes of teacher
-    learning (all of them can be written with random weights by `altclip random-checkpoint --shape`)."""
+    """The checkpoints this package knows: AltCLIP models and shapes, the CLIP teacher shapes of teacher learning,
+    and AltDiffusion pipelines for text to image (all of them can be written with random weights by `altclip
+    random-checkpoint --shape`, the pipelines in their tiny shape)."""
     from altclip import registry
 
     rows = [
@@ -71,7 +72,11 @@ def models(as_json: JsonOpt = False) -> None:
     ] + [
         {"name": t.name, "released": t.released, "languages": ["en"], "description": f"CLIP teacher: {t.description}"}
         for t in registry.KNOWN_TEACHERS.values()
-    ]
+    ] + [
+        {"name": d.name, "released": d.released, "languages": list(_pipeline_languages(d.name)),
+         "description": f"AltDiffusion: {d.description}"}
+        for d in DIFFUSION_SHAPES.values()
+    ]  # fmt: skip
     if as_json:
         emit_json(rows)
         return
@@ -80,3 +85,9 @@ def models(as_json: JsonOpt = False) -> None:
         [[r["name"] + ("" if r["released"] else " (random only)"), " ".join(r["languages"]), r["description"]]
          for r in rows],
     )  # fmt: skip
+
+
+def _pipeline_languages(name: str) -> tuple[str, ...]:
+    """An AltDiffusion pipeline's languages: those of the AltCLIP its text encoder comes from."""
+    suffix = name.rpartition("-")[2] if name.startswith("BAAI/AltDiffusion-") else ""
+    return KNOWN_MODELS.get(f"BAAI/AltCLIP-{suffix}" if suffix else "BAAI/AltCLIP", KNOWN_MODELS["tiny"]).languages

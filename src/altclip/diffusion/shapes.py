@@ -41,7 +41,7 @@ DIFFUSION_SHAPES: dict[str, DiffusionShape] = {
     for s in (
         DiffusionShape(
             "BAAI/AltDiffusion-m9",
-            "AltDiffusion in 9 languages: Stable Diffusion 1.x conditioned on AltCLIP-m9's text tower",
+            "Text to image in 9 languages: Stable Diffusion 1.x on AltCLIP-m9's text tower",
             text=dict(_XLMR_LARGE, project_dim=768, has_pre_transformation=False),
             unet=dict(_SD_UNET, cross_attention_dim=768, attention_head_dim=8),
             vae=_SD_VAE,
@@ -49,8 +49,7 @@ DIFFUSION_SHAPES: dict[str, DiffusionShape] = {
         ),
         DiffusionShape(
             "BAAI/AltDiffusion-m18",
-            "AltDiffusion in 18 languages: Stable Diffusion 2.1 (512) conditioned on AltCLIP-m18's text tower, read "
-            "from the layer before the last",
+            "Text to image in 18 languages: Stable Diffusion 2.1 (512) on AltCLIP-m18's text tower",
             text=dict(_XLMR_LARGE, project_dim=1024, has_pre_transformation=True),
             unet=dict(
                 _SD_UNET, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
@@ -60,7 +59,7 @@ DIFFUSION_SHAPES: dict[str, DiffusionShape] = {
         ),
         DiffusionShape(
             "altdiffusion-tiny",
-            "A tiny random AltDiffusion pipeline (32x32 images), to run text to image without downloads",
+            "A tiny random AltDiffusion pipeline (32x32 images): text to image without downloads",
             text=dict(
                 vocab_size=2000,
                 hidden_size=32,
