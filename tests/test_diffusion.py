@@ -354,6 +354,35 @@ def test_the_model_needs_neither_diffusers_nor_transformers(tmp_path):
 # The GPU's packed path (varlen attention with query-only rows) and real weights
 
 
+def test_query_only_rows_as_varlen_attention_reads_them():
+    """What the GPU's varlen kernel is given for packed rows with query-only padding rows (``Packing.keys`` and
+    ``key_cu_seqlens``), run here segment by segment as the kernel defines it: the attention of the padded batch
+    under its mask, at every kept row."""
+    from altclip.layers import Packing
+
+    lengths = torch.tensor([3, 6, 1, 4])
+    T, heads, size = 6, 2, 4
+    mask = (torch.arange(T)[None] < lengths[:, None]).long()
+    packing = Packing(mask, rows=torch.arange(T)[None] <= lengths[:, None])
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(len(packing.index), heads, size, generator=g) for _ in range(3))
+    keys, values = k[packing.keys], v[packing.keys]
+    segments = []
+    for i in range(len(lengths)):  # varlen: query segment i attends to key segment i
+        rows = slice(packing.cu_seqlens[i], packing.cu_seqlens[i + 1])
+        cols = slice(packing.key_cu_seqlens[i], packing.key_cu_seqlens[i + 1])
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            q[rows].transpose(0, 1), keys[cols].transpose(0, 1), values[cols].transpose(0, 1)
+        )
+        segments.append(attended.transpose(0, 1))
+    padded = [packing.unpack(x.reshape(len(x), -1)).view(len(lengths), T, heads, size).transpose(1, 2)
+              for x in (q, k, v)]  # fmt: skip
+    additive = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    expected = torch.nn.functional.scaled_dot_product_attention(*padded, attn_mask=additive)
+    expected = packing.pack(expected.transpose(1, 2).reshape(len(lengths), T, -1))
+    torch.testing.assert_close(torch.cat(segments).reshape(len(expected), -1), expected)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_matches_diffusers(encoders, tokenizer, dtype):
