@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "src" / "altclip"
-APPLICATIONS = ("cli", "server", "index", "train", "evaluate", "bench", "export")
+APPLICATIONS = ("cli", "server", "index", "train", "evaluate", "bench", "export", "diffusion")
 CORE_FOLDERS = ("modeling", "processing", "loading", "compat", "data", "utils")
 # Which application may import which other one: the command line is the front of every application, and the service
 # searches the index. Nothing else crosses between applications; what two of them share belongs in the core.

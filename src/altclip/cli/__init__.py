@@ -6,16 +6,17 @@ predict.py      classify, similarity              checkpoints.py   models, rando
 index.py        index, search, embed, demo        serve.py         serve
 train.py        train distill|contrastive          evaluate.py      eval zeroshot|retrieval
 deploy.py       quantize, export onnx              bench.py         bench
+generate.py     generate (text to image)
 """
 
 from __future__ import annotations
 
 import typer
 
-from altclip.cli import bench, checkpoints, deploy, evaluate, index, predict, serve, train
+from altclip.cli import bench, checkpoints, deploy, evaluate, generate, index, predict, serve, train
 from altclip.cli.common import TranslatedErrors, err
 
-COMMANDS = (predict, index, serve, train, evaluate, deploy, bench, checkpoints)
+COMMANDS = (predict, index, serve, train, evaluate, deploy, bench, generate, checkpoints)
 
 
 def build() -> typer.Typer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,8 @@ class PreTrainedModel(TransformersModelMixin):
     # Each stack of layers (our parameter names before ".{}") -> the config value that counts its layers, which
     # loading checks against the weights before it builds anything.
     layer_stacks: ClassVar[dict[str, str]] = {}
+    # Checkpoint keys of tensors this model never uses (a head it does not have), skipped when loading.
+    ignored_weights: ClassVar[re.Pattern | None] = None
 
     def __init__(self, config: _Config):
         super().__init__()
@@ -229,6 +232,7 @@ class PreTrainedModel(TransformersModelMixin):
             dtype=dtype or torch.float32,
             device=device,
             source=f"Checkpoint {name}",
+            ignore=cls.ignored_weights,
         )
         return model
 

@@ -99,16 +99,27 @@ class Packing:
     Linear layers, norms and the MLP work row by row, so they run on the packed rows alone and spend nothing on
     padding. Attention runs on the packed rows too where a variable-length kernel exists (half precision on CUDA,
     see ``varlen_attention``); elsewhere it re-pads to the (B, T) layout around its own few operations.
+
+    ``rows`` (B, T), a superset of ``attention_mask`` right after each sequence's real tokens, keeps more positions
+    than the attended ones: those extra rows are computed as queries that attend to their sequence's real tokens,
+    and are never attended to themselves (what a padding position computes under the attention mask).
     """
 
-    def __init__(self, attention_mask: torch.Tensor):
+    def __init__(self, attention_mask: torch.Tensor, rows: torch.Tensor | None = None):
         self.batch, self.length = attention_mask.shape
-        self.index = attention_mask.flatten().nonzero().squeeze(1)  # (N,) positions of real tokens in B * T
-        lengths = attention_mask.sum(1)
+        rows = attention_mask if rows is None else rows
+        self.index = rows.flatten().nonzero().squeeze(1)  # (N,) positions of the kept rows in B * T
+        lengths = rows.sum(1)
         ends = torch.cumsum(lengths, 0)
         self.first = ends - lengths  # (B,) row of each sequence's first token
         self.cu_seqlens = F.pad(ends, (1, 0)).to(torch.int32)  # (B + 1,) where each sequence starts, then N
         self.max_length = self.length  # an upper bound of the longest sequence is all the kernel needs
+        # The packed rows that are keys, and where each sequence's keys start; None when every row is a key.
+        self.keys: torch.Tensor | None = None
+        self.key_cu_seqlens = self.cu_seqlens
+        if rows is not attention_mask:
+            self.keys = attention_mask.flatten()[self.index].nonzero().squeeze(1)  # (K,)
+            self.key_cu_seqlens = F.pad(torch.cumsum(attention_mask.sum(1), 0), (1, 0)).to(torch.int32)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.batch * self.length, -1)[self.index]  # (B, T, C) -> (N, C)
@@ -146,7 +157,9 @@ class Attention(nn.Module):
         if packing is not None and not need_weights and head_mask is None and p == 0.0 and varlen_supported(qkv):
             N = qkv.shape[0]
             q, k, v = qkv.view(N, 3, self.num_heads, self.head_dim).unbind(1)  # each (N, nh, hs)
-            y = varlen_attention(q, k, v, packing.cu_seqlens, packing.max_length)  # (N, nh, hs)
+            if packing.keys is not None:  # rows that are queries only
+                k, v = k[packing.keys], v[packing.keys]  # (K, nh, hs)
+            y = varlen_attention(q, k, v, packing.cu_seqlens, packing.max_length, packing.key_cu_seqlens)
             return linear(self.out, y.reshape(N, -1)), None
         if packing is not None:
             qkv = packing.unpack(qkv)
@@ -191,11 +204,18 @@ def varlen_supported(x: torch.Tensor) -> bool:
 
 
 def varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_length: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_length: int,
+    key_cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention within each of the packed sequences: q, k, v (N, nh, hs), sequence ``i`` in rows
-    ``cu_seqlens[i]:cu_seqlens[i + 1]``; returns (N, nh, hs)."""
-    return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length)
+    ``cu_seqlens[i]:cu_seqlens[i + 1]`` (of k and v: ``key_cu_seqlens``, when they hold other rows); returns
+    (N, nh, hs)."""
+    keys = cu_seqlens if key_cu_seqlens is None else key_cu_seqlens
+    return _varlen_attn(q, k, v, cu_seqlens, keys, max_length, max_length)
 
 
 class MLP(nn.Module):

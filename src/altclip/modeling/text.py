@@ -258,9 +258,57 @@ class AltCLIPTextModel(PreTrainedModel):
 
     def conditioning_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, project_dim) ``transformation`` of every token's last hidden state, *without* ``pre_LN``: the
-        per-token states AltDiffusion's UNet cross-attends to."""
-        h, _, _ = self.encode(input_ids, attention_mask)
+        per-token states AltDiffusion's UNet cross-attends to (padding positions included: the UNet reads all
+        of them). Computed on packed tokens, see ``encode_all_positions``."""
+        h, _ = self.encode_all_positions(input_ids, attention_mask)
         return self.transformation(h)
+
+    def encode_all_positions(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """``encode`` for every position of a right-padded batch, padding included, computing each sequence's
+        padding once: the last layer's output (B, T, hidden) and, if asked, the hidden states (each (B, T, hidden)).
+
+        Under the attention mask a padding position attends to its sequence's real tokens and no position attends
+        to it, and every padding position of a sequence holds the same token at the same position (RoBERTa numbers
+        padding with the padding index), so all of them compute the same state. The real tokens and the first
+        padding position of each sequence are packed into one matrix (``Packing`` with ``rows``), and that
+        position's state is copied to the padding after it: a prompt of 12 tokens padded to 77 costs 13 rows, not
+        77. Without a mask, with padding elsewhere than on the right or that is not the padding token, or while a
+        graph is recorded, this is ``encode`` on the padded batch, which gives the same values.
+        """
+        packable = (
+            input_ids is not None
+            and attention_mask is not None
+            and input_ids.dim() == 2
+            and attention_mask.shape == input_ids.shape
+            and not graph_mode()
+        )  # else encode says what is wrong, or computes what was asked on the padded batch
+        if packable:
+            lengths = attention_mask.sum(1)
+            padding = attention_mask == 0
+            packable = (
+                0 < int(lengths.min()) < input_ids.shape[1]
+                and _right_padded(attention_mask, lengths)
+                and bool((input_ids[padding] == self.config.pad_token_id).all())
+            )
+        if not packable:
+            h, hidden_states, _ = self.encode(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+            return h, hidden_states
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device)
+        rows = positions[None] <= lengths[:, None]  # (B, T) the real tokens and the first padding position
+        packing = Packing(attention_mask, rows=rows)
+        h, hidden_states, _ = self.encode(
+            input_ids, attention_mask, output_hidden_states=output_hidden_states, packing=packing
+        )
+        # (B * T,) each position's packed row; a padding position after the first takes the first one's row
+        spread = torch.cumsum(rows.flatten(), 0) - 1
+
+        def unpack(x: torch.Tensor) -> torch.Tensor:
+            return x[spread].view(B, T, -1)  # (N, C) -> (B, T, C)
+
+        return unpack(h), None if hidden_states is None else tuple(map(unpack, hidden_states))
 
     def check_inputs(
         self,
