@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from altclip import AltCLIPConfig, AltCLIPModel
-from altclip.modeling import layers
 from altclip.loading.random_checkpoints import random_model
+from altclip.modeling import layers
 from altclip.modeling.quantize import QuantizationConfig, QuantizationError, quantize
 
 # A small model with realistic activation statistics (quantization error depends on width, so not the tiny one).
@@ -140,7 +140,7 @@ def test_variable_length_attention_plumbing(checkpoint, inputs, monkeypatch):
     ids, mask, _ = inputs
     with torch.inference_mode():
         padded = model.get_text_features(input_ids=ids, attention_mask=mask)
-        monkeypatch.setattr(layers, "_varlen_attn", reference_varlen)
+        monkeypatch.setattr(layers, "varlen_kernel", lambda: reference_varlen)
         monkeypatch.setattr(layers, "varlen_supported", lambda x: True)
         packed = model.get_text_features(input_ids=ids, attention_mask=mask)
     assert (packed - padded).abs().max() <= 1e-5

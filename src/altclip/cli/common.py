@@ -186,7 +186,7 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     from altclip import CheckpointNotFoundError
     from altclip.inference import Embedder
     from altclip.loading.pretrained import parse_dtype
-    from altclip.pipeline import load
+    from altclip.pipelines import load
     from altclip.utils.devices import DeviceError, resolve_device
 
     try:

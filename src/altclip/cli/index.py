@@ -6,7 +6,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -30,10 +30,12 @@ from altclip.cli.common import (
     print_table,
     require_paths,
 )
-from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
 from altclip.loading.registry import is_random
 from altclip.utils.files import IMAGE_SUFFIXES
 from altclip.utils.progress import Progress
+
+if TYPE_CHECKING:  # the index (and with it PyTorch) is imported by the commands that use it, not by --help
+    from altclip.index import ImageIndex, UpdateReport
 
 app = typer.Typer()
 
@@ -49,6 +51,8 @@ StoreOpt = Annotated[
 
 
 def _open_index(index: Path | None, create: bool, store: str | None = None) -> ImageIndex:
+    from altclip.index import ImageIndex, default_index_path
+
     path = index or default_index_path()
     try:
         return ImageIndex(path, create=create, store=store)
@@ -117,6 +121,8 @@ def index_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Index the images under FOLDERS for search. Re-runs are incremental and a killed run resumes."""
+    from altclip.index import IndexMismatchError
+
     require_paths(folders)
     with _open_index(index, create=True, store=store) as idx:
         embedder = load_embedder(model or idx.model, device, dtype, batch_size)
@@ -155,6 +161,7 @@ def search(
 ) -> None:
     """Search the index by text (any language) or by image."""
     from altclip import ImageError
+    from altclip.index import IndexMismatchError
 
     if (query is None) == (image is None):
         fail("Give a text QUERY or --image PATH (one of them)", EXIT_USAGE)
@@ -338,7 +345,8 @@ def demo(
 ) -> None:
     """Index a folder of photos (in a temporary index, or $ALTCLIP_DEMO_INDEX), search it in six languages, and
     classify the first three photos against seven labels in five languages."""
-    from altclip.pipeline import ZeroShotImageClassificationPipeline
+    from altclip.index import ImageIndex, IndexMismatchError
+    from altclip.pipelines import ZeroShotImageClassificationPipeline
 
     if not photos.is_dir():
         fail(f"{photos} is not a folder of photos", EXIT_USAGE)

@@ -46,7 +46,7 @@ def classify(
 ) -> None:
     """Zero-shot classification of images against labels you type."""
     from altclip import ImageError
-    from altclip.pipeline import ZeroShotImageClassificationPipeline
+    from altclip.pipelines import ZeroShotImageClassificationPipeline
 
     labels = [label for label in labels if label.strip()]
     if not labels:

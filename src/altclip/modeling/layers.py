@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import platform
 from collections.abc import Callable, Iterator, Sequence
 
@@ -152,7 +153,10 @@ class Attention(nn.Module):
         return linear(self.out, y), weights
 
 
-def _load_varlen() -> Callable | None:
+@functools.cache
+def varlen_kernel() -> Callable | None:
+    """PyTorch's variable-length attention kernel, or None before PyTorch 2.10. Imported on first use, by the CUDA
+    half-precision path alone: its module loads torch._dynamo, which would add a second to every ``import altclip``."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # PyTorch before 2.10
@@ -160,13 +164,10 @@ def _load_varlen() -> Callable | None:
     return varlen_attn
 
 
-_varlen_attn = _load_varlen()
-
-
 def varlen_supported(x: torch.Tensor) -> bool:
     """Whether attention over packed sequences can run without re-padding: PyTorch's variable-length (flash)
     kernel, CUDA and half precision only. Float32 never takes it, so the exact path is unchanged."""
-    return _varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None
 
 
 def varlen_attention(
@@ -174,7 +175,7 @@ def varlen_attention(
 ) -> torch.Tensor:
     """Attention within each of the packed sequences: q, k, v (N, nh, hs), sequence ``i`` in rows
     ``cu_seqlens[i]:cu_seqlens[i + 1]``; returns (N, nh, hs)."""
-    return _varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length)
+    return varlen_kernel()(q, k, v, cu_seqlens, cu_seqlens, max_length, max_length)
 
 
 class MLP(nn.Module):
