@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,26 @@ pq = pytest.importorskip("pyarrow.parquet")
 CAPTIONS = "一只猫\na red square\n\nкошка\nune tasse de café\n宇宙の銀河\nzwei Hunde im Schnee\nun perro\n"
 
 
+STALE = "127.0.0.1:1"  # the address a cluster that is gone left in ray_current_cluster
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    """A cluster of its own (address="local"), whatever else runs or ran on the machine. Its temporary folder holds
+    the ray_current_cluster file a cluster that is gone leaves behind: without an address, ray.init would follow
+    it (and refuse num_cpus, "When connecting to an existing cluster...")."""
+    with tempfile.TemporaryDirectory(prefix="ray-") as temp, pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", temp)
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text(STALE)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+        yield Path(temp)
+        ray.shutdown()
+
+
+def test_the_cluster_is_new_despite_a_stale_cluster_file(cluster):
+    assert (cluster / "ray" / "ray_current_cluster").exists()
+    assert ray.get_runtime_context().gcs_address != STALE and ray.cluster_resources()["CPU"] == 2
 
 
 @pytest.fixture
