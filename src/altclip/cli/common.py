@@ -50,9 +50,11 @@ IndexOpt = Annotated[
     Path | None, typer.Option("--index", help="Index folder [default: $ALTCLIP_INDEX or the user data dir]")
 ]
 TEMPLATES_HELP = (
-    "Prompts: 'auto' (the built-in set of each label's language), 'none' (the label alone), a language code "
-    "(en, zh, ...), or a file of templates with '{}', one per line"
+    "Prompts: auto (the built-in set of each label's language), none (the label alone), a language code (en, zh, "
+    "...), a template with {} where the label goes (or CLIP_benchmark's {c}; repeat the option for more), or a "
+    "file of such templates, one per line"
 )
+TemplatesOpt = Annotated[list[str] | None, typer.Option("--templates", metavar="TEMPLATES", help=TEMPLATES_HELP)]
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -144,6 +146,24 @@ def require_paths(paths: list[Path]) -> None:
             fail(f"{path} {reason}", EXIT_USAGE)
 
 
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """The images named: files as they are (a missing one is the reader's error to report), folders replaced by the
+    image files under them, searched recursively, in sorted order. Exits with EXIT_INPUT for a folder without
+    images."""
+    from altclip.utils.files import IMAGE_SUFFIXES, is_image_name
+
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if is_image_name(p.name) and p.is_file())
+        if not found:
+            fail(f"No image files under {path} (looked for {', '.join(IMAGE_SUFFIXES)})", EXIT_INPUT)
+        files += found
+    return files
+
+
 def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None, right: Collection[str] = ()
 ) -> None:
@@ -212,12 +232,48 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     return Embedder(loaded, processor, name, batch_size=batch_size)
 
 
-def read_templates(value: str) -> str | list[str]:
-    """A ``--templates`` value: a file of templates (one per line) as a list, else the mode or language code."""
-    path = Path(value)
-    if path.is_file():
-        return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    return value
+def read_templates(values: list[str] | None, default: str | list[str] = "auto") -> str | list[str]:
+    """The ``--templates`` values as ``altclip.zeroshot`` takes them: one name (auto, none, a language code), or
+    the templates given and those of the files given. Exits with EXIT_USAGE naming the option for anything else."""
+    from altclip.zeroshot import TEMPLATE_MODES, check_template
+
+    if not values:
+        return default
+    names = [value for value in values if value in TEMPLATE_MODES]
+    if names:
+        if len(values) > 1:
+            fail(f"--templates {names[0]} stands alone; repeat --templates only for templates and files", EXIT_USAGE)
+        return names[0]
+    templates: list[tuple[str, str]] = []  # (where it came from, template)
+    for value in values:
+        if "{" in value or "}" in value:
+            templates.append((f"--templates {value!r}", value))
+        elif Path(value).is_file():
+            templates += [(f"--templates {value}, line {n}", t) for n, t in _template_lines(Path(value))]
+        elif Path(value).exists() or os.sep in value or value.endswith(".txt"):
+            fail(f"--templates {value}: {missing_path(Path(value)) or 'not a file'}", EXIT_USAGE)
+        else:
+            fail(
+                f"--templates {value!r} is not a prompt set ({', '.join(TEMPLATE_MODES)}), a template with {{}} where "
+                "the label goes, or a file of templates",
+                EXIT_USAGE,
+            )
+    if not templates:
+        fail(f"--templates {' '.join(values)}: no templates in it", EXIT_USAGE)
+    for where, template in templates:
+        try:
+            check_template(template)
+        except ValueError as e:
+            fail(f"{where}: {e}", EXIT_USAGE)
+    return [template for _, template in templates]
+
+
+def _template_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"--templates {path} could not be read as UTF-8 text: {e}", EXIT_USAGE)
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def several_values(*options: str) -> type[TyperCommand]:

@@ -270,3 +270,87 @@ def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
             report.skip("empty caption", where)
             continue
         pairs.extend((image, caption) for caption in captions)
+
+
+@dataclass(frozen=True)
+class WebDatasetFolder:
+    """A dataset in CLIP_benchmark's WebDataset layout (what ``clip_benchmark_export_wds`` writes)::
+
+        ROOT/{split}/0.tar, 1.tar, ...             samples: an image (webp, png, jpg) with a .cls label, or a .txt
+                                                   of captions (one per line) for retrieval
+        ROOT/classnames.txt                        one class name per line, in label order
+        ROOT/zeroshot_classification_templates.txt one template per line, the class written as {c}
+        ROOT/dataset_type.txt                      "retrieval" or "multilabel" (else classification)
+    """
+
+    root: Path
+    split: str
+
+    @classmethod
+    def find(cls, root: str | Path, split: str = "test") -> WebDatasetFolder | None:
+        """The dataset at ``root``, or None when ``root/split`` holds no ``.tar`` shard."""
+        folder = Path(root) / split
+        return cls(Path(root), split) if folder.is_dir() and any(folder.glob("*.tar")) else None
+
+    @staticmethod
+    def splits(root: str | Path) -> list[str]:
+        """The splits of a WebDataset folder at ``root``: its sub-folders holding ``.tar`` shards."""
+        return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and any(p.glob("*.tar")))
+
+    @property
+    def shards(self) -> list[Path]:
+        """The split's shards, in their numbers' order (0.tar, 1.tar, ..., 10.tar)."""
+        tars = (self.root / self.split).glob("*.tar")
+        return sorted(tars, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
+
+    @property
+    def kind(self) -> str:
+        return (self._lines("dataset_type.txt") or ["classification"])[0].lower()
+
+    @property
+    def classnames(self) -> list[str] | None:
+        return self._lines("classnames.txt")
+
+    @property
+    def templates(self) -> list[str] | None:
+        return self._lines("zeroshot_classification_templates.txt")
+
+    def _lines(self, name: str) -> list[str] | None:
+        """The stripped, non-empty lines of a file of the dataset, or None without the file."""
+        path = self.root / name
+        if not path.is_file():
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_labeled_images(shards: list[Path], classes: int) -> tuple[list[tuple[TarMember, int]], DataReport]:
+    """(image, class index) of each sample of WebDataset classification shards, whose ``.cls`` holds the index;
+    a sample without an image, or whose label is not an index below ``classes``, is counted and skipped."""
+    report, items = DataReport(), []
+    for shard in shards:
+        try:
+            samples = tar_samples(shard)
+        except (tarfile.TarError, OSError) as e:
+            report.read += 1
+            report.skip("unreadable shard", f"{shard.name} ({e})")
+            continue
+        for key, files in sorted(samples.items()):
+            report.read += 1
+            where = f"{shard.name}:{key}"
+            image = sample_image(files)
+            if image is None:
+                report.skip("missing image", where)
+                continue
+            try:
+                label = int(files["cls"].read().decode("ascii").strip()) if "cls" in files else None
+            except (OSError, ValueError):  # unreadable, not a number
+                label = None
+            if label is None or not 0 <= label < classes:
+                report.skip(f"no class label (.cls with a number below {classes})", where)
+                continue
+            items.append((image, label))
+    return items, report

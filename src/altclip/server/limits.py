@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from altclip.server.errors import InvalidInput
-from altclip.zeroshot import check_template
+from altclip.zeroshot import PLACEHOLDER, check_template, placeholders
 
 # JSON Schema patterns are ECMA-262 regular expressions, whose whitespace (\s) is this set, not Python's (which also
 # counts \x1c-\x1f and \x85). The patterns and the server's own checks both use it, so they agree on what is blank.
@@ -97,8 +97,8 @@ def check_prompts(prompts: Sequence[Sequence[str]], settings: Any) -> None:
 def prompt_cost(labels: Sequence[str], templates: Sequence[str]) -> tuple[int, int]:
     """How many prompts ``labels`` x ``templates`` make, and their characters in all, without making them (a
     template of 2,000 "{}" would make each prompt 2,000 labels long)."""
-    marks = sum(t.count("{}") for t in templates)
-    fixed = sum(len(t) for t in templates) - 2 * marks
+    marks = sum(placeholders(t) for t in templates)
+    fixed = sum(len(PLACEHOLDER.sub("", t)) for t in templates)
     return len(labels) * len(templates), len(labels) * fixed + marks * sum(len(label) for label in labels)
 
 
