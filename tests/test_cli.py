@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,35 @@ def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
     assert skipped["skipped"] is True  # idempotent: a finished shard is not redone
     failed = json.loads(run("embed", folder, "--output", tmp_path / "e2", "--json").stdout)["failed"]
     assert [f["path"] for f in failed] == [str(folder / "broken.jpg")]
+
+
+def test_embed_reads_webdataset_tars(run, tmp_path, embedder):
+    """.tar inputs as --ray reads them: one output shard per tar, its image members named TAR/MEMBER."""
+    import pyarrow.parquet as pq
+
+    paths = make_images(tmp_path / "photos", 5)
+    tars = [tmp_path / "a.tar", tmp_path / "b.tar"]
+    for tar, part in zip(tars, (paths[:3], paths[3:])):
+        with tarfile.open(tar, "w") as archive:
+            for path in part:
+                archive.add(path, arcname=f"s/{path.name}")
+    broken = tmp_path / "c.tar"
+    broken.write_bytes(b"not a tar" * 100)
+    result = json.loads(run("embed", *tars, broken, "-o", tmp_path / "emb", "--json").stdout)
+    assert (result["shards"], result["written"], result["images"]) == (3, [0, 1], 5)
+    assert [(f["path"], f["reason"].split(":")[0]) for f in result["failed"]] == [(str(broken), "unreadable tar")]
+    assert not (tmp_path / "emb" / "img_emb" / "img_emb_2.npy").exists()  # tried again by the next run
+    for i, (tar, part) in enumerate(zip(tars, (paths[:3], paths[3:]))):
+        names = pq.read_table(tmp_path / "emb" / "metadata" / f"metadata_{i}.parquet")["image_path"].to_pylist()
+        assert names == [f"{tar}/s/{p.name}" for p in part]
+        vectors = np.load(tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy")
+        assert np.abs(vectors - embedder.embed_images([str(p) for p in part])).max() < 1e-5
+    one = json.loads(run("embed", *tars, broken, "-o", tmp_path / "one", "--shard", "1/3", "--json").stdout)
+    assert (one["shard"], one["images"]) == ("1/3", 2)
+    wrong = run("embed", *tars, "-o", tmp_path / "one", "--shard", "0/1")
+    assert wrong.exit_code == 2 and "one output shard per tar (2)" in wrong.stderr
+    mixed = run("embed", tars[0], paths[0], "-o", tmp_path / "one")
+    assert mixed.exit_code == 2 and "not both" in mixed.stderr
 
 
 def test_embed_redoes_a_shard_whose_inputs_changed(run, tmp_path):

@@ -116,7 +116,7 @@ def test_ray_writes_what_embed_writes(cluster, run, tmp_path):
     assert sorted(map(str, listed)) == sorted(str(p) for p in folder.iterdir() if p.name != "img_0007.jpg")
 
 
-def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
+def test_ray_reads_webdataset_tars(cluster, run, checkpoint, embedder, tmp_path):
     from altclip.index.ray_embed import embed_on_ray
 
     paths = make_images(tmp_path / "photos", 12)
@@ -150,6 +150,12 @@ def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
     ]
     assert metadata == names and np.abs(vectors - expected).max() < 1e-6
     assert np.load(tmp_path / "out" / "img_emb" / "img_emb_2.npy").shape == (0, 16)  # a tar without images
+
+    # One process reads the same inputs into the same files (and skips the shards --ray wrote).
+    single = run("embed", *tars, broken, "-o", tmp_path / "single", "--json")
+    assert single["written"] == [0, 1, 2] and single["failed"] == result["failed"]
+    assert_same_files(tmp_path / "single", tmp_path / "out")
+    assert run("embed", *tars, broken, "-o", tmp_path / "out", "--json")["skipped"] == [0, 1, 2]
 
 
 def test_ray_leaves_a_cpu_for_decoding(cluster, checkpoint, tmp_path):

@@ -190,7 +190,11 @@ def search(
 def embed(
     inputs: Annotated[
         list[Path],
-        typer.Argument(metavar="INPUT", help="Image folders, image files, or .txt lists of image paths"),
+        typer.Argument(
+            metavar="INPUT",
+            help="Image folders, image files, .txt lists of image paths, or WebDataset .tar shards (one output shard "
+            "each)",
+        ),
     ] = None,
     texts: Annotated[
         list[Path] | None,
@@ -199,7 +203,13 @@ def embed(
         ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
-    shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: embed only the i-th of n equal shards (0-based); with .tar inputs, n is the number of tars "
+            "[default: all: one shard, or one per tar]"
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
     ray: Annotated[
         str | None,
@@ -207,8 +217,7 @@ def embed(
             "--ray",
             metavar="ADDRESS",
             help="Embed every shard on a Ray cluster: local (start one here), auto (the one running here), "
-            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards [default: none, this process "
-            "embeds --shard]",
+            "HOST:6379 or ray://HOST:10001 [default: none, this process embeds]",
         ),
     ] = None,
     shards: Annotated[
@@ -224,7 +233,7 @@ def embed(
     """Write embeddings in the clip-retrieval layout: img_emb/img_emb_{i}.npy, text_emb/text_emb_{i}.npy and
     metadata/metadata_{i}.parquet, readable by autofaiss and clip-retrieval. Shards are independent and
     idempotent, so Slurm or any scheduler can run them in parallel; --ray runs them all on a Ray cluster."""
-    from altclip.index.embed_files import EmbedError, embed_shard, parse_shard
+    from altclip.index.embed_files import EmbedError, embed_shard, parse_shard, webdataset_inputs
 
     if ray is not None or shards is not None:
         _embed_on_ray(
@@ -232,33 +241,57 @@ def embed(
         )
         return
     try:
-        index, count = parse_shard(shard)
+        index, count = parse_shard(shard or "0/1")
+        tars = webdataset_inputs(inputs or [])
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
     if not inputs and not texts:
         fail("Give image inputs, --texts files, or both", EXIT_USAGE)
     require_paths([*(inputs or []), *(texts or [])])
+    everything = bool(tars) and shard is None  # every tar, each into its own shard, as --ray writes them
+    work = [(i, len(tars)) for i in range(len(tars))] if everything else [(index, count)]
     embedder = load_embedder(model, device, dtype, batch_size)
+    results = []
     try:
-        with Progress(f"Embedding shard {index}/{count}", enabled=not as_json) as progress:
-            result = embed_shard(
-                embedder, inputs or [], texts or [], output, index, count, overwrite=overwrite, progress=progress
-            )
+        for i, n in work:
+            with Progress(f"Embedding shard {i}/{n}", enabled=not as_json) as progress:
+                results.append(
+                    embed_shard(
+                        embedder, inputs or [], texts or [], output, i, n, overwrite=overwrite, progress=progress
+                    )
+                )
     except EmbedError as e:
         fail(str(e), EXIT_INPUT)
+    except ValueError as e:  # --shard i/n where n is not the number of tars
+        fail(f"{e}: --shard i/{len(tars)}", EXIT_USAGE)
     except ImportError as e:
         fail(f"{e}. Writing parquet needs pyarrow: pip install 'altclip[index]'", EXIT_USAGE)
     if as_json:
-        emit_json(result)
+        emit_json(_summary(results, len(work)) if everything else results[0])
         return
-    if result.get("skipped"):
-        err.print(f"Shard {index}/{count} is already done in {output} (use --overwrite to redo it)")
-        return
-    err.print(
-        f"Shard {index}/{count}: {result['images']} image and {result['texts']} text embeddings written to {output}",
-        highlight=False,
-    )
-    _skipped(result["failed"])
+    for result in results:
+        if result.get("skipped"):
+            err.print(f"Shard {result['shard']} is already done in {output} (use --overwrite to redo it)")
+            continue
+        err.print(
+            f"Shard {result['shard']}: {result['images']} image and {result['texts']} text embeddings written to "
+            f"{output}",
+            highlight=False,
+        )
+        _skipped(result["failed"])
+
+
+def _summary(results: list[dict], count: int) -> dict:
+    """The results of one process's shards, summed up as ``--ray`` sums up its run."""
+    return {
+        "shards": count,
+        "written": [i for i, r in enumerate(results) if r.get("files")],
+        "skipped": [i for i, r in enumerate(results) if r["skipped"]],
+        "images": sum(r["images"] for r in results),
+        "texts": sum(r["texts"] for r in results),
+        "failed": [f for r in results for f in r["failed"]],
+        "files": sorted(f for r in results for f in r.get("files", [])),
+    }
 
 
 def _skipped(failures: list[dict]) -> None:
@@ -274,7 +307,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
 
     if address is None:
         fail("--shards goes with --ray", EXIT_USAGE)
-    if shard != "0/1":
+    if shard is not None:
         fail(
             "--shard picks one shard for this process; with --ray, all shards run on the cluster (see --shards)",
             EXIT_USAGE,
