@@ -86,6 +86,25 @@ def test_index_search_and_reindex(run, tmp_path):
     assert (again["deleted"], again["embedded"], again["images"]) == (1, 0, 5)
 
 
+def test_search_tables_escape_control_characters_in_file_names(run, tmp_path):
+    """An ESC sequence or a newline in a file name reaches the terminal escaped, never raw; --json stays exact."""
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 3)
+    hostile = [folder / "clear\x1b[2J\x1b[31mred.jpg", folder / "two\nlines.jpg", folder / "right\u202egpj.exe.jpg"]
+    for path, new in zip(paths, hostile):
+        path.rename(new)
+    index = tmp_path / "index"
+    assert run("index", folder, "--index", index).exit_code == 0
+    table = run("search", "cat", "--index", index, "-k", "3")
+    assert table.exit_code == 0
+    unwrapped = table.stdout.replace("\n", "")  # long names wrap at 80 columns
+    for raw, shown in (("\x1b", "clear\\x1b[2J\\x1b[31mred.jpg"), ("\u202e", "right\\u202egpj.exe.jpg")):
+        assert raw not in table.stdout and shown in unwrapped
+    assert "two\\nlines.jpg" in unwrapped and "two\nlines" not in table.stdout
+    exact = json.loads(run("search", "cat", "--index", index, "-k", "3", "--json").stdout)
+    assert sorted(hit["path"] for hit in exact) == sorted(map(str, hostile))
+
+
 def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
     import pyarrow.parquet as pq
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -164,6 +165,22 @@ def image_files(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` with what would act on the terminal instead of showing escaped as Python writes it: control
+    characters (an ESC sequence, a newline that would split a row in two), line separators and the marks that
+    reorder text (bidirectional overrides). For tables and lists of file names; --json keeps names exact."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI else ch for ch in text)
+
+
+def _escape(ch: str) -> str:
+    return repr(ch)[1:-1] if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
 def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None, right: Collection[str] = ()
 ) -> None:
@@ -171,14 +188,14 @@ def print_table(
     row, its first cell and then a "column  value" line per other cell, so nothing is cut or squeezed. A row whose
     first cell is empty continues the row above. The title is a line of its own. Cells are text, never markup."""
     if title:
-        out.print(Text(title), soft_wrap=True)
+        out.print(Text(printable(title)), soft_wrap=True)
     table = Table()
     for column in columns:
-        table.add_column(Text(column), justify="right" if column in right else "left")
+        table.add_column(Text(printable(column)), justify="right" if column in right else "left")
     grouped = any(not row[0] for row in rows)  # rows continue others: a line under each group
     for i, row in enumerate(rows):
         last_of_group = grouped and (i + 1 == len(rows) or bool(rows[i + 1][0]))
-        table.add_row(*(Text(cell) for cell in row), end_section=last_of_group)
+        table.add_row(*(Text(printable(cell)) for cell in row), end_section=last_of_group)
     if out.measure(table, options=out.options.update_width(1_000_000)).maximum <= out.width:
         out.print(table)
         return
@@ -186,13 +203,13 @@ def print_table(
         if row[0]:
             if i:
                 out.print()
-            out.print(Text(row[0]))
+            out.print(Text(printable(row[0])))
         fields = Table.grid(padding=(0, 2))  # "column  value" lines, long values wrapped under themselves
         fields.add_column(no_wrap=True)
         fields.add_column()
         for column, cell in zip(columns[1:], row[1:]):
             if cell:
-                fields.add_row(Text(column), Text(cell))
+                fields.add_row(Text(printable(column)), Text(printable(cell)))
         out.print(Padding(fields, (0, 0, 0, 2), expand=False))
 
 

@@ -28,6 +28,7 @@ from altclip.cli.common import (
     load_embedder,
     note,
     print_table,
+    printable,
     require_paths,
 )
 from altclip.loading.registry import is_random
@@ -102,7 +103,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
     if report.failed:
         note(f"{len(report.failed)} could not be indexed:")
         for path, reason in report.failed[:20]:
-            err.print(f"  {path}: {reason}", highlight=False)
+            err.print(f"  {printable(path)}: {printable(reason)}", highlight=False)
         if len(report.failed) > 20:
             err.print(f"  ... and {len(report.failed) - 20} more (see --json)")
 
@@ -297,7 +298,10 @@ def _summary(results: list[dict], count: int) -> dict:
 def _skipped(failures: list[dict]) -> None:
     for failure in failures[:20]:
         err.print(
-            Text.assemble("  ", ("skipped", "yellow"), f" {failure['path']}: {failure['reason']}"), highlight=False
+            Text.assemble(
+                "  ", ("skipped", "yellow"), f" {printable(failure['path'])}: {printable(failure['reason'])}"
+            ),
+            highlight=False,
         )
 
 
