@@ -55,7 +55,9 @@ TEMPLATES_HELP = (
     "...), a template with {} where the label goes (or CLIP_benchmark's {c}; repeat the option for more), or a "
     "file of such templates, one per line"
 )
-TemplatesOpt = Annotated[list[str] | None, typer.Option("--templates", metavar="TEMPLATES", help=TEMPLATES_HELP)]
+TemplatesOpt = Annotated[
+    list[str] | None, typer.Option("--templates", metavar="TEMPLATES", help=f"{TEMPLATES_HELP} [default: auto]")
+]
 
 
 def fail(message: str, code: int) -> NoReturn:
