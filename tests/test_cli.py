@@ -260,3 +260,52 @@ def test_repeated_options_and_the_deprecated_several_values_form(run, tmp_path):
     result = run("embed", "--texts", captions, tmp_path / "photos", "--output", tmp_path / "emb", "--json")
     assert result.exit_code == 0, result.output
     assert (json.loads(result.stdout)["images"], json.loads(result.stdout)["texts"]) == (2, 2)
+
+
+@pytest.mark.parametrize("stage", ["distill", "contrastive"])
+def test_training_options_set_their_config_fields(stage, monkeypatch, tmp_path):
+    """Each training option, declared once for both stages, sets the TrainConfig field of its name."""
+    import altclip.train.contrastive
+    import altclip.train.distill
+    from altclip.train.config import TrainConfig
+
+    seen = {}
+
+    def capture(*args, log, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return {}
+
+    monkeypatch.setattr(getattr(altclip.train, stage), stage, capture)
+    given = dict(output=str(tmp_path / "run"), steps=7, batch_size=3, grad_accum=2, lr=0.5, weight_decay=0.25,
+                 warmup_steps=4, save_every=5, log_every=6, seed=9, dropout=0.125, device="cpu")  # fmt: skip
+    args = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
+    args += ["--bf16", "--gradient-checkpointing", "--fsdp", "--no-resume"]
+    if stage == "distill":
+        args += ["--teacher", "t", "--student", "s", "--corpus", "c.tsv", "--cosine-weight", "0.5"]
+        env = {}
+    else:
+        args += ["--data", "d.csv", "--train-vision"]
+        env = {"ALTCLIP_MODEL": "from-the-environment"}
+    result = CliRunner().invoke(build(), ["train", stage, *args], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = next(a for a in seen["args"] if isinstance(a, TrainConfig))
+    expected = TrainConfig(**given, bf16=True, gradient_checkpointing=True, fsdp=True, resume=False)
+    assert config == expected
+    if stage == "distill":
+        assert seen["args"][:3] == ("t", "s", ["c.tsv"]) and seen["kwargs"]["cosine_weight"] == 0.5
+    else:  # ALTCLIP_MODEL names the model to train, as for every other command
+        assert seen["args"][:2] == ("from-the-environment", ["d.csv"]) and seen["kwargs"]["train_vision"] is True
+    # The stages' own defaults.
+    shown = " ".join(CliRunner().invoke(build(), ["train", stage, "--help"]).stdout.split())
+    assert f"micro-step [default: {64 if stage == 'contrastive' else 32};" in shown
+
+
+def test_quantize_and_export_take_the_model_from_altclip_model(run, checkpoint, tmp_path, monkeypatch):
+    result = run("quantize", "--output", tmp_path / "int8", "--json")
+    assert result.exit_code == 0, result.output
+    assert altclip.AltCLIPModel.from_pretrained(tmp_path / "int8").config.quantization_config is not None
+    seen = []
+    monkeypatch.setattr("altclip.export.export_onnx", lambda model, *a, **k: seen.append(model) or {})
+    run("export", "onnx", "--output", tmp_path / "onnx", "--json")
+    assert seen == [str(checkpoint)]
+    assert "ALTCLIP_MODEL" in run("export", "onnx", "--help").stdout
