@@ -32,7 +32,8 @@ DEMO_EXTRAS ?= serve,index
 demo: .venv/.installed
 	@.venv/bin/altclip demo examples/photos || { status=$$?; if [ $$status -eq 3 ]; then \
 	  echo "To see the demo run without downloading the model (random weights, meaningless answers):"; \
-	  echo "  .venv/bin/altclip random-checkpoint ./checkpoints/tiny && ALTCLIP_MODEL=./checkpoints/tiny make demo"; fi; \
+	  if [ -d checkpoints/tiny ]; then echo "  ALTCLIP_MODEL=./checkpoints/tiny make demo"; \
+	  else echo "  .venv/bin/altclip random-checkpoint ./checkpoints/tiny && ALTCLIP_MODEL=./checkpoints/tiny make demo"; fi; fi; \
 	  exit $$status; }
 
 test: .venv-test/.installed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import unicodedata
 from collections.abc import Callable, Collection, Sequence
@@ -35,7 +36,7 @@ from altclip.utils.files import stat_failure
 EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_INDEX = 1, 2, 3, 4, 5
 
 out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+err = Console(stderr=True, markup=False, soft_wrap=True)  # messages are lines: the terminal wraps them, paths stay whole
 
 ModelOpt = Annotated[
     str | None,
@@ -61,7 +62,7 @@ TemplatesOpt = Annotated[
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -224,6 +225,7 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     be, EXIT_MODEL when the model cannot be had."""
     from altclip import CheckpointNotFoundError
     from altclip.inference import Embedder
+    from altclip.loading.hub import is_hub_id
     from altclip.loading.pretrained import parse_dtype
     from altclip.pipelines import load
     from altclip.utils.devices import DeviceError, resolve_device
@@ -235,20 +237,50 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     name = model or DEFAULT_MODEL
     if Path(name).exists():
         name = str(Path(name).resolve())
-    if not Path(name).exists():
+    elif not is_hub_id(name):
+        fail(
+            f"No checkpoint at {name}: no such folder, and not a Hub id (like BAAI/AltCLIP)\n{_try_offline()}",
+            EXIT_MODEL,
+        )
+    else:
         err.print(f"Loading {name} (downloaded into the Hugging Face cache on first use)...", highlight=False)
     try:
         loaded, processor = load(name, device=device, dtype=parsed_dtype)
     except CheckpointNotFoundError as e:
-        fail(
-            f"{e}\nTo try things out without downloads, write a small random checkpoint and point at it:\n"
-            "  altclip random-checkpoint ./checkpoints/tiny\n"
-            "  ALTCLIP_MODEL=./checkpoints/tiny altclip ...",
-            EXIT_MODEL,
-        )
+        fail(f"{e}\n{_try_offline()}", EXIT_MODEL)
     except (*model_errors(), ValueError, OSError) as e:
         fail(f"Could not load {name}: {e}", EXIT_MODEL)
     return Embedder(loaded, processor, name, batch_size=batch_size)
+
+
+def _try_offline() -> str:
+    """How to go on without a download: point at the random checkpoint written here, or write one first."""
+    altclip = command_name()
+    if Path("checkpoints/tiny").is_dir():
+        return (
+            "To try things out without downloads, point at the random checkpoint in ./checkpoints/tiny:\n"
+            f"  ALTCLIP_MODEL=./checkpoints/tiny {altclip} ..."
+        )
+    return (
+        "To try things out without downloads, write a small random checkpoint and point at it:\n"
+        f"  {altclip} random-checkpoint ./checkpoints/tiny\n"
+        f"  ALTCLIP_MODEL=./checkpoints/tiny {altclip} ..."
+    )
+
+
+def command_name() -> str:
+    """How to run ``altclip`` again from here: ``altclip`` where PATH finds this one, else the path it was started by
+    (``.venv/bin/altclip`` before the environment is activated), or ``python -m altclip``."""
+    started = sys.argv[0]
+    if os.path.basename(started) == "__main__.py":
+        return "python -m altclip"
+    if os.path.basename(started) != "altclip":  # run from Python (tests, another program)
+        return "altclip"
+    found = shutil.which("altclip")
+    if found and os.path.realpath(found) == os.path.realpath(started):
+        return "altclip"
+    relative = os.path.relpath(started)
+    return started if relative.startswith("..") else relative if os.sep in relative else f".{os.sep}{relative}"
 
 
 def read_templates(values: list[str] | None, default: str | list[str] = "auto") -> str | list[str]:

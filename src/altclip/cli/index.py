@@ -6,7 +6,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.text import Text
@@ -142,9 +142,25 @@ def index_command(
                 )
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
+        except KeyboardInterrupt:
+            _interrupted(idx)
         if report.found == 0 and not report.failed:
             note(f"No image files under {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})")
         _report(report, idx, as_json)
+
+
+def _interrupted(idx: ImageIndex) -> NoReturn:
+    """Ctrl-C during an update: what the index kept, and how to go on."""
+    try:
+        kept = f"keeps the {idx.count()} images embedded so far"
+    except sqlite3.Error:
+        kept = "keeps every batch embedded so far"
+    err.print(
+        f"Interrupted: the index at {idx.path} {kept}; run the same command again to continue where it stopped",
+        style="yellow",
+        highlight=False,
+    )
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -155,7 +171,15 @@ def search(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
     index: IndexOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Hub id or checkpoint folder; it must be the index's (ALTCLIP_MODEL is not read here) [default: the "
+            "model the index was built with]",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,

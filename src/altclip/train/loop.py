@@ -11,6 +11,7 @@ resumed run the same as an uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -313,7 +314,13 @@ class Trainer:
                 trained.load_state_dict(state)
         if self.dist.main:
             self.save_fn(trained, final)
-            plot_metrics(metrics_path, self.output / "metrics.png")
+            if importlib.util.find_spec("matplotlib") is None:
+                self.log(
+                    f"metrics.png not drawn: matplotlib is not installed (pip install 'altclip[train]'); the metrics "
+                    f"are in {metrics_path}"
+                )
+            else:
+                plot_metrics(metrics_path, self.output / "metrics.png")
         if self.dist.world > 1:
             dist.barrier()
         return {"final": str(final), "last": last, "steps": self.step}
