@@ -295,3 +295,24 @@ def test_quantize_and_export_take_the_model_from_altclip_model(run, checkpoint, 
     run("export", "onnx", "--output", tmp_path / "onnx", "--json")
     assert seen == [str(checkpoint)]
     assert "ALTCLIP_MODEL" in run("export", "onnx", "--help").stdout
+
+
+def test_search_uses_the_index_model_from_any_folder(checkpoint, tmp_path, monkeypatch):
+    """ALTCLIP_MODEL as a relative path (as the README sets it) indexes; searching from elsewhere still works."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copytree(checkpoint, tmp_path / "a" / "ckpt")
+    make_images(tmp_path / "photos", 3)
+    env = {"ALTCLIP_MODEL": "./ckpt"}
+    monkeypatch.chdir(tmp_path / "a")
+    runner = CliRunner()
+    assert (
+        runner.invoke(build(), ["index", str(tmp_path / "photos"), "--index", str(tmp_path / "i")], env=env).exit_code
+        == 0
+    )
+    monkeypatch.chdir(tmp_path / "b")
+    result = runner.invoke(build(), ["search", "cat", "--index", str(tmp_path / "i"), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
+    shown = " ".join(runner.invoke(build(), ["search", "--help"]).stdout.split())
+    assert "[default: the model the index was built with]" in shown and "BAAI/AltCLIP]" not in shown
