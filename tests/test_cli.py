@@ -263,7 +263,7 @@ def test_training_options_set_their_config_fields(stage, monkeypatch, tmp_path):
 
     monkeypatch.setattr(getattr(altclip.train, stage), stage, capture)
     given = dict(output=str(tmp_path / "run"), steps=7, batch_size=3, grad_accum=2, lr=0.5, weight_decay=0.25,
-                 warmup_steps=4, save_every=5, log_every=6, seed=9, dropout=0.125, device="cpu")  # fmt: skip
+                 warmup_steps=4, save_every=5, log_every=6, seed=9, dropout=0.125, workers=0, device="cpu")  # fmt: skip
     args = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
     args += ["--bf16", "--gradient-checkpointing", "--fsdp", "--no-resume"]
     if stage == "distill":

@@ -171,6 +171,32 @@ def test_embedder_uses_graphs_on_cuda(checkpoint):
     assert fast.features.graphs > 0
 
 
+def test_embedder_compiles_the_image_tower_in_half_precision(small_checkpoint):
+    """bfloat16 on CUDA: large image batches run compiled (within bf16's tolerance of eager bf16 and of float32);
+    float32 stays the exact eager path."""
+    import numpy as np
+
+    from altclip.inference import Embedder
+    from altclip.modeling.compiled import CompiledImageFeatures
+
+    processor = None  # the pixels go in directly (the small checkpoint has no tokenizer)
+    exact = AltCLIPModel.from_pretrained(small_checkpoint, device="cuda")
+    half = AltCLIPModel.from_pretrained(small_checkpoint, device="cuda", dtype=torch.bfloat16)
+    assert not isinstance(Embedder(exact, processor, "exact").features.model, CompiledImageFeatures)
+    fast = Embedder(half, processor, "fast")
+    compiled_features = fast.features.model  # graphs over the compiled image tower
+    assert isinstance(compiled_features, CompiledImageFeatures)
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randn(40, 3, 64, 64, generator=g).cuda()
+    with torch.inference_mode():
+        got = compiled_features.get_image_features(pixel_values=pixels.bfloat16()).float()
+        eager = half.get_image_features(pixel_values=pixels.bfloat16()).float()
+        reference = exact.get_image_features(pixel_values=pixels).float()
+    assert compiled_features.failed is None, compiled_features.failed
+    assert min_cosine(got, eager) >= 0.9999 and min_cosine(got, reference) >= 0.999
+    assert np.isfinite(got.cpu().numpy()).all()
+
+
 @pytest.mark.parametrize("method", ["int8_dynamic", "int8_weight_only", "int4_weight_only"])
 def test_torchao_quantization_on_cuda(small_checkpoint, method):
     pytest.importorskip("torchao")

@@ -169,7 +169,7 @@ def _linear_kernels(fn) -> set[str]:
     return names & {"mkldnn::_linear_pointwise", "aten::addmm", "aten::linear", "quantized::linear_dynamic"}
 
 
-@pytest.mark.skipif(not layers._onednn, reason="oneDNN's small-batch path is for x86 CPUs")
+@pytest.mark.skipif(layers.onednn_linear() is None, reason="oneDNN's small-batch path is for x86 CPUs")
 def test_small_batches_multiply_through_onednn_within_round_off():
     layer = torch.nn.Linear(64, 48)
     x = torch.randn(3, 20, 64)  # 60 rows
@@ -184,7 +184,7 @@ def test_small_batches_multiply_through_onednn_within_round_off():
         assert _linear_kernels(lambda: layers.linear(int8, x)) == {"quantized::linear_dynamic"}
 
 
-@pytest.mark.skipif(not layers._onednn, reason="oneDNN's small-batch path is for x86 CPUs")
+@pytest.mark.skipif(layers.onednn_linear() is None, reason="oneDNN's small-batch path is for x86 CPUs")
 def test_small_batch_path_leaves_autograd_hooks_and_tracing_alone():
     layer = torch.nn.Linear(64, 48)
     x = torch.randn(20, 64)
@@ -209,6 +209,23 @@ def test_small_batch_path_leaves_autograd_hooks_and_tracing_alone():
     with torch.no_grad():
         graph = str(torch.jit.trace(Wrapper(), (x,)).inlined_graph)
     assert "linear" in graph and "mkldnn" not in graph
+
+
+def test_without_the_onednn_kernel_linear_layers_fall_back_to_the_module(monkeypatch):
+    """The kernel is an operator, not a documented API: where it is missing (another PyTorch) or disagrees with
+    F.linear on the check, every product goes through the module itself."""
+    layer = torch.nn.Linear(64, 48)
+    x = torch.randn(20, 64)
+    layers.onednn_linear.cache_clear()
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", None, raising=False)
+    try:
+        assert layers.onednn_linear() is None
+        with torch.inference_mode():
+            assert "mkldnn::_linear_pointwise" not in _linear_kernels(lambda: layers.linear(layer, x))
+            torch.testing.assert_close(layers.linear(layer, x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    finally:
+        monkeypatch.undo()
+        layers.onednn_linear.cache_clear()
 
 
 def test_one_query_matches_transformers(ref_checkpoint, text_ids):

@@ -309,3 +309,18 @@ def test_retrieval_metrics_by_hand():
     # image 2: caption 3 (0.3) is first of its column -> R@1 = 1
     assert m["text_retrieval_recall@1"] == 1.0
     assert m["mean_recall"] == pytest.approx(np.mean([0.5, 1.0, 1.0, 1.0]))
+
+
+def test_batches_come_in_training_order_whatever_the_number_of_workers():
+    """The DataLoader (with or without worker processes, from the first step or from a resumed one) gives the
+    micro-batches ``global_indices`` defines, in order: data order stays a function of the step alone."""
+    from altclip.train.loop import Distributed, StepBatches, TrainConfig, TrainData, global_indices
+
+    config = TrainConfig(steps=5, batch_size=3, grad_accum=2, seed=1)
+    data = TrainData(dataset=list(range(10)), collate=torch.tensor, to_device=lambda b: b, decodes=True)
+    for start in (0, 3):
+        expected = [global_indices(s, m, config, 1, 0, 10) for s in range(start, 5) for m in range(2)]
+        for workers in (0, 2, None):
+            sampler = StepBatches(config, Distributed(), 10, start=start)
+            got = [batch.tolist() for batch in data.loader(sampler, workers, pin_memory=False)]
+            assert got == expected, (start, workers)

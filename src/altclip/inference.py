@@ -6,6 +6,7 @@ functions, and ``Embedder`` is the object the applications hold.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,9 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from altclip import zeroshot
+from altclip.modeling.compiled import CompiledImageFeatures, should_compile
 from altclip.modeling.model import AltCLIPModel
 from altclip.processing.processor import AltCLIPProcessor
 from altclip.utils.files import ordered_map
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -113,11 +117,34 @@ def zero_shot_classifier(
     return zeroshot.classifier_from_prompts(embeds, prompts)
 
 
+def fast_features(model: AltCLIPModel, *, cuda_graphs: bool | None = None, compile_images: bool | None = None):
+    """What computes a model's features (``get_text_features``, ``get_image_features``): the model itself, its image
+    tower compiled for large half-precision batches, and CUDA graphs for small batches over either. None leaves the
+    choice to the machine: graphs on CUDA, compiling where ``altclip.modeling.compiled.should_compile`` says it
+    pays. Float32 on a CPU is always the model itself, the exact path."""
+    if compile_images is None:
+        compile_images = should_compile(model)
+    if cuda_graphs is None:
+        cuda_graphs = model.device.type == "cuda"
+    features: Any = model
+    if compile_images:
+        features = CompiledImageFeatures(model)
+    if cuda_graphs:
+        from altclip.modeling.cuda_graphs import GraphedFeatures
+
+        features = GraphedFeatures(features)
+    return features
+
+
 class Embedder:
     """A model and its processor turned into unit-norm float32 numpy embeddings: what the index, the command
     line and the server use. ``name`` identifies the model in an index (a Hub id or a checkpoint path).
 
-    On CUDA, small batches replay CUDA graphs (``cuda_graphs``, on by default there; see ``altclip.modeling.cuda_graphs``).
+    The engine is chosen by the machine unless told: on CUDA, small batches replay CUDA graphs (``cuda_graphs``, see
+    ``altclip.modeling.cuda_graphs``), and in half precision large image batches run through ``torch.compile``
+    (``compile_images``, see ``altclip.modeling.compiled``); float32 on any device is the exact, eager path. A batch that
+    runs out of GPU memory is split in halves, and later batches stay at the size that fitted (logged), so no
+    image or text is lost to it.
     """
 
     def __init__(
@@ -128,20 +155,14 @@ class Embedder:
         batch_size: int = 32,
         *,
         cuda_graphs: bool | None = None,
+        compile_images: bool | None = None,
     ):
         self.model = model.eval()
         self.processor = processor
         self.name = name
         self.dim = model.config.projection_dim
         self.batch_size = batch_size
-        if cuda_graphs is None:
-            cuda_graphs = model.device.type == "cuda"
-        # What computes the features: the model, or CUDA graphs of it (the same methods).
-        self.features = model
-        if cuda_graphs:
-            from altclip.modeling.cuda_graphs import GraphedFeatures
-
-            self.features = GraphedFeatures(model)
+        self.features = fast_features(model, cuda_graphs=cuda_graphs, compile_images=compile_images)
 
     def prepare(self, image: Any) -> np.ndarray:
         """Decode, resize and crop one image to (H, W, 3) uint8; thread-safe, for decoding workers."""
@@ -149,9 +170,28 @@ class Embedder:
 
     def embed_prepared(self, arrays: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of (B, H, W, 3) uint8 images from ``prepare``; normalised on the model's device."""
-        uint8 = torch.from_numpy(np.ascontiguousarray(arrays)).to(self.model.device)
-        pixels = self.processor.image_processor.normalize_tensor(uint8)
-        return F.normalize(embed_pixels(self.features, pixels), dim=-1).cpu().numpy()
+
+        def embed(part: np.ndarray) -> np.ndarray:
+            uint8 = torch.from_numpy(np.ascontiguousarray(part)).to(self.model.device)
+            pixels = self.processor.image_processor.normalize_tensor(uint8)
+            return F.normalize(embed_pixels(self.features, pixels), dim=-1).cpu().numpy()
+
+        return self._in_memory(embed, arrays)
+
+    def _in_memory(self, embed, items):
+        """``embed(items)``, split in halves (recursively) when the GPU runs out of memory; a single item that does
+        not fit raises. Later batches are made no larger than the size that fitted."""
+        try:
+            return embed(items)
+        except torch.cuda.OutOfMemoryError:
+            if len(items) <= 1:
+                raise
+            half = (len(items) + 1) // 2
+            if self.batch_size > half:
+                log.warning("Out of GPU memory at a batch of %d; continuing with batches of %d", len(items), half)
+                self.batch_size = half
+            torch.cuda.empty_cache()
+            return np.concatenate([self._in_memory(embed, items[:half]), self._in_memory(embed, items[half:])])
 
     def embed_images(self, images: Sequence[Any]) -> np.ndarray:
         return embed_images(self.features, self.processor, images, batch_size=self.batch_size).cpu().numpy()
@@ -185,7 +225,10 @@ class Embedder:
         return (np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)), kept, failed
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return embed_texts(self.features, self.processor, texts, batch_size=self.batch_size).cpu().numpy()
+        def embed(part: Sequence[str]) -> np.ndarray:
+            return embed_texts(self.features, self.processor, part, batch_size=self.batch_size).cpu().numpy()
+
+        return self._in_memory(embed, list(texts))
 
     @property
     def logit_scale(self) -> float:

@@ -30,12 +30,15 @@ class Engine:
     library: str  # "altclip" or "transformers"
     dtype: str
     quantization: str | None = None  # an altclip.modeling.quantize method
-    graphs: bool = False  # batches of up to 8 through CUDA graphs (altclip.modeling.cuda_graphs)
-    compile: bool = False  # torch.compile the image tower
+    # The engine's fast paths, as ``altclip.inference.fast_features`` takes them: CUDA graphs for batches of up to 8,
+    # the image tower compiled for large half-precision batches; None: the machine's choice, what Embedder runs.
+    graphs: bool | None = False
+    compile: bool | None = False
 
 
 ENGINES: dict[str, Engine] = {
     "exact": Engine("altclip", "float32"),
+    "default-bf16": Engine("altclip", "bfloat16", graphs=None, compile=None),  # what the library runs in bf16
     "bf16": Engine("altclip", "bfloat16"),
     "fp16": Engine("altclip", "float16"),
     "bf16-graphs": Engine("altclip", "bfloat16", graphs=True),
@@ -118,12 +121,9 @@ def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out
         model = AltCLIPModel.from_pretrained(
             checkpoint, dtype=dtype, device=device, quantization_config=spec.quantization
         )
-        if spec.compile:
-            model.vision_model.compile()
-        if spec.graphs:
-            from altclip.modeling.cuda_graphs import GraphedFeatures
+        from altclip.inference import fast_features
 
-            model = GraphedFeatures(model)
+        model = fast_features(model, cuda_graphs=spec.graphs, compile_images=spec.compile)
     else:
         import transformers
 

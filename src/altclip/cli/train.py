@@ -50,6 +50,12 @@ TRAINING_OPTIONS: dict[str, Any] = {
         float | None,
         typer.Option(help="Override dropout (0 makes runs reproducible bit for bit) [default: the model's]"),
     ],
+    "workers": Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Processes preparing batches ahead of each step [default: as many as the stage's data needs]"
+        ),
+    ],
     "device": DeviceOpt,
 }
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name != "output"}  # --output is required

@@ -17,7 +17,9 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from typing_extensions import dataclass_transform
 
 from altclip.utils.jsonsafe import read_json
 
@@ -29,16 +31,20 @@ CONFIG_NAME = "config.json"
 _DROPPED_KEYS = {"_commit_hash", "_attn_implementation_internal", "_experts_implementation_internal", "use_return_dict"}
 
 
+C = TypeVar("C")
+
+
 class ConfigError(ValueError):
     """A config holds a value no model can be built with (a count that is not a positive integer, heads that do not
     divide the width, a dropout outside [0, 1], ...), or does not fit the weights beside it."""
 
 
-def config_dataclass(cls: type) -> type:
+@dataclass_transform()
+def config_dataclass(cls: type[C]) -> type[C]:
     """``@dataclass``, with an ``__init__`` that also takes keys that are not fields (see ``_Config._set_extra``)."""
     cls = dataclass(cls, eq=False)
     init = cls.__init__
-    names = {f.name for f in fields(cls) if f.init}
+    names = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
 
     @functools.wraps(init)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -46,7 +52,7 @@ def config_dataclass(cls: type) -> type:
         init(self, *args, **kwargs)
         self._set_extra(extra)
 
-    cls.__init__ = __init__
+    cls.__init__ = __init__  # type: ignore[method-assign]
     return cls
 
 

@@ -46,21 +46,41 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 # an AVX2 CPU: 1.4-1.7x for 1 to 32 rows, 1.06x at 128; from about 256 rows on MKL is as fast or faster
 # (benchmarks/small_gemm.py, results in benchmarks/results/small_gemm_cpu.json).
 ONEDNN_MAX_ROWS = 255
-_onednn = torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
+
+
+@functools.cache
+def onednn_linear() -> Callable[..., torch.Tensor] | None:
+    """oneDNN's linear kernel, where this PyTorch has it and it gives ``F.linear``'s values, else None.
+
+    The kernel is ``torch.ops.mkldnn._linear_pointwise``, what torch.compile's CPU backend emits for linear layers:
+    an operator, not a documented API, so it is used only after a check on this machine (it exists, and on a small
+    random product it agrees with ``F.linear`` to float32 round-off); anything else falls back to ``F.linear``."""
+    if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+        g = torch.Generator().manual_seed(0)
+        x, w, b = torch.randn(3, 16, generator=g), torch.randn(8, 16, generator=g), torch.randn(8, generator=g)
+        with torch.no_grad():
+            agrees = torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    except (AttributeError, RuntimeError, TypeError, NotImplementedError):
+        return None
+    return (lambda x, weight, bias: op(x, weight, bias, "none", [], "")) if agrees else None
 
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, for the linear layers of the towers. A plain float32 ``nn.Linear`` on an x86 CPU, given fewer
-    than 256 rows (one query, a short text) outside autograd and graph capture, multiplies through oneDNN instead:
-    the latency of one text falls by a quarter, with the same values to float32 round-off. Anything else (other
-    devices and dtypes, quantized or wrapped layers, hooks, training, tracing) calls the module as it is."""
-    if _small_cpu_gemm(module, x):
-        return torch.ops.mkldnn._linear_pointwise(x, module.weight, module.bias, "none", [], "")
+    than 256 rows (one query, a short text) outside autograd and graph capture, multiplies through oneDNN instead
+    (``onednn_linear``): the latency of one text falls by a quarter, with the same values to float32 round-off.
+    Anything else (other devices and dtypes, quantized or wrapped layers, hooks, training, tracing, a PyTorch without
+    the kernel) calls the module as it is."""
+    if _small_cpu_gemm(module, x) and (kernel := onednn_linear()) is not None:
+        return kernel(x, module.weight, module.bias)
     return module(x)
 
 
 def _small_cpu_gemm(module: nn.Module, x: torch.Tensor) -> bool:
-    if not _onednn or type(module) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32:
+    if type(module) is not nn.Linear or x.device.type != "cpu" or x.dtype != torch.float32:
         return False
     if graph_mode() or not torch.backends.mkldnn.enabled or module._forward_hooks or module._forward_pre_hooks:
         return False

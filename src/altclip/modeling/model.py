@@ -58,6 +58,19 @@ class AltCLIPModel(PreTrainedModel):
         """The transformer layers of the text tower, then of the image tower."""
         return [*self.text_model.encoder_layers(), *self.vision_model.encoder_layers()]
 
+    def lock_image_tower(self) -> AltCLIPModel:
+        """Freezes the image tower and its projection (their parameters take no gradients), as contrastive training
+        on a fixed image tower does (open_clip's name). Returns the model."""
+        for part in (self.vision_model, self.visual_projection):
+            part.requires_grad_(False)
+        return self
+
+    def lock_text_tower(self) -> AltCLIPModel:
+        """Freezes the text tower and its projection (their parameters take no gradients). Returns the model."""
+        for part in (self.text_model, self.text_projection):
+            part.requires_grad_(False)
+        return self
+
     def get_input_embeddings(self) -> nn.Embedding:
         """The text tower's token embeddings (what peft and ``resize_token_embeddings`` work on)."""
         return self.text_model.get_input_embeddings()

@@ -8,6 +8,7 @@ default, and then each image is embedded once, before training, and served from 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,14 @@ import torch
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
 from altclip.data.readers import TarMember, read_pairs
 from altclip.modeling.model import AltCLIPModel
-from altclip.processing.image_processing import ImageError
+from altclip.processing.image_processing import CLIPImageProcessor, ImageError
 from altclip.processing.processor import AltCLIPProcessor
-from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_device
+from altclip.processing.tokenizer import XLMRobertaTokenizer
+from altclip.train.loop import Distributed, TrainConfig, TrainData, Trainer, TrainingError, setup_device
 from altclip.utils.files import ordered_map
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
@@ -33,14 +36,9 @@ class ContrastiveModel(nn.Module):
 
     def __init__(self, model: AltCLIPModel, train_vision: bool):
         super().__init__()
-        self.model = model
-        model.requires_grad_(False)
-        model.text_model.requires_grad_(True)
-        model.text_projection.requires_grad_(True)
-        model.logit_scale.requires_grad_(True)
-        if train_vision:
-            model.vision_model.requires_grad_(True)
-            model.visual_projection.requires_grad_(True)
+        self.model = model.requires_grad_(True)
+        if not train_vision:
+            model.lock_image_tower()
         self.train_vision = train_vision
 
     def forward(
@@ -78,6 +76,53 @@ def _read_image(source: Path | TarMember) -> bytes:
     return source.read() if isinstance(source, TarMember) else Path(source).read_bytes()
 
 
+def _prepare(image_processor: CLIPImageProcessor, source: Path | TarMember) -> tuple[np.ndarray | None, str | None]:
+    """The image's (H, W, 3) uint8 pixels, or None and why it cannot be used."""
+    try:
+        return image_processor.prepare(_read_image(source)), None
+    except (ImageError, OSError) as e:
+        return None, getattr(e, "reason", str(e))
+
+
+class Pairs(Dataset):
+    """Sample ``i``: the caption of pair ``i`` and its image's pixels, decoded (trained image tower), or its index in
+    the cache of image embeddings (frozen image tower: ``prepare`` is None)."""
+
+    def __init__(self, pairs: list[tuple[Path | TarMember, str]], prepare=None):
+        self.pairs, self.prepare = pairs, prepare
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray | int]:
+        source, caption = self.pairs[i]
+        if self.prepare is None:
+            return caption, i
+        array, reason = self.prepare(source)
+        if array is None:  # it was readable before training started
+            raise TrainingError(f"The image {source} can no longer be read ({reason}); training stopped")
+        return caption, array
+
+
+class PairBatch:
+    """Collates samples of ``Pairs`` into CPU tensors: token ids and mask of the captions, and normalised pixels
+    (or cache indices)."""
+
+    def __init__(self, tokenizer: XLMRobertaTokenizer, max_length: int, image_processor: CLIPImageProcessor | None):
+        self.tokenizer, self.max_length, self.image_processor = tokenizer, max_length, image_processor
+
+    def __call__(self, samples: list[tuple[str, np.ndarray | int]]) -> dict[str, torch.Tensor]:
+        captions, images = zip(*samples)
+        tokens = self.tokenizer(
+            list(captions), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        if self.image_processor is None:
+            image_input = torch.tensor(images)
+        else:
+            image_input = torch.from_numpy(self.image_processor.normalize(np.stack(images)))
+        return {"ids": tokens["input_ids"], "mask": tokens["attention_mask"], "images": image_input}
+
+
 def contrastive(
     model_path: str,
     data: list[str],
@@ -92,12 +137,7 @@ def contrastive(
     model = AltCLIPModel.from_pretrained(model_path, device=device)
     processor = AltCLIPProcessor.from_pretrained(model_path)
     pairs, report = read_pairs(data, image_root)
-
-    def prepare(source):
-        try:
-            return processor.image_processor.prepare(_read_image(source)), None
-        except (ImageError, OSError) as e:
-            return None, getattr(e, "reason", str(e))
+    prepare = functools.partial(_prepare, processor.image_processor)
 
     # Decode every image once, before training: unreadable ones are dropped (and counted), so that every process
     # sees the same usable dataset and no batch fails later. With the image tower frozen, its embeddings are kept
@@ -121,21 +161,17 @@ def contrastive(
     if dist_info.main:
         log(f"Image-text pairs: {report.summary()}")
 
-    def batch(indices: list[int]) -> dict[str, torch.Tensor]:
-        captions = [kept[i][1] for i in indices]
-        tokens = processor.tokenizer(
-            captions, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        if train_vision:
-            arrays = [prepare(kept[i][0])[0] for i in indices]
-            image_input = torch.from_numpy(processor.image_processor.normalize(np.stack(arrays)))
-        else:
-            image_input = images[indices]
-        return {
-            "ids": tokens["input_ids"].to(device),
-            "mask": tokens["attention_mask"].to(device),
-            "images": image_input.to(device),
-        }
+    def to_device(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not train_vision:
+            b = {**b, "images": images[b["images"]]}
+        return {k: v.to(device, non_blocking=True) for k, v in b.items()}
+
+    train_data = TrainData(
+        dataset=Pairs(kept, prepare if train_vision else None),
+        collate=PairBatch(processor.tokenizer, max_length, processor.image_processor if train_vision else None),
+        to_device=to_device,
+        decodes=train_vision,
+    )
 
     def loss(module: nn.Module, b: dict[str, torch.Tensor], d: Distributed) -> tuple[torch.Tensor, dict[str, float]]:
         text, image, logit_scale = module(b["ids"], b["mask"], b["images"])
@@ -147,7 +183,7 @@ def contrastive(
         processor.save_pretrained(directory)
         (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
 
-    trainer = Trainer(config, ContrastiveModel(model, train_vision), len(kept), batch, loss, save, dist_info, log=log)
+    trainer = Trainer(config, ContrastiveModel(model, train_vision), train_data, loss, save, dist_info, log=log)
     result = trainer.run()
     result["data"] = report.to_dict()
     return result

@@ -25,7 +25,7 @@ from altclip.modeling.config import read_config_file
 from altclip.modeling.text import AltCLIPTextModel
 from altclip.processing.image_processing import CLIPImageProcessor
 from altclip.processing.tokenizer import XLMRobertaTokenizer
-from altclip.train.loop import Distributed, TrainConfig, Trainer, TrainingError, setup_device
+from altclip.train.loop import Distributed, TrainConfig, TrainData, Trainer, TrainingError, setup_device
 
 
 class Student(nn.Module):
@@ -97,21 +97,32 @@ def distill(
     if dist_info.main:
         log(f"Parallel corpus: {report.summary()}")
 
-    def batch(indices: list[int]) -> dict[str, torch.Tensor]:
-        english = [pairs[i][0] for i in indices]
-        other = [pairs[i][1] for i in indices if pairs[i][1] is not None]
-        with torch.inference_mode():
-            ids, mask = teacher_tokenizer(english)
-            target = teacher_model(ids.to(device), mask.to(device))[1]
+    def collate(samples: list[tuple[str, str | None]]) -> dict[str, torch.Tensor]:
+        english = [en for en, _ in samples]
+        other = [xx for _, xx in samples if xx is not None]
+        teacher_ids, teacher_mask = teacher_tokenizer(english)
         tokens = student_tokenizer(
             english + other, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        has_other = torch.tensor([pairs[i][1] is not None for i in indices])
         return {
-            "ids": tokens["input_ids"].to(device),
-            "mask": tokens["attention_mask"].to(device),
-            "target": target.clone(),
-            "has_other": has_other.to(device),
+            "teacher_ids": teacher_ids,
+            "teacher_mask": teacher_mask,
+            "ids": tokens["input_ids"],
+            "mask": tokens["attention_mask"],
+            "has_other": torch.tensor([xx is not None for _, xx in samples]),
+        }
+
+    def teacher_targets(b: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.inference_mode():
+            target = teacher_model(b["teacher_ids"].to(device), b["teacher_mask"].to(device))[1]
+        return target.clone()  # outside inference mode: a tensor the loss can use
+
+    def to_device(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            "ids": b["ids"].to(device),
+            "mask": b["mask"].to(device),
+            "target": teacher_targets(b),
+            "has_other": b["has_other"].to(device),
         }
 
     def loss(model: nn.Module, b: dict[str, torch.Tensor], _: Distributed) -> tuple[torch.Tensor, dict[str, float]]:
@@ -147,7 +158,8 @@ def distill(
                 ).save_pretrained(directory)
         (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
 
-    trainer = Trainer(config, Student(text), len(pairs), batch, loss, save, dist_info, log=log)
+    train_data = TrainData(dataset=pairs, collate=collate, to_device=to_device)  # type: ignore[arg-type]
+    trainer = Trainer(config, Student(text), train_data, loss, save, dist_info, log=log)
     result = trainer.run()
     result["data"] = report.to_dict()
     return result

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from altclip.loading.pretrained import PreTrainedModel
 from altclip.train.config import TrainConfig
@@ -92,6 +93,52 @@ def _permutation(seed: int, epoch: int, size: int) -> np.ndarray:
     return _PERMUTATIONS[key]
 
 
+class StepBatches(Sampler[list[int]]):
+    """The dataset indices of every micro-batch this process trains on, in training order, from ``start`` (the step
+    a resumed run continues at): what ``global_indices`` gives, as a DataLoader's batch sampler."""
+
+    def __init__(self, config: TrainConfig, dist_info: Distributed, dataset_size: int, start: int):
+        self.config, self.dist, self.dataset_size, self.start = config, dist_info, dataset_size, start
+
+    def __iter__(self):
+        for step in range(self.start, self.config.steps):
+            for micro in range(self.config.grad_accum):
+                yield global_indices(step, micro, self.config, self.dist.world, self.dist.rank, self.dataset_size)
+
+    def __len__(self) -> int:
+        return max(0, self.config.steps - self.start) * self.config.grad_accum
+
+
+@dataclass
+class TrainData:
+    """What a stage trains on. ``dataset[i]`` is sample ``i`` (read and decoded: the work DataLoader workers do in
+    their own processes), ``collate`` makes a batch of CPU tensors from a list of samples, and ``to_device`` moves a
+    batch to the training device (and may run frozen models on it) in the training process. ``decodes``: whether
+    reading a sample is real work (decoding images), so that workers pay off by default."""
+
+    dataset: Dataset
+    collate: Callable[[list], Any]
+    to_device: Callable[[Any], Any]
+    decodes: bool = False
+
+    def loader(self, sampler: StepBatches, workers: int | None, pin_memory: bool) -> DataLoader:
+        """Batches in training order, ``workers`` processes preparing the next ones while a step runs (by default
+        one per CPU but one, at most 4, where samples are decoded; none otherwise)."""
+        if workers is None:
+            workers = min(4, max(1, (os.cpu_count() or 1) - 1)) if self.decodes else 0
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            collate_fn=self.collate,
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            pin_memory=pin_memory,
+            # Its own generator: the iterator draws its workers' seed from it, and a draw from torch's global
+            # generator would shift the dropout of a resumed run against an uninterrupted one.
+            generator=torch.Generator(),
+        )
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
     if step < config.warmup_steps:
@@ -102,7 +149,7 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 class Trainer:
-    """Runs ``loss_fn(model, batch) -> (loss, metrics)`` over ``batch_fn(indices) -> batch`` for ``config.steps``.
+    """Runs ``loss_fn(model, batch) -> (loss, metrics)`` over the batches of ``data`` for ``config.steps``.
 
     ``model`` is the module whose trainable parameters are optimized; ``save_fn(model, directory)`` writes the
     final, usable checkpoint. ``model.encoder_layers()`` gives the layers FSDP shards one at a time.
@@ -112,8 +159,7 @@ class Trainer:
         self,
         config: TrainConfig,
         model: nn.Module,
-        dataset_size: int,
-        batch_fn: Callable[[list[int]], Any],
+        data: TrainData,
         loss_fn: Callable[[nn.Module, Any, Distributed], tuple[torch.Tensor, dict[str, float]]],
         save_fn: Callable[[nn.Module, Path], None],
         dist_info: Distributed | None = None,
@@ -122,9 +168,9 @@ class Trainer:
         self.config = config
         self.dist = dist_info or Distributed()
         self.output = Path(config.output)
-        self.dataset_size = dataset_size
-        self.batch_fn, self.loss_fn, self.save_fn, self.log = batch_fn, loss_fn, save_fn, log
-        if dataset_size < 1:
+        self.data, self.dataset_size = data, len(data.dataset)  # type: ignore[arg-type]
+        self.loss_fn, self.save_fn, self.log = loss_fn, save_fn, log
+        if self.dataset_size < 1:
             raise TrainingError("The training data is empty (after skipping unusable samples)")
         if config.dropout is not None:
             for module in model.modules():
@@ -256,6 +302,8 @@ class Trainer:
             metrics_path.unlink(missing_ok=True)
         device_type = next(self.model.parameters()).device.type
         autocast = torch.autocast(device_type, dtype=torch.bfloat16) if config.bf16 else nullcontext()
+        sampler = StepBatches(config, self.dist, self.dataset_size, start=self.step)
+        batches = iter(self.data.loader(sampler, config.workers, pin_memory=device_type == "cuda"))
         self.wrapped.train()
         start, samples, last = time.perf_counter(), 0, None
         progress = Progress(
@@ -266,8 +314,7 @@ class Trainer:
                 group["lr"] = lr_at(self.step, config)
             sums: dict[str, float] = {}
             for micro in range(config.grad_accum):
-                indices = global_indices(self.step, micro, config, self.dist.world, self.dist.rank, self.dataset_size)
-                batch = self.batch_fn(indices)
+                batch = self.data.to_device(next(batches))
                 sync = micro == config.grad_accum - 1 or self.dist.world == 1
                 if self.sharded:
                     self.model.set_requires_gradient_sync(sync)
