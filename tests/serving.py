@@ -89,3 +89,84 @@ def wait_until_ready(url: str, process, timeout: float, output) -> None:
             process.wait()
             raise RuntimeError(f"altclip serve did not start: {output()}")
         time.sleep(0.1)
+
+
+class InProcess:
+    """The app of ``create_app(settings, embedder)`` served in this process, through httpx's ASGI transport, on an
+    event loop of its own thread (its lifespan run as a server runs it): ``get``, ``post``, ``head`` and ``request``
+    as httpx.Client has them, for tests of routes where a real server is not the point."""
+
+    def __init__(self, settings: ServerSettings, embedder=None):
+        import asyncio
+
+        import httpx
+
+        self.app = create_app(settings, embedder)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self._lifespan = self.app.router.lifespan_context(self.app)
+        self._call(self._lifespan.__aenter__())
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://altclip.test",
+                                        timeout=60)  # fmt: skip
+
+    def _call(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def request(self, method: str, url: str, **kwargs):
+        return self._call(self.client.request(method, url, **kwargs))
+
+    def get(self, url: str, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def head(self, url: str, **kwargs):
+        return self.request("HEAD", url, **kwargs)
+
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._call(self.client.aclose())
+        self._call(self._lifespan.__aexit__(None, None, None))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def in_process(settings: ServerSettings, embedder=None) -> Iterator[InProcess]:
+    served = InProcess(settings, embedder)
+    try:
+        yield served
+    finally:
+        served.close()
+
+
+def until(condition, what: str = "the condition", timeout: float = 60) -> None:
+    """Waits until ``condition()`` holds: tests order their steps by what the server shows (its metrics), not by
+    sleeping. ``timeout`` only keeps a broken server from hanging the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.01)
+
+
+async def until_async(condition, what: str = "the condition", timeout: float = 60) -> None:
+    """``until`` for a coroutine ``condition`` in an event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+def metric_value(text: str, name: str) -> float:
+    """The value of one Prometheus series in ``text`` (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

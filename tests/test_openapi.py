@@ -26,6 +26,7 @@ from test_index import make_images
 
 TESTS = Path(__file__).parent
 TOKEN = "fuzz-token"
+pytestmark = pytest.mark.slow  # end to end: Schemathesis against a running server
 
 
 @pytest.fixture(scope="module")

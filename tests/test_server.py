@@ -1,5 +1,6 @@
-"""The HTTP service through a real uvicorn server on 127.0.0.1: every endpoint, every error code, auth on and
-off, draining on SIGTERM, and malformed requests."""
+"""The HTTP service: every endpoint, every error code and malformed requests in process (httpx's ASGI transport);
+auth, CORS, limits, admission, timeouts and batching through a real uvicorn server on 127.0.0.1; draining on SIGTERM
+in a real `altclip serve` process."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from PIL import Image
 import altclip
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
-from serving import free_port, running_server, wait_until_ready
+from serving import free_port, in_process, metric_value, running_server, until_async, wait_until_ready
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -44,15 +45,9 @@ def index_dir(tmp_path_factory, embedder) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(embedder, index_dir):
-    with running_server(ServerSettings(index=str(index_dir), max_items=8, max_body_bytes=2_000_000), embedder) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with httpx.Client(base_url=server, timeout=30) as c:
-        yield c
+def client(embedder, index_dir):
+    with in_process(ServerSettings(index=str(index_dir), max_items=8, max_body_bytes=2_000_000), embedder) as app:
+        yield app
 
 
 # --- endpoints --------------------------------------------------------------------------------------------------
@@ -257,7 +252,7 @@ def test_error_codes(client, method, path, kwargs, code, message):
 
 
 def test_chunked_body_over_the_limit_is_refused(client):
-    def chunks():
+    async def chunks():  # (the in-process client sends from its event loop)
         for _ in range(30):
             yield b"x" * 100_000
 
@@ -316,7 +311,11 @@ def test_queue_full_gives_429_and_timeout_504(embedder):
     async def scenario(url: str) -> list[int]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as c:
             first = asyncio.create_task(c.post("/v1/embed/text", json={"texts": ["a", "b", "c"]}))
-            await asyncio.sleep(0.2)  # the first request now waits in the batcher
+
+            async def first_in_the_batcher() -> bool:
+                return metric_value((await c.get("/metrics")).text, 'altclip_queue_depth{kind="text"}') == 3
+
+            await until_async(first_in_the_batcher, "the first request queueing")
             second = await c.post("/v1/embed/text", json={"texts": ["d"]})
             assert second.headers["retry-after"] == "1" and "limit 1" in second.json()["detail"]
             return [second.status_code, (await first).status_code]
@@ -356,9 +355,10 @@ def test_dynamic_batching_gathers_concurrent_requests(embedder):
     assert total - 1 >= 16 and (total - 1) / (count - 1) >= 4  # minus the warm-up batch: 16 requests in few batches
 
 
+@pytest.mark.slow  # end to end: a real `altclip serve` process
 def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
-    """A real `altclip serve` process: after SIGTERM /readyz turns 503 at once, a request in flight still
-    completes, and the process exits cleanly."""
+    """A real `altclip serve` process: it says where it listens; after SIGTERM /readyz turns 503 at once, a request
+    in flight still completes, and the process exits cleanly."""
     port = free_port()
     command = [sys.executable, "-m", "altclip", "serve", "--model", str(checkpoint), "--port", str(port),
                "--max-wait-ms", "1500", "--drain-seconds", "1"]  # fmt: skip
@@ -367,20 +367,27 @@ def test_sigterm_drains_in_flight_requests(checkpoint, index_dir):
     try:
         wait_until_ready(url, process, 60, lambda: process.stderr.read().decode())
 
-        async def scenario() -> tuple[int, int]:
+        async def scenario() -> tuple[bool, int]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 in_flight = asyncio.create_task(c.post("/v1/embed/text", json={"texts": ["in flight"]}))
-                await asyncio.sleep(0.3)
-                process.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.2)
-                ready = (await c.get("/readyz")).status_code
-                return ready, (await in_flight).status_code
 
-        assert asyncio.run(scenario()) == (503, 200)
+                async def queued() -> bool:
+                    return metric_value((await c.get("/metrics")).text, 'altclip_queue_depth{kind="text"}') == 1
+
+                async def not_ready() -> bool:
+                    return (await c.get("/readyz")).status_code == 503
+
+                await until_async(queued, "the request queueing")
+                process.send_signal(signal.SIGTERM)
+                await until_async(not_ready, "/readyz turning 503")
+                return not in_flight.done(), (await in_flight).status_code
+
+        assert asyncio.run(scenario()) == (True, 200)  # 503 while the request was still in flight; then answered
         # uvicorn finishes the shutdown, then re-raises the signal so the exit status reports it
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
         log = process.stderr.read().decode()
         assert "Waiting for application shutdown" in log and "Finished server process" in log
+        assert f"Listening on http://127.0.0.1:{port}" in log  # issue 23: serve says where it listens
     finally:
         if process.poll() is None:
             process.kill()

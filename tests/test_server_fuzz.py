@@ -87,6 +87,7 @@ def send(client: httpx.Client, data: bytes, rng: random.Random) -> httpx.Respons
     return client.post("/v1/similarity", json={"texts": ["a cat"], "images": [encoded]})
 
 
+@pytest.mark.slow  # end to end: a running server, fuzzed for a while
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # Pillow's, on corrupt files
 def test_mutated_image_files_never_make_the_service_fail(embedder):
     corpus = seed_corpus()

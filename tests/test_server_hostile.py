@@ -29,7 +29,7 @@ from PIL import Image
 
 from altclip.index import ImageIndex
 from altclip.server import ServerSettings
-from serving import free_port, running_server, wait_until_ready
+from serving import free_port, metric_value, running_server, until, until_async, wait_until_ready
 from test_index import make_images
 
 PHOTOS = Path(__file__).parent.parent / "examples" / "photos"
@@ -132,28 +132,36 @@ class SlowEmbedder:
 
 
 def test_4_requests_take_turns_in_the_model(embedder):
-    """A classification of 400 prompts (50 batches of 8, a second) and, 0.2 s after it began, a request of one
-    text: that text is in the next batch, not behind the 400 prompts."""
+    """A classification of 400 prompts (50 batches of 8) and, once its prompts wait for the model, a request of one
+    text: that text is answered within a batch or two, while the classification is still running, not behind its
+    400 prompts. Counted in batches, not seconds."""
 
-    async def scenario(url: str) -> tuple[float, float]:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-            start = time.monotonic()
+    async def scenario(url: str) -> tuple[float, bool]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+
+            async def metrics(name: str) -> float:
+                return metric_value((await c.get("/metrics")).text, name)
+
+            async def prompts_waiting() -> bool:
+                return await metrics('altclip_queue_depth{kind="text"}') >= 100
+
             body = {
                 "image": b64(CAT),
                 "labels": [f"l{i}" for i in range(20)],
                 "templates": [f"{{}} {i}" for i in range(20)],
             }
             big = asyncio.create_task(c.post("/v1/classify", json=body))
-            await asyncio.sleep(0.2)
-            small_start = time.monotonic()
+            await until_async(prompts_waiting, "the classification's prompts queueing")
+            before = await metrics('altclip_batch_size_count{kind="text"}')
             assert (await c.post("/v1/embed/text", json={"texts": ["one text"]})).status_code == 200
-            small = time.monotonic() - small_start
+            batches = await metrics('altclip_batch_size_count{kind="text"}') - before
+            still_running = not big.done()
             assert (await big).status_code == 200
-            return small, time.monotonic() - start
+            return batches, still_running
 
     with running_server(ServerSettings(max_batch_size=8, max_wait_ms=1), SlowEmbedder(embedder)) as url:
-        small, big = asyncio.run(scenario(url))
-    assert big > 0.8 and small < min(0.5, big / 3), (small, big)  # behind the prompts, it would take as long as they
+        batches, still_running = asyncio.run(scenario(url))
+    assert still_running and batches <= 3, batches  # behind the prompts, it would have waited for ~45 batches
 
 
 # --- 5: every text the model sees is bounded, so is a request's total; work whose client has gone stops -------------
@@ -172,11 +180,17 @@ def test_5_labels_and_templates_are_bounded_like_texts(client, body, detail):
     assert r.status_code == 422 and detail in r.json()["detail"]
 
 
+def branches(schema: dict) -> list[dict]:
+    """A schema and, through anyOf and oneOf, every schema it may be."""
+    return [schema, *(b for key in ("anyOf", "oneOf") for s in schema.get(key, []) for b in branches(s))]
+
+
 def test_5_the_openapi_document_states_the_label_and_template_limits(client):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = schema["components"]["schemas"][body["$ref"].rpartition("/")[2]]
     assert body["properties"]["labels"]["items"]["maxLength"] == 4000
-    templates = next(s for s in body["properties"]["templates"]["anyOf"] if s.get("type") == "array")
+    templates = next(s for s in branches(body["properties"]["templates"]) if s.get("type") == "array")
     assert templates["items"]["maxLength"] == 4000
     assert "2,048 prompts" in schema["info"]["description"] and "256,000 in all" in schema["info"]["description"]
 
@@ -190,12 +204,16 @@ def test_5_the_text_of_a_whole_request_is_bounded(embedder):
         assert r.status_code == 422 and "prompts have 1,208 characters in all" in r.json()["detail"]
 
 
-def test_5_prompts_are_counted_before_they_are_made(client):
-    """64 labels of about 4,000 characters in a template of 2,000 "{}" would make 511 million characters of prompts."""
+def test_5_prompts_are_counted_before_they_are_made(client, monkeypatch):
+    """64 labels of about 4,000 characters in a template of 2,000 "{}" would make 511 million characters of prompts:
+    the request is refused without a prompt made (the server runs in this process, so its calls are seen)."""
+    from altclip import zeroshot
+
+    made = []
+    monkeypatch.setattr(zeroshot, "fill", lambda *args: made.append(args))
     body = {"image": b64(CAT), "labels": [f"{i} " + "x" * 3990 for i in range(64)], "templates": ["{}" * 2000]}
-    start = time.monotonic()
     r = client.post("/v1/classify", json=body)
-    assert r.status_code == 422 and time.monotonic() - start < 2
+    assert r.status_code == 422 and made == []
     # (10 labels of 3,992 characters and 54 of 3,993) x 2,000 marks
     assert "The prompts have 511,084,000 characters in all (limit 256,000 per request)" in r.json()["detail"]
 
@@ -205,8 +223,9 @@ def _text_batches(url: str) -> float:
 
 
 def test_5_the_work_of_a_client_that_has_gone_is_not_done(embedder):
-    """A request waits for its batch (1.5 s); its client closes the connection meanwhile: the model never runs it."""
-    with running_server(ServerSettings(max_wait_ms=1500, max_batch_size=64), embedder) as url:
+    """A request waits for its batch (an hour); its client closes the connection meanwhile: its text leaves the
+    queue with it, so the model never runs it. Ordered by the server's metrics, not by sleeping."""
+    with running_server(ServerSettings(max_wait_ms=3_600_000, max_batch_size=64), embedder) as url:
         before = _text_batches(url)
         body = json.dumps({"texts": ["nobody will read this"]}).encode()
         head = (
@@ -214,10 +233,11 @@ def test_5_the_work_of_a_client_that_has_gone_is_not_done(embedder):
         )
         with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as s:
             s.sendall(head.encode() + b"\r\n\r\n" + body)
-            time.sleep(0.3)
-        time.sleep(2.0)  # past the batch's wait
+            until(lambda: metric(url, 'altclip_queue_depth{kind="text"}') == 1, "the text queueing")
+        gone = 'altclip_requests_total{endpoint="/v1/embed/text",status="499"}'
+        until(lambda: metric(url, gone) == 1, "the request counted as its client gone")
+        assert metric(url, 'altclip_queue_depth{kind="text"}') == 0  # nothing left for a batch to take
         assert _text_batches(url) == before
-        assert metric(url, 'altclip_requests_total{endpoint="/v1/embed/text",status="499"}') == 1
         assert metric(url, "altclip_requests_in_flight") == 0
 
 
@@ -336,28 +356,36 @@ def test_8_info_needs_the_token_and_no_answer_shows_a_server_path(server, client
 # --- 9: pixels bounded per request and per image before decoding; large JPEGs decoded at a reduced scale ------------
 
 
-def test_9_the_pixels_of_a_request_are_bounded_before_decoding(client, big_png):
-    start = time.monotonic()
-    r = client.post("/v1/embed/image", json={"images": [b64(big_png)] * 16}, timeout=5)
-    assert r.status_code == 422 and time.monotonic() - start < 3
+def test_9_the_pixels_of_a_request_are_bounded_before_decoding(client, big_png, monkeypatch):
+    """Refused from the images' headers: no pixel is decoded (Pillow's load, seen in this process, never runs)."""
+    from PIL import ImageFile
+
+    loaded, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loaded.append(self.size) or load(self))
+    r = client.post("/v1/embed/image", json={"images": [b64(big_png)] * 16})
+    assert r.status_code == 422 and loaded == []
     assert "624,000,000 pixels to decode, over the limit of 100,000,000 per request" in r.json()["detail"]
 
 
-def test_9_json_of_many_values_is_refused_before_it_costs(client):
+def test_9_json_of_many_values_is_refused_before_it_costs(client, monkeypatch):
     """A 15 MB body of five million numbers cost 44 s and 5.6 GB in validation (an error per item); a body with
-    more values than any request takes is refused before parsing, and a list over max_items before its items
-    are validated."""
-    start = time.monotonic()
+    more values than any request takes is refused before parsing (the parser, seen in this process, never runs), and
+    a list over max_items before its items are validated (its one error is the count's)."""
+    from altclip.utils import jsonsafe
+
+    parsed, loads = [], jsonsafe.loads
+    monkeypatch.setattr(jsonsafe, "loads", lambda text, **kw: parsed.append(len(text)) or loads(text, **kw))
     r = client.post("/v1/embed/text", content=json.dumps({"texts": [1] * 5_000_000}), headers=JSON, timeout=10)
     assert r.status_code == 422 and "more JSON values than any request takes" in r.json()["detail"]
     r = client.post("/v1/embed/text", json={"texts": ["a"], "ignored": [0] * 1_000_000}, timeout=10)
     assert r.status_code == 422 and "more JSON values" in r.json()["detail"]
+    assert parsed == []
     for body, what in [({"texts": [1] * 200_000}, "texts"), ({"image": "x", "labels": [1] * 200_000}, "labels"),
                        ({"image": "x", "labels": ["a"], "templates": [1] * 200_000}, "templates")]:  # fmt: skip
         path = "/v1/embed/text" if what == "texts" else "/v1/classify"
         r = client.post(path, json=body, timeout=10)
-        assert r.status_code == 422 and f"Too many {what}: 200000 (limit 64)" in r.json()["detail"]
-    assert time.monotonic() - start < 5
+        assert r.status_code == 422 and r.json()["detail"].endswith(f"Too many {what}: 200000 (limit 2048)")
+        assert ";" not in r.json()["detail"]  # no error of any item
 
 
 def test_9_large_jpegs_count_the_pixels_they_decode(embedder):
@@ -501,6 +529,7 @@ def test_10_serve_refuses_a_token_flag_and_a_taken_port_before_loading_the_model
     assert "Could not load" not in result.output
 
 
+@pytest.mark.slow  # end to end: a real `altclip serve` process
 def test_10_a_served_process_keeps_its_token_out_of_ps_and_logs_disconnects_in_one_line(checkpoint, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("process-token\n")
@@ -539,8 +568,10 @@ def test_10_a_served_process_keeps_its_token_out_of_ps_and_logs_disconnects_in_o
 # --- the hostile-request test -------------------------------------------------------------------------------------
 
 
-def test_hostile_requests_get_4xx_while_a_normal_request_is_answered_within_a_second(server, big_png):
-    """Items 4 to 9 sent at once to a running service with the default limits; meanwhile an ordinary request."""
+def test_hostile_requests_get_4xx_while_a_normal_request_is_answered_promptly(server, big_png):
+    """Items 4 to 9 sent at once to a running service with the default limits; meanwhile an ordinary request, which
+    takes at most ten times what it takes on the idle server, measured just before in the same run (plus half a
+    second): a loaded machine slows both."""
     image = b64(CAT)
     labels, templates = [f"l{i}" for i in range(64)], [f"{{}} {i}" for i in range(40)]  # 2,560 prompts
     hostile = [
@@ -557,22 +588,29 @@ def test_hostile_requests_get_4xx_while_a_normal_request_is_answered_within_a_se
         ("post", "/v1/embed/image", {"json": {"images": [b64(png_header(30000, 30000)), b64(SGI_CRASH)]}}),
     ]
 
-    async def scenario() -> tuple[list[int], int, float, int]:
+    async def scenario() -> tuple[list[int], int, float, float, int]:
         async with (
             httpx.AsyncClient(base_url=server, timeout=60, headers={**AUTH, **JSON}) as c,
             httpx.AsyncClient(base_url=server, timeout=60) as anonymous,
         ):
+
+            async def ordinary() -> tuple[int, float]:
+                start = time.perf_counter()
+                r = await c.post("/v1/embed/text", json={"texts": ["a photo of a cat"]})
+                return r.status_code, time.perf_counter() - start
+
+            idle = sorted([(await ordinary())[1] for _ in range(5)])[2]  # the median, on the idle server
             attacks = [asyncio.create_task(getattr(c, m)(path, **kw)) for m, path, kw in hostile]
             attacks.append(asyncio.create_task(anonymous.get("/v1/info")))
-            await asyncio.sleep(0.05)
-            start = time.monotonic()
-            normal = await c.post("/v1/embed/text", json={"texts": ["a photo of a cat"]})
-            elapsed = time.monotonic() - start
+            await asyncio.sleep(0)  # the attacks' tasks start: they are sent first
+            normal, elapsed = await ordinary()
             statuses = [r.status_code for r in await asyncio.gather(*attacks)]
-            return statuses, normal.status_code, elapsed, (await c.get("/metrics")).text.count('status="5')
+            return statuses, normal, elapsed, idle, (await c.get("/metrics")).text.count('status="5')
 
-    statuses, normal, elapsed, server_errors = asyncio.run(scenario())
-    print(f"hostile statuses {statuses}; normal request {normal} in {elapsed * 1000:.0f} ms")
+    statuses, normal, elapsed, idle, server_errors = asyncio.run(scenario())
+    print(
+        f"hostile statuses {statuses}; normal request {normal} in {elapsed * 1000:.0f} ms (idle {idle * 1000:.0f} ms)"
+    )
     assert all(400 <= s < 500 for s in statuses), statuses
-    assert normal == 200 and elapsed < 1.0
+    assert normal == 200 and elapsed < 10 * idle + 0.5, (elapsed, idle)
     assert server_errors == 0

@@ -86,11 +86,15 @@ def label_prompts(
 ) -> list[list[str]]:
     """The prompts of each label (one list per label), for ``templates`` as the module docstring describes."""
     labels = check_labels(labels)
-    per_label = _templates_per_label(labels, templates, hypothesis_template)
+    per_label = templates_per_label(labels, templates, hypothesis_template)
     return [[fill(template, label) for template in ts] for label, ts in zip(labels, per_label)]
 
 
-def _templates_per_label(labels: list[str], templates: Templates, hypothesis_template: str) -> list[Sequence[str]]:
+def templates_per_label(
+    labels: list[str], templates: Templates, hypothesis_template: str = HYPOTHESIS_TEMPLATE
+) -> list[Sequence[str]]:
+    """The templates of each label, without filling them in: what a caller needs to know what the prompts will cost
+    (their number and characters) before making them."""
     if templates is None:
         return [[hypothesis_template]] * len(labels)
     if isinstance(templates, str):

@@ -1,84 +1,92 @@
-"""``altclip serve``: the HTTP service and its search page."""
+"""``altclip serve``: the HTTP service and its search page.
+
+Its options are the service's settings (``altclip.server.ServerSettings``), one flag per setting, made from the
+settings' own fields: their names, types, descriptions and defaults are written once, there. A flag left out leaves
+the setting to ``ALTCLIP_*`` environment variables, then ``--config``, then its default.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, DeviceOpt, DtypeOpt, err, fail, load_embedder, warn
+from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, err, fail, load_embedder, warn
+
+try:
+    from altclip.server.settings import ServerSettings
+except ImportError as e:  # the service's extra is not installed: `serve` says what to install
+    ServerSettings, MISSING = None, e
+else:
+    MISSING = None
 
 app = typer.Typer()
 
+FLAGS = {  # settings whose flags are not --<name>
+    "model": ("--model", "-m"),
+    "request_timeout_s": ("--timeout",),
+    "cors_origins": ("--cors-origin",),
+}
+DEFAULTS = {  # defaults that depend on more than the setting
+    "model": "the index's model, else BAAI/AltCLIP",
+    "decode_workers": "the CPUs, at most 4",
+    "device": "cuda if available",
+    "dtype": "float32",
+}
+METAVARS = {"cors_origins": "ORIGIN"}
+NOT_FLAGS = {"token"}  # a token given as a flag is visible to every user of the machine (ps): refused below
 
-@app.command()
+
+def _shown(value: Any) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag_type(annotation: Any) -> Any:
+    """The type a flag reads for a setting of ``annotation`` (``int | None`` -> ``int``)."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return annotation
+
+
+def setting_options() -> list[inspect.Parameter]:
+    """One keyword parameter per setting, as typer reads them: its flag, type and help with its default."""
+    params = []
+    for name, field in ServerSettings.model_fields.items():
+        if name in NOT_FLAGS:
+            continue
+        kind = _flag_type(field.annotation)
+        default = DEFAULTS.get(name) or _shown(field.get_default(call_default_factory=False))
+        flags = FLAGS.get(name, (f"--{name.replace('_', '-')}",))
+        if kind is bool:
+            flags = (f"--{name.replace('_', '-')}/--no-{name.replace('_', '-')}",)
+        option = typer.Option(*flags, help=f"{field.description} [default: {default}]", metavar=METAVARS.get(name),
+                              show_default=False)  # fmt: skip
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[kind | None, option]))  # fmt: skip
+    return params
+
+
 def serve(
-    index: Annotated[
-        Path | None,
-        typer.Option(
-            "--index", help="An index folder to search (see `altclip index`) [default: none; search answers 404]"
-        ),
-    ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1, this machine only]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model", "-m", help="Hub id or checkpoint folder [default: the index's model, else BAAI/AltCLIP]"
-        ),
-    ] = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    config: Annotated[
-        Path | None, typer.Option(help="A JSON or TOML file of settings [default: none]", envvar="ALTCLIP_CONFIG")
-    ] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Items per model call [default: 32]")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(help="How long a batch waits to fill up [default: 5]")] = None,
-    max_queue: Annotated[
-        int | None, typer.Option(help="API requests served at once; more get 429 [default: 64]")
-    ] = None,
-    request_timeout_s: Annotated[
-        float | None, typer.Option("--timeout", help="Seconds per request before 504 [default: 30]")
-    ] = None,
-    max_body_bytes: Annotated[
-        int | None, typer.Option(help="Largest request body before 413 [default: 20971520, 20 MiB]")
-    ] = None,
-    max_items: Annotated[
-        int | None, typer.Option(help="Texts, images or labels per request before 422 [default: 64]")
-    ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--token-file",
-            help="Require 'Authorization: Bearer TOKEN' on /v1/*, the OpenAI and clip-retrieval routes and /metrics, "
-            "TOKEN the file's first line [default: $ALTCLIP_TOKEN_FILE, or the token in $ALTCLIP_TOKEN, else none; "
-            "never a flag, which every user of the machine sees in ps]",
-        ),
-    ] = None,
-    token: Annotated[str | None, typer.Option(hidden=True)] = None,
-    cors_origins: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--cors-origin",
-            metavar="ORIGIN",
-            help="Allow cross-origin requests from this origin (repeat for more) [default: none, CORS off]",
-        ),
-    ] = None,
-    drain_seconds: Annotated[
-        float | None, typer.Option(help="After SIGTERM, serve this long with /readyz false [default: 0]")
-    ] = None,
-    access_log: Annotated[
-        bool | None, typer.Option("--access-log/--no-access-log", help="Log every request [default: no-access-log]")
-    ] = None,
-) -> None:
+    config: Path | None = None, token: str | None = None, **flags: Any
+) -> None:  # the signature typer reads is set below
     """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.
     Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""
     from altclip.index import ImageIndex
 
     try:
-        from altclip.server import ServerSettings
+        if MISSING is not None:
+            raise MISSING
         from altclip.server import serve as run
         from altclip.server.run import bind
     except ImportError as e:
@@ -90,26 +98,10 @@ def serve(
             "Put it in a file readable by you alone and pass --token-file FILE, or set ALTCLIP_TOKEN.",
             EXIT_USAGE,
         )
+    flags = {k: (str(v) if k == "index" and v is not None else v) for k, v in flags.items()}
+    flags["cors_origins"] = flags.get("cors_origins") or None
     try:
-        settings = ServerSettings.load(
-            config,
-            index=str(index) if index else None,
-            host=host,
-            port=port,
-            model=model,
-            device=device,
-            dtype=dtype,
-            max_batch_size=max_batch_size,
-            max_wait_ms=max_wait_ms,
-            max_queue=max_queue,
-            request_timeout_s=request_timeout_s,
-            max_body_bytes=max_body_bytes,
-            max_items=max_items,
-            token_file=token_file,
-            cors_origins=cors_origins or None,
-            drain_seconds=drain_seconds,
-            access_log=access_log,
-        )
+        settings = ServerSettings.load(config, **flags)
     except (OSError, ValueError, TypeError) as e:
         fail(f"Bad settings: {e}", EXIT_USAGE)
     try:
@@ -123,11 +115,36 @@ def serve(
         except FileNotFoundError as e:
             sock.close()
             fail(str(e), EXIT_INDEX)
-        if model is None and stored and "ALTCLIP_MODEL" not in os.environ:
+        if flags.get("model") is None and stored and "ALTCLIP_MODEL" not in os.environ:
             settings.model = stored
     embedder = load_embedder(settings.model, settings.device, settings.dtype, settings.max_batch_size)
     settings.model = embedder.name
     if settings.host not in ("127.0.0.1", "localhost", "::1") and settings.token is None:
         warn(f"serving on {settings.host} without a token (--token-file): anyone who can reach it can use it")
     err.print(f"Settings: {settings.public()}", highlight=False)
+    host, port = sock.getsockname()[:2]
+    err.print(f"Listening on http://{f'[{host}]' if ':' in host else host}:{port} (the search page; the API at "
+              "/docs)", highlight=False)  # fmt: skip
     run(settings, embedder, sock)
+
+
+COMMON = [
+    inspect.Parameter(
+        "config",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[
+            Path | None,
+            typer.Option(help="A JSON or TOML file of settings [default: none]", envvar="ALTCLIP_CONFIG"),
+        ],
+    ),
+    inspect.Parameter(
+        "token",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[str | None, typer.Option(hidden=True)],
+    ),
+]
+serve.__signature__ = inspect.Signature(COMMON + (setting_options() if ServerSettings is not None else []))
+serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}
+app.command()(serve)

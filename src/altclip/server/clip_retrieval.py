@@ -6,7 +6,8 @@ The index has one name, its folder's (``/indices-list``). A query is a text, an 
 clip-retrieval. Results are the index's images: ``id``, ``similarity`` and, for the first ``num_images`` of the
 ``num_result_ids`` results, the metadata ``url`` (the image's thumbnail on this server) and ``caption`` (its file
 name). ``deduplicate`` drops every result whose embedding is within cosine 0.94 of a better one, as clip-retrieval
-does (files with the same content are one result anyway).
+does (files with the same content are one result anyway). The URLs are the server's own (``public_url``, else the
+address it listens on, else relative), never made from what a request's ``Host`` header says.
 
 Not supported, documented and otherwise ignored: ``use_mclip`` (the text tower is multilingual already),
 ``use_safety_model``, ``use_violence_detector``, ``aesthetic_score`` and ``aesthetic_weight`` (no such models
@@ -19,107 +20,94 @@ no credentials, so they work against a server without a token, and clip-front in
 needs ``--cors-origin``.
 """
 
-from __future__ import annotations
-
+import re
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
+from fastapi import APIRouter
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, FiniteFloat, WithJsonSchema, model_validator
 
 from altclip.index import ImageIndex
-from altclip.server import limits
-from altclip.server.errors import InvalidInput, NotFound
-from altclip.server.inputs import body
-from altclip.server.limits import NON_BLANK
-from altclip.server.openapi import DIM, errors, request_body
-from altclip.server.schemas import IMAGE_BASE64, TEXT, _optional, checked, decode_base64, invalid, strip
+from altclip.server import body
+from altclip.server.errors import NotFound, documented
+from altclip.server.schemas import NON_BLANK, Fields, Says, decode_base64, refuse, strip
 from altclip.server.service import Service, ServiceDep
 from altclip.utils.files import display
 
 DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near duplicates
 MOST_RESULTS = 1000  # as top_k of /v1/search
-MOST_DIMENSIONS = 4096  # more than any model's embedding size: an embedding_input's length, checked before its numbers
+NAME = Annotated[str, Field(max_length=256)]  # the 404 of a name that is not the index's says which name it was
 
 # --- requests ----------------------------------------------------------------------------------------------------
 
-EMBEDDING = {"type": "array", "items": {"type": "number"}, DIM: True}
-# At least one of the three query fields, not null (clip-retrieval takes the first in this order).
-ONE_QUERY = {
-    "anyOf": [
-        {"required": ["text"], "properties": {"text": TEXT}},
-        {"required": ["image"], "properties": {"image": IMAGE_BASE64}},
-        {"required": ["embedding_input"], "properties": {"embedding_input": EMBEDDING}},
-    ]
-}
-
-
-def _nullable(schema: dict[str, Any], description: str) -> WithJsonSchema:
-    return WithJsonSchema({"anyOf": [schema, {"type": "null"}], "description": description})
-
-
-def _sized(value: Any) -> Any:
-    """A list of a million wrong numbers would cost pydantic an error for each: its length is checked first (the
-    exact length, the model's embedding size, with the numbers in ``_query``)."""
-    if isinstance(value, list) and len(value) > MOST_DIMENSIONS:
-        raise invalid(f"{len(value):,} numbers; no embedding has over {MOST_DIMENSIONS:,}")
-    return value
-
-
 Ignored = Field(description="Accepted and ignored: not offered by this server")
 Count = Annotated[int, Field(ge=1, le=MOST_RESULTS)]
-# bounded as OpenAI's model names are: the 404 of a name that is not the index's says which name it was
-IndexName = Annotated[str | None, Field(max_length=256, description="The index (GET /indices-list) [default: the one]")]
+IndexName = Annotated[NAME | None, Field(description="The index (GET /indices-list) [default: the one]")]
 
 
-class KnnRequest(BaseModel, json_schema_extra=ONE_QUERY):
-    text: Annotated[str | None, _nullable(TEXT, "Text to search for, in any language")] = None
-    image: Annotated[str | None, _nullable(IMAGE_BASE64, "Or an image to search with")] = None
-    image_url: Annotated[
-        None, WithJsonSchema({"type": "null", "description": "Not supported: the server never fetches URLs"})
-    ] = None
-    embedding_input: Annotated[
-        list[float] | None,
-        BeforeValidator(_sized),
-        _nullable(EMBEDDING, "Or an embedding to search with (normalised here)"),
-    ] = None
-    modality: Annotated[
-        Literal["image"], Field(description="Search the image embeddings (the index holds no caption embeddings)")
-    ] = "image"
-    num_images: Annotated[Count, Field(description="How many results get their metadata")] = 40
-    num_result_ids: Annotated[
-        Count, Field(description="How many results [default: num_images]", json_schema_extra=_optional)
-    ] = None
-    indice_name: IndexName = None
-    deduplicate: Annotated[bool, Field(description="Drop results within cosine 0.94 of a better one")] = False
-    use_mclip: Annotated[bool | None, Ignored] = None
-    use_safety_model: Annotated[bool | None, Ignored] = None
-    use_violence_detector: Annotated[bool | None, Ignored] = None
-    aesthetic_score: Annotated[int | str | None, Ignored] = None
-    aesthetic_weight: Annotated[float | str | None, Ignored] = None
+def _blank_is_none(text: Any) -> Any:
+    """clip-retrieval treats an empty text as none."""
+    return None if isinstance(text, str) and not re.search(NON_BLANK, text) else text
 
-    @model_validator(mode="before")
-    @classmethod
-    def _refused(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            if data.get("image_url") is not None:
-                raise invalid("image_url is not supported: the server never fetches URLs; send the image")
-            if data.get("modality") == "text":
-                raise invalid("modality 'text' is not supported: the index holds images, not captions")
-        return data
 
-    @model_validator(mode="after")
-    def _one_query(self, info: ValidationInfo) -> KnnRequest:
-        if self.text is not None and not NON_BLANK.search(self.text):
-            self.text = None  # clip-retrieval treats an empty text as none
-        if self.text is not None:
-            checked(limits.check_text, self.text, "The text", info.context)
-        elif self.image is None and self.embedding_input is None:
-            raise invalid("Send a text, an image or an embedding_input")
-        if self.num_result_ids is None:
-            self.num_result_ids = self.num_images
-        return self
+def _not_zero(vector: list[float]) -> list[float]:
+    if not any(vector):
+        raise refuse("embedding_input is all zeros: it has no direction to search in")
+    return vector
+
+
+def knn_request(f: Fields) -> type[BaseModel]:
+    """The body of ``POST /knn-service`` for one deployment."""
+    embedding = Annotated[
+        list[FiniteFloat],
+        Field(min_length=f.dim, max_length=f.dim, json_schema_extra={"not": {"items": {"const": 0}}}),
+        Says(f"embedding_input must be {f.dim} finite numbers"),
+    ]
+    one_query = {"anyOf": [{"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                           for name in ("text", "image", "embedding_input")]}  # fmt: skip
+
+    class KnnRequest(BaseModel, json_schema_extra=one_query):
+        text: Annotated[f.text | None, BeforeValidator(_blank_is_none),
+                        Field(description="Text to search for, in any language")] = None  # fmt: skip
+        image: Annotated[f.base64_image | None, Field(description="Or an image to search with")] = None
+        image_url: Annotated[
+            None, WithJsonSchema({"type": "null", "description": "Not supported: the server never fetches URLs"})
+        ] = None
+        embedding_input: Annotated[embedding | None, AfterValidator(lambda v: v and _not_zero(v)),
+                                   Field(description="Or an embedding to search with (normalised here)")] = None  # fmt: skip
+        modality: Annotated[
+            Literal["image"], Field(description="Search the image embeddings (the index holds no caption embeddings)")
+        ] = "image"
+        num_images: Annotated[Count, Field(description="How many results get their metadata")] = 40
+        num_result_ids: Annotated[Count | None, Field(description="How many results [default: num_images]")] = None
+        indice_name: IndexName = None
+        deduplicate: Annotated[bool, Field(description="Drop results within cosine 0.94 of a better one")] = False
+        use_mclip: Annotated[bool | None, Ignored] = None
+        use_safety_model: Annotated[bool | None, Ignored] = None
+        use_violence_detector: Annotated[bool | None, Ignored] = None
+        aesthetic_score: Annotated[int | NAME | None, Ignored] = None
+        aesthetic_weight: Annotated[float | NAME | None, Ignored] = None
+
+        @model_validator(mode="before")
+        @classmethod
+        def _refused(cls, data: Any) -> Any:
+            if isinstance(data, dict):
+                if data.get("image_url") is not None:
+                    raise refuse("image_url is not supported: the server never fetches URLs; send the image")
+                if data.get("modality") == "text":
+                    raise refuse("modality 'text' is not supported: the index holds images, not captions")
+            return data
+
+        @model_validator(mode="after")
+        def _one_query(self):
+            if self.text is None and self.image is None and self.embedding_input is None:
+                raise refuse("Send a text, an image or an embedding_input")
+            if self.num_result_ids is None:
+                self.num_result_ids = self.num_images
+            return self
+
+    return KnnRequest
 
 
 class MetadataRequest(BaseModel):
@@ -149,47 +137,41 @@ class MetadataResult(BaseModel):
 
 # --- the routes ----------------------------------------------------------------------------------------------------
 
-router = APIRouter(tags=["clip-retrieval"])
-KnnBody = Annotated[KnnRequest, Depends(body(KnnRequest, any_content_type=True))]
-MetadataBody = Annotated[MetadataRequest, Depends(body(MetadataRequest, any_content_type=True))]
 
+def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
+    knn = knn_request(fields)
+    unauthorized = [401] if auth else []
+    tags = ["clip-retrieval"]
 
-@router.get("/indices-list", summary="The index this server searches (clip-retrieval)", response_model=list[str])
-async def indices_list(service: ServiceDep) -> list[str]:
-    return [] if service.index is None else [index_name(service)]
+    async def indices_list(service: ServiceDep) -> list[str]:
+        return [] if service.index is None else [index_name(service)]
 
+    async def knn_service(service: ServiceDep, payload: knn) -> list[KnnResult]:
+        _check_name(service, payload.indice_name)
+        hits = await service.on_index(ImageIndex.search, await _query(service, payload), payload.num_result_ids)
+        if payload.deduplicate and len(hits) > 1:
+            vectors = await service.on_index(ImageIndex.vectors, [h.id for h in hits])
+            hits = [hits[i] for i in unique_positions(vectors)]
+        thumbnails = Thumbnails(router, service)
+        return [KnnResult(id=h.id, similarity=h.score, **(thumbnails.metadata(h.id, h.path) if rank < payload.num_images else {}))
+                for rank, h in enumerate(hits)]  # fmt: skip
 
-@router.post(
-    "/knn-service",
-    summary="Nearest images to a text, an image or an embedding (clip-retrieval)",
-    response_model=list[KnnResult],
-    response_model_exclude_none=True,
-    responses=errors(400, 404, 413, 422, 429, 504),
-    openapi_extra=request_body(KnnRequest),
-)
-async def knn_service(request: Request, service: ServiceDep, payload: KnnBody) -> list[KnnResult]:
-    _check_name(service, payload.indice_name)
-    hits = await service.on_index(ImageIndex.search, await _query(service, payload), payload.num_result_ids)
-    if payload.deduplicate and len(hits) > 1:
-        vectors = await service.on_index(ImageIndex.vectors, [h.id for h in hits])
-        hits = [hits[i] for i in unique_positions(vectors)]
-    return [
-        KnnResult(id=h.id, similarity=h.score, **(_metadata(request, h.id, h.path) if rank < payload.num_images else {}))
-        for rank, h in enumerate(hits)
-    ]  # fmt: skip
+    async def metadata(service: ServiceDep, payload: MetadataRequest) -> list[MetadataResult]:
+        _check_name(service, payload.indice_name)
+        paths = await service.on_index(_paths, payload.ids)
+        thumbnails = Thumbnails(router, service)
+        return [MetadataResult(id=i, metadata=thumbnails.metadata(i, paths[i])) for i in payload.ids if i in paths]
 
-
-@router.post(
-    "/metadata",
-    summary="The metadata of images by id (clip-retrieval)",
-    response_model=list[MetadataResult],
-    responses=errors(400, 404, 413, 422),
-    openapi_extra=request_body(MetadataRequest),
-)
-async def metadata(request: Request, service: ServiceDep, payload: MetadataBody) -> list[MetadataResult]:
-    _check_name(service, payload.indice_name)
-    paths = await service.on_index(_paths, payload.ids)
-    return [MetadataResult(id=i, metadata=_metadata(request, i, paths[i])) for i in payload.ids if i in paths]
+    router.add_api_route("/indices-list", indices_list, summary="The index this server searches (clip-retrieval)",
+                         response_model=list[str], tags=tags, dependencies=auth,
+                         responses=documented(*unauthorized))  # fmt: skip
+    body.post(router, "/knn-service", knn_service, any_content_type=True,
+              summary="Nearest images to a text, an image or an embedding (clip-retrieval)",
+              response_model=list[KnnResult], response_model_exclude_none=True, tags=tags, dependencies=auth,
+              responses=documented(400, 404, 413, 422, 429, 504, *unauthorized))  # fmt: skip
+    body.post(router, "/metadata", metadata, any_content_type=True,
+              summary="The metadata of images by id (clip-retrieval)", response_model=list[MetadataResult], tags=tags,
+              dependencies=auth, responses=documented(400, 404, 413, 422, 429, 504, *unauthorized))  # fmt: skip
 
 
 def index_name(service: Service) -> str:
@@ -204,17 +186,15 @@ def _check_name(service: Service, name: str | None) -> None:
         raise NotFound(f"No index named {name!r}; this server has {index_name(service)!r}")
 
 
-async def _query(service: Service, payload: KnnRequest) -> np.ndarray:
+async def _query(service: Service, payload: Any) -> np.ndarray:
     """The query embedding: of the text, else of the image, else the embedding given (normalised)."""
     if payload.text is not None:
-        return (await service.embed_texts([strip(payload.text)]))[0]
+        return await service.query_vector(strip(payload.text), None)
     if payload.image is not None:
-        return (await service.embed_images([decode_base64(payload.image, 0)]))[0]
+        return await service.query_vector(None, decode_base64(payload.image, 0))
     vector = np.asarray(payload.embedding_input, dtype=np.float64)
-    if vector.shape != (service.embedder.dim,) or not np.isfinite(vector).all():
-        raise InvalidInput(f"embedding_input must be {service.embedder.dim} finite numbers")
-    vector /= np.abs(vector).max() or 1.0  # first to the largest magnitude, so the norm cannot overflow
-    return (vector / (np.linalg.norm(vector) or 1.0)).astype(np.float32)
+    vector /= np.abs(vector).max()  # first to the largest magnitude, so the norm cannot overflow
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
 
 
 def unique_positions(vectors: np.ndarray, threshold: float = DUPLICATE_COSINE) -> list[int]:
@@ -239,5 +219,25 @@ def _paths(index: ImageIndex, ids: list[int]) -> dict[int, str]:
     return {i: display(path) for i, path in found.items() if path is not None}
 
 
-def _metadata(request: Request, file_id: int, path: str) -> dict[str, str]:
-    return {"url": str(request.url_for("thumbnail", file_id=file_id)), "caption": FilePath(path).name}
+class Thumbnails:
+    """The metadata of results: each image's thumbnail URL, on the server's own address (``public_base``), and its
+    file name."""
+
+    def __init__(self, router: APIRouter, service: Service):
+        self.router, self.base = router, public_base(service.settings)
+
+    def metadata(self, file_id: int, path: str) -> dict[str, str]:
+        url = self.base + self.router.url_path_for("thumbnail", file_id=str(file_id))
+        return {"url": url, "caption": FilePath(path).name}
+
+
+def public_base(settings: Any) -> str:
+    """Where clients reach this server, from its settings alone: ``public_url``; else the address it listens on
+    (``http://host:port``); "" (URLs relative to the server) when it listens on every interface, which is no
+    address a client can use."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = settings.host
+    if host in ("", "0.0.0.0", "::") or settings.port == 0:
+        return ""
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"

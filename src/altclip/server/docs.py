@@ -18,14 +18,15 @@ HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-router = APIRouter(include_in_schema=False)
+
+def add_routes(router: APIRouter) -> None:
+    router.add_api_route("/docs", swagger_ui, include_in_schema=False)
+    router.add_api_route("/redoc", redoc, include_in_schema=False)
 
 
-@router.get("/docs")
 async def swagger_ui() -> FileResponse:
     return FileResponse(DOCS / "swagger.html", headers=HEADERS)
 
 
-@router.get("/redoc")
 async def redoc() -> FileResponse:
     return FileResponse(DOCS / "redoc.html", headers=HEADERS)

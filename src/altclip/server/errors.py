@@ -2,14 +2,19 @@
 these (or the library's own ``ImageError``); ``install`` turns each into its status with a JSON body
 ``{"detail": "what went wrong"}``, the shape every error response of the API has, and ``response`` does the same
 for the middleware, which answers outside the app's handlers. The OpenAI-compatible routes (``OPENAI_PATHS``) add
-OpenAI's error object beside ``detail`` (``openai_error``), from their handlers and from the middleware alike."""
+OpenAI's error object beside ``detail`` (``openai_error``), from their handlers and from the middleware alike.
+``documented`` gives routes the entries of their error responses for ``/openapi.json``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from altclip.processing.image_processing import ImageError
@@ -78,6 +83,22 @@ DESCRIPTIONS = {
 }
 
 
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="What went wrong")
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    detail: str = Field(description="What went wrong")
+    error: OpenAIError | None = Field(None, description="The same, as OpenAI's API reports errors")
+
+
 OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
 OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout_error"}
 
@@ -96,11 +117,25 @@ def openai_error(status: int, detail: str, headers: dict[str, str] | None = None
     )
 
 
-def install(app: FastAPI) -> None:
-    """Registers the table, and the validation errors of paths and parameters, as the app's exception handlers."""
+def documented(*statuses: int, openai: bool = False) -> dict[int | str, dict[str, Any]]:
+    """``responses`` entries for error statuses, all with a JSON body ``{"detail": "..."}`` (and OpenAI's error
+    object beside it on its routes, where an unusable request is a 400), whatever the route's own content type."""
+    if openai:
+        descriptions = {**DESCRIPTIONS, 400: "The body is not valid JSON, or its values cannot be used"}
+        return {status: {"description": descriptions[status], "model": OpenAIErrorResponse} for status in statuses}
+    content = {"application/json": {"schema": ErrorResponse.model_json_schema()}}
+    return {status: {"description": DESCRIPTIONS[status], "content": content} for status in statuses}
+
+
+def install(app: FastAPI, message: Callable[[Sequence[dict]], str]) -> None:
+    """Registers the table, and validation errors (their ``message``), as the app's exception handlers."""
     for exc_type in STATUS:
         app.add_exception_handler(exc_type, _respond)
-    app.add_exception_handler(RequestValidationError, _invalid_parameters)
+
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return shaped(422, message(exc.errors()), None, request.scope["path"])
+
+    app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, _routing_error)
 
 
@@ -134,16 +169,3 @@ async def _routing_error(request: Request, exc: HTTPException):
     if request.scope["path"].startswith(OPENAI_PATHS):
         return shaped(exc.status_code, str(exc.detail), exc.headers, request.scope["path"])
     return await http_exception_handler(request, exc)
-
-
-async def _invalid_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return shaped(422, validation_message(exc.errors()), None, request.scope["path"])
-
-
-def validation_message(errors: list[dict]) -> str:
-    """Pydantic's errors as one line: ``where: what`` for the first few."""
-    parts = []
-    for e in errors[:5]:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "path", "query"))
-        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-    return "; ".join(parts) or "Invalid request"

@@ -1,13 +1,15 @@
 """The middleware around every request, outermost first:
 
 - ``RequestMetrics`` records each request's status and latency. An error that no handler took is logged with its
-  traceback and answered 500 with a JSON body (never a traceback); a client that went away is logged in one line
-  and counted as status 499.
+  traceback and answered 500 with a JSON body (never a traceback); a client that went away before its answer was
+  sent is logged in one line and counted as status 499.
+- ``HeadAsGet``: HEAD on a GET route is that GET, its answer's body left out.
 - CORS, when configured (so that error answers carry its headers too).
 - ``Admission``: the API serves at most ``max_queue`` requests at once, whatever their size; others get 429 at
   once, before their body is read. Probes, metrics, the page and the API document are not counted (``admitted``).
 - ``Lifetime``: a request ends when its answer is sent, when its client goes away, or ``request_timeout_s`` after it
-  began (504), whichever comes first; the work of a request that ends otherwise is cancelled.
+  began (504), whichever comes first; the work of a request that ends otherwise is cancelled. A client that closes
+  the connection after its whole answer was sent has not gone away early.
 - ``BodyLimit``: bodies over ``max_body_bytes`` get 413, by Content-Length before reading and by counting chunked
   bodies as they arrive.
 
@@ -49,6 +51,7 @@ def install(app: FastAPI, settings: ServerSettings, metrics: Metrics) -> None:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
 
 
@@ -98,6 +101,22 @@ class RequestMetrics:
         return getattr(route, "path", "other")
 
 
+class HeadAsGet:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 class Admission:
     def __init__(self, app, limit: int, metrics: Metrics):
         self.app, self.limit, self.metrics = app, limit, metrics
@@ -125,7 +144,7 @@ class Lifetime:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         body_read, gone = asyncio.Event(), asyncio.Event()
-        started = False
+        started = answered = False
 
         async def app_receive():
             # Once the app has read the whole body, the watcher below owns the connection's receive channel.
@@ -140,9 +159,10 @@ class Lifetime:
             return message
 
         async def app_send(message) -> None:
-            nonlocal started
+            nonlocal started, answered
             started = started or message["type"] == "http.response.start"
             await send(message)
+            answered = answered or (message["type"] == "http.response.body" and not message.get("more_body", False))
 
         async def watch() -> None:
             await body_read.wait()
@@ -163,6 +183,8 @@ class Lifetime:
                     await work
         if work in done and (work.exception() is None or not gone.is_set()):
             return work.result()
+        if answered:  # the client closed the connection after its whole answer: what was left of the work was not its
+            return
         if gone.is_set():  # (the work may have failed for it: Starlette raises ClientDisconnect mid-body)
             raise ClientGone()
         if not started:

@@ -13,139 +13,123 @@ items, ``{"text": "..."}`` and ``{"image": "data:..."}`` (as Jina's embeddings A
 texts and images in one request. Text and image embeddings share one space, so both are comparable.
 
 ``usage`` counts the tokens the model reads: a text's XLM-R tokens, with <s> and </s>, after truncation; an image's
-patches and class token. Requests go through the same body parsing, limits, auth and batching as ``/v1/embed/*``.
+patches and class token; the same count the service admits the request by. A request takes up to ``max_items``
+inputs (2,048 by default, as OpenAI), bounded by their characters and tokens. Requests go through the same body
+parsing, limits, auth and batching as ``/v1/embed/*``.
 Errors keep the service's ``{"detail": ...}`` and add OpenAI's ``{"error": {"message", "type", "param",
 "code"}}``, which the SDK reads.
 """
-
-from __future__ import annotations
 
 import base64
 import time
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Path
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Discriminator, Field, Tag, model_validator
 
-from altclip.server import errors, limits
-from altclip.server.inputs import body
-from altclip.server.openapi import DIM, request_body
-from altclip.server.schemas import (
-    IMAGE_BASE64,
-    TEXT,
-    _optional,
-    checked,
-    counted,
-    decode_base64,
-    invalid,
-    limit,
-)
-from altclip.server.service import Service, ServiceDep, together
+from altclip.server import body
+from altclip.server.errors import NotFound, documented
+from altclip.server.schemas import Fields, Says, decode_base64, refuse
+from altclip.server.service import Service, ServiceDep
+
+STARTED = int(time.time())
+NAME = Annotated[str, Field(max_length=256)]  # model and user names; a 404 says which name it was
 
 # --- requests ----------------------------------------------------------------------------------------------------
 
-TEXT_ITEM = {
-    "type": "object",
-    "properties": {"text": TEXT},
-    "required": ["text"],
-    "additionalProperties": False,
-    "description": "A text",
-}
-IMAGE_ITEM = {
-    "type": "object",
-    "properties": {"image": IMAGE_BASE64},
-    "required": ["image"],
-    "additionalProperties": False,
-    "description": "An image, as base64 or a data: URI (URLs are not fetched)",
-}
+
+def _not_fetched(image: str) -> str:
+    if image[:8].lower().startswith(("http://", "https://")):
+        raise refuse("images are not fetched from URLs; send the image as a data: URI")
+    return image
 
 
-def _inputs(strings: dict[str, Any]) -> dict[str, Any]:
-    """The JSON schema of ``input`` where its bare strings are ``strings`` (texts, or images)."""
-    item = {"anyOf": [strings, TEXT_ITEM, IMAGE_ITEM]}
-    return {"anyOf": [strings, {"type": "array", "items": item, "minItems": 1, **limit("max_items")}]}
+def _item_kind(value: Any) -> str:
+    if not isinstance(value, dict):
+        return "a string"
+    return "an image item" if "image" in value else "a text item"
 
 
-TEXT_INPUTS, IMAGE_INPUTS = _inputs(TEXT), _inputs(IMAGE_BASE64)
-# Bare strings are texts, unless "modality" is "image": JSON Schema says so with one branch per modality.
-BY_MODALITY = {
-    "anyOf": [
-        {"properties": {"input": TEXT_INPUTS, "modality": {"const": "text"}}},
-        {"properties": {"input": IMAGE_INPUTS, "modality": {"const": "image"}}, "required": ["modality"]},
-    ]
-}
+def embeddings_request(f: Fields) -> Any:
+    """The body of ``POST /v1/embeddings`` for one deployment: texts (bare strings, unless ``modality`` is
+    ``image``, as infinity-emb reads them) and typed items, each checked against the deployment's limits."""
+    Image = Annotated[
+        f.base64_image, AfterValidator(_not_fetched)
+    ]  # (capitalised: EmbeddingsImageItem annotates "image")
 
+    class EmbeddingsTextItem(BaseModel, extra="forbid"):
+        text: f.text
 
-def _not_token_ids(value: Any) -> Any:
-    """Token ids (a list of integers, or of lists of integers) are OpenAI's tokenizer's, not this model's."""
-    if isinstance(value, list) and value and all(type(v) is int or isinstance(v, list) for v in value):
-        if any(type(v) is int or (v and all(type(t) is int for t in v)) for v in value):  # bools are not ids
-            raise invalid(
-                "token ids are not supported: this model reads XLM-R tokens, not OpenAI's; send the texts "
-                "(LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))"
-            )
-    return value
+    class EmbeddingsImageItem(BaseModel, extra="forbid"):
+        image: Image
 
+    def not_token_ids(value: Any) -> Any:
+        """Token ids (a list of integers, or of lists of integers) are OpenAI's tokenizer's, not this model's. A list
+        over the limit is left to the limit, which refuses it without looking at its items."""
+        if isinstance(value, list) and 0 < len(value) <= f.max_items:
+            if all(type(v) is int or isinstance(v, list) for v in value) and any(
+                type(v) is int or (v and all(type(t) is int for t in v))
+                for v in value  # bools are not ids
+            ):
+                raise refuse("token ids are not supported: this model reads XLM-R tokens, not OpenAI's; send the "
+                             "texts (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))")  # fmt: skip
+        return value
 
-def _dimensions(schema: dict[str, Any]) -> None:
-    """May be left out; when sent, the model's embedding size (which ``openapi`` writes in)."""
-    _optional(schema)
-    schema[DIM] = True
+    def inputs(string: Any, description: str) -> Any:
+        item = Annotated[
+            Annotated[string, Tag("a string")] | Annotated[EmbeddingsTextItem, Tag("a text item")]
+            | Annotated[EmbeddingsImageItem, Tag("an image item")],
+            Discriminator(_item_kind),
+        ]  # fmt: skip
+        one_or_list = Discriminator(lambda value: "a list" if isinstance(value, list) else "a string")
+        listed = Annotated[f.items(item), BeforeValidator(not_token_ids), Tag("a list")]
+        return Annotated[Annotated[string, Tag("a string")] | listed, one_or_list, Field(description=description)]
 
+    class EmbeddingsRequest(BaseModel):
+        model: Annotated[NAME, Field(description="Any name: this server embeds with the one it serves")]
+        encoding_format: Literal["float", "base64"] = "float"
+        dimensions: Annotated[
+            int | None,
+            Field(strict=True, ge=f.dim, le=f.dim, description="The model's embedding size (no other is offered)"),
+            Says(f"dimensions must be {f.dim}, this model's embedding size"),
+        ] = None
+        user: Annotated[NAME | None, Field(description="Ignored")] = None
 
-class TextItem(BaseModel, extra="forbid"):
-    text: str
+        @model_validator(mode="after")
+        def _chars(self):
+            f.chars([value for kind, value in self.items() if kind == "text"], "texts")  # before they are tokenized
+            return self
 
+        def items(self) -> list[tuple[Literal["text", "image"], str]]:
+            """(modality, value) of each input, in order."""
+            values = [self.input] if isinstance(self.input, str) else self.input
+            out: list[tuple[Literal["text", "image"], str]] = []
+            for value in values:
+                if isinstance(value, EmbeddingsTextItem):
+                    out.append(("text", value.text))
+                elif isinstance(value, EmbeddingsImageItem):
+                    out.append(("image", value.image))
+                else:
+                    out.append((self.modality, value))
+            return out
 
-class ImageItem(BaseModel, extra="forbid"):
-    image: str
+    class TextEmbeddingsRequest(EmbeddingsRequest):
+        input: inputs(f.text, "What to embed: texts, or typed items of texts and images")
+        modality: Annotated[Literal["text"], Field(description="What the strings of input are: texts")] = "text"
 
+    class ImageEmbeddingsRequest(EmbeddingsRequest):
+        input: inputs(Image, "What to embed: images (base64 or data: URIs), or typed items of texts and images")
+        modality: Annotated[Literal["image"], Field(description="What the strings of input are: images")]
 
-Item = str | TextItem | ImageItem
+    def modality(value: Any) -> str:
+        return (
+            "images as strings" if isinstance(value, dict) and value.get("modality") == "image" else "texts as strings"
+        )
 
-
-class EmbeddingsRequest(BaseModel, json_schema_extra=BY_MODALITY):
-    input: Annotated[
-        str | list[Item],
-        BeforeValidator(_not_token_ids),
-        counted("inputs"),  # runs first: a list of a million wrong items would cost pydantic an error for each
-        WithJsonSchema({"anyOf": [TEXT_INPUTS, IMAGE_INPUTS], "description": "What to embed"}),
-    ]
-    model: Annotated[str, Field(max_length=256, description="Any name: this server embeds with the one it serves")]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[
-        int, Field(description="The model's embedding size (no other is offered)", json_schema_extra=_dimensions)
-    ] = None
-    user: Annotated[str, Field(max_length=256, description="Ignored", json_schema_extra=_optional)] = None
-    modality: Literal["text", "image"] = Field(
-        "text", description="What the strings of input are: texts, or images (base64 or data: URIs)"
-    )
-
-    @model_validator(mode="after")
-    def _limits(self, info: ValidationInfo) -> EmbeddingsRequest:
-        items = self.items()
-        checked(limits.check_count, items, "inputs", info.context)
-        for i, (kind, value) in enumerate(items):
-            if kind == "text":
-                checked(limits.check_text, value, f"Input {i}", info.context)
-            elif value[:8].lower().startswith(("http://", "https://")):
-                raise invalid(f"Input {i}: images are not fetched from URLs; send the image as a data: URI")
-        return self
-
-    def items(self) -> list[tuple[Literal["text", "image"], str]]:
-        """(modality, value) of each input, in order."""
-        values = [self.input] if isinstance(self.input, str) else self.input
-        out: list[tuple[Literal["text", "image"], str]] = []
-        for value in values:
-            if isinstance(value, TextItem):
-                out.append(("text", value.text))
-            elif isinstance(value, ImageItem):
-                out.append(("image", value.image))
-            else:
-                out.append((self.modality, value))
-        return out
+    return Annotated[Annotated[TextEmbeddingsRequest, Tag("texts as strings")]
+                     | Annotated[ImageEmbeddingsRequest, Tag("images as strings")],
+                     Discriminator(modality)]  # fmt: skip
 
 
 # --- responses ---------------------------------------------------------------------------------------------------
@@ -181,71 +165,38 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class OpenAIError(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class OpenAIErrorResponse(BaseModel):
-    detail: str = Field(description="What went wrong")
-    error: OpenAIError | None = Field(None, description="The same, as OpenAI's API reports errors")
-
-
-# --- errors in both shapes -----------------------------------------------------------------------------------------
-
-
-def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses`` entries for error statuses of these routes (both shapes of error body)."""
-    descriptions = {**errors.DESCRIPTIONS, 400: "The body is not valid JSON, or its values cannot be used"}
-    return {status: {"description": descriptions[status], "model": OpenAIErrorResponse} for status in statuses}
-
-
 # --- the routes ----------------------------------------------------------------------------------------------------
 
-router = APIRouter(prefix="/v1", tags=["OpenAI"])
-EmbeddingsBody = Annotated[EmbeddingsRequest, Depends(body(EmbeddingsRequest))]
-STARTED = int(time.time())
 
+def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
+    request = embeddings_request(fields)
+    unauthorized = [401] if auth else []
 
-@router.post(
-    "/embeddings",
-    summary="OpenAI-compatible embeddings of texts and images",
-    response_model=EmbeddingsResponse,
-    responses=documented(400, 413, 415, 429, 504),
-    openapi_extra=request_body(EmbeddingsRequest),
-)
-async def embeddings(service: ServiceDep, payload: EmbeddingsBody) -> EmbeddingsResponse:
-    embedder = service.embedder
-    if payload.dimensions is not None and payload.dimensions != embedder.dim:
-        raise errors.InvalidInput(f"dimensions must be {embedder.dim}, this model's embedding size")
-    items = payload.items()
-    vectors, tokens = await _embed(service, items)
-    data = [
-        Embedding(index=i, embedding=_encode(v, payload.encoding_format)) for i, v in enumerate(vectors)
-    ]  # fmt: skip
-    return EmbeddingsResponse(
-        data=data, model=service.model_name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)
-    )
+    async def embeddings(service: ServiceDep, payload: request) -> EmbeddingsResponse:
+        items = payload.items()
+        vectors, tokens = await _embed(service, items)
+        data = [Embedding(index=i, embedding=_encode(v, payload.encoding_format)) for i, v in enumerate(vectors)]
+        return EmbeddingsResponse(data=data, model=service.model_name,
+                                  usage=Usage(prompt_tokens=tokens, total_tokens=tokens))  # fmt: skip
 
+    async def models(service: ServiceDep) -> ModelList:
+        return ModelList(data=[_card(service)])
 
-@router.get("/models", summary="The model this server serves (OpenAI-compatible)", response_model=ModelList)
-async def models(service: ServiceDep) -> ModelList:
-    return ModelList(data=[_card(service)])
+    async def model(service: ServiceDep, model_id: Annotated[NAME, Path(description="A model id")]) -> ModelCard:
+        card = _card(service)
+        if model_id != card.id:
+            raise NotFound(f"This server serves {card.id}, not {model_id}")
+        return card
 
-
-@router.get(
-    "/models/{model_id:path}",
-    summary="One model by id (OpenAI-compatible)",
-    response_model=ModelCard,
-    responses=documented(404),
-)
-async def model(service: ServiceDep, model_id: Annotated[str, Path(description="A model id")]) -> ModelCard:
-    card = _card(service)
-    if model_id != card.id:
-        raise errors.NotFound(f"This server serves {card.id}, not {model_id}")
-    return card
+    body.post(router, "/v1/embeddings", embeddings, summary="OpenAI-compatible embeddings of texts and images",
+              response_model=EmbeddingsResponse, tags=["OpenAI"], dependencies=auth,
+              responses=documented(400, 413, 415, 429, 504, *unauthorized, openai=True))  # fmt: skip
+    router.add_api_route("/v1/models", models, summary="The model this server serves (OpenAI-compatible)",
+                         response_model=ModelList, tags=["OpenAI"], dependencies=auth,
+                         responses=documented(429, 504, *unauthorized, openai=True))  # fmt: skip
+    router.add_api_route("/v1/models/{model_id:path}", model, summary="One model by id (OpenAI-compatible)",
+                         response_model=ModelCard, tags=["OpenAI"], dependencies=auth,
+                         responses=documented(400, 404, 429, 504, *unauthorized, openai=True))  # fmt: skip
 
 
 def _card(service: Service) -> ModelCard:
@@ -253,34 +204,16 @@ def _card(service: Service) -> ModelCard:
 
 
 async def _embed(service: Service, items: list[tuple[str, str]]) -> tuple[np.ndarray, int]:
-    """The embeddings of the inputs, in order (texts and images batched with the service's other requests), and the
-    tokens the model read for them."""
+    """The embeddings of the inputs, in order (texts and images batched with the service's other requests, at
+    once), and the tokens the model read for them."""
     texts = [(i, value) for i, (kind, value) in enumerate(items) if kind == "text"]
     images = [(i, decode_base64(value, i)) for i, (kind, value) in enumerate(items) if kind == "image"]
-    work = []
-    if texts:
-        work.append(service.embed_texts([t for _, t in texts]))
-    if images:
-        work.append(service.embed_images([data for _, data in images]))
-    results = await together(*work)
+    embedded = await service.embed([t for _, t in texts], [data for _, data in images])
     vectors = np.empty((len(items), service.embedder.dim), np.float32)
-    for positions, result in zip([p for p in (texts, images) if p], results):
-        vectors[[i for i, _ in positions]] = result
-    tokens = len(images) * _image_tokens(service)
-    if texts:
-        tokens += sum(await run_in_threadpool(_text_tokens, service, [t for _, t in texts]))
-    return vectors, tokens
-
-
-def _text_tokens(service: Service, texts: list[str]) -> list[int]:
-    """Tokens per text as the model reads them (the tokenizer's ids, special tokens included, after truncation)."""
-    return [len(ids) for ids in service.embedder.processor.tokenizer(texts)["input_ids"]]
-
-
-def _image_tokens(service: Service) -> int:
-    """Tokens per image: the vision tower's patches and its class token."""
-    vision = service.embedder.model.config.vision_config
-    return (vision.image_size // vision.patch_size) ** 2 + 1
+    for positions, result in ((texts, embedded.texts), (images, embedded.images)):
+        if positions:
+            vectors[[i for i, _ in positions]] = result
+    return vectors, embedded.tokens
 
 
 def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:

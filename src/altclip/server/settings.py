@@ -1,5 +1,6 @@
 """The service's settings: one typed object, read (highest first) from command-line flags, ``ALTCLIP_<NAME>``
-environment variables, a JSON or TOML file (``--config``), and the defaults here."""
+environment variables, a JSON or TOML file (``--config``), and the defaults here. Each field's description is its
+help: ``altclip serve`` makes one flag of each from it."""
 
 from __future__ import annotations
 
@@ -28,39 +29,58 @@ class ServerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALTCLIP_", extra="forbid")
 
-    model: str = DEFAULT_MODEL
-    index: str | None = None  # an index folder to search; without one, /v1/search answers 404
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    device: str | None = None  # default: a GPU where there is one (altclip.utils.devices)
-    dtype: str | None = None
-    max_batch_size: int = Field(32, ge=1)  # items per model call
-    max_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits for more items after its first
-    # Requests the API serves at once (reading, decoding, waiting for or in the model), whatever their size; beyond
-    # that 429 at once. Each is bounded by the limits below, so this also bounds memory: bodies alone take up to
-    # max_queue x max_body_bytes.
-    max_queue: int = Field(64, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0)  # per request, from its first byte to its answer; then 504
-    max_body_bytes: int = Field(20 * 2**20, ge=1)  # then 413
-    max_items: int = Field(64, ge=1)  # texts, images, labels or templates per request; then 422
-    max_text_chars: int = Field(4000, ge=1)  # per text, query, label and template; then 422
-    max_request_chars: int = Field(256_000, ge=1)  # all the text the model reads for one request (prompts included)
-    max_prompts: int = Field(2048, ge=1)  # labels x templates per classification; then 422
-    max_pixels: int = Field(40_000_000, ge=1)  # per image, checked before decoding
-    max_request_pixels: int = Field(100_000_000, ge=1)  # pixels to decode per request (after draft), checked first
-    max_aspect_ratio: float = Field(50.0, ge=1)
-    decode_workers: int = Field(default_factory=lambda: min(4, os.cpu_count() or 1), ge=1)  # images decoded at once
-    # Images at least 4x the model's input on their short side are decoded at a reduced scale (JPEG: DCT scaling in
-    # the decoder) or box-reduced, to no less than twice the input, before the resize: far less time and memory,
-    # pixels within a few levels of the exact path. False: every image takes the exact path.
-    draft: bool = True
-    header_timeout_s: float = Field(10.0, gt=0)  # a connection must send a request's headers within this; then closed
-    token: str | None = Field(None, repr=False)  # bearer token for /v1/* and /metrics; None leaves them open
-    token_file: Path | None = None  # read the token from this file (its first line) instead
-    cors_origins: Annotated[list[str], NoDecode] = []  # none: CORS off; from the environment: comma-separated
-    thumbnail_size: int = Field(256, ge=16)
-    drain_seconds: float = Field(0.0, ge=0)  # after SIGTERM, keep serving with /readyz false this long
-    access_log: bool = False  # uvicorn's log line per request
+    model: str = Field(DEFAULT_MODEL, description="Hub id or checkpoint folder")
+    index: str | None = Field(None, description="An index folder to search (see `altclip index`); without one, "
+                              "search answers 404")  # fmt: skip
+    host: str = Field("127.0.0.1", description="Address to bind (127.0.0.1: this machine only)")
+    port: int = Field(8000, ge=0, le=65535, description="Port")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="The server's address as clients reach it (http://host:port, behind a proxy its public URL), for "
+        "the URLs in answers; without it, the address it listens on, or relative URLs when that is every interface",
+    )
+    device: str | None = Field(None, description="cpu, cuda, cuda:1, ... (a GPU where there is one)")
+    dtype: str | None = Field(None, description="float32 (exact), bfloat16 or float16")
+    max_batch_size: int = Field(32, ge=1, description="Items per model call")
+    max_batch_tokens: int = Field(16384, ge=1, description="Tokens per model call: texts' tokens (padded to the "
+                                  "longest), images' patches plus one")  # fmt: skip
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill up after its first item")
+    # Requests the API serves at once (reading, decoding, waiting for or in the model), whatever their size; counted
+    # before a body is read, so bodies take up to max_queue x max_body_bytes.
+    max_queue: int = Field(64, ge=1, description="API requests served at once; more get 429")
+    max_queue_tokens: int = Field(1_200_000, ge=1, description="Tokens of model work admitted at once, all "
+                                  "requests together; more get 429")  # fmt: skip
+    request_timeout_s: float = Field(30.0, gt=0, description="Seconds per request, from its first byte to its "
+                                     "answer; then 504")  # fmt: skip
+    max_body_bytes: int = Field(20 * 2**20, ge=1, description="Largest request body; then 413")
+    max_items: int = Field(2048, ge=1, description="Texts, images, labels or templates per request; then 422")
+    max_text_chars: int = Field(4000, ge=1, description="Characters per text, query, label and template")
+    max_request_chars: int = Field(256_000, ge=1, description="Characters the model reads for one request, prompts "
+                                   "included")  # fmt: skip
+    max_request_tokens: int = Field(300_000, ge=1, description="Tokens the model reads for one request: texts' "
+                                    "tokens, images' patches plus one")  # fmt: skip
+    max_prompts: int = Field(2048, ge=1, description="Labels x templates per classification")
+    max_pixels: int = Field(40_000_000, ge=1, description="Pixels per image, checked before decoding")
+    max_request_pixels: int = Field(100_000_000, ge=1, description="Pixels to decode per request (after reduced "
+                                    "decoding), checked before any is decoded")  # fmt: skip
+    max_aspect_ratio: float = Field(50.0, ge=1, description="Longest side over shortest side of an image")
+    decode_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=1, description="Images decoded at once"
+    )
+    draft: bool = Field(True, description="Decode images at least 4x the model's input at a reduced scale")
+    header_timeout_s: float = Field(10.0, gt=0, description="Seconds a connection has to send a request's headers")
+    token: str | None = Field(None, repr=False, description="Bearer token for /v1/*, clip-retrieval's routes and "
+                              "/metrics (never a flag)")  # fmt: skip
+    token_file: Path | None = Field(None, description="Require 'Authorization: Bearer TOKEN' on /v1/*, clip-retrieval's "
+                                    "routes and /metrics, TOKEN this file's first line (or $ALTCLIP_TOKEN; never a "
+                                    "flag, which every user of the machine sees in ps)")  # fmt: skip
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        [], description="Origins allowed to call the API from a browser (CORS); from the environment comma-separated"
+    )
+    thumbnail_size: int = Field(256, ge=16, description="Largest side of a thumbnail, in pixels")
+    drain_seconds: float = Field(0.0, ge=0, description="After SIGTERM, serve this long with /readyz false")
+    access_log: bool = Field(False, description="Log every request")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -77,11 +97,13 @@ class ServerSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _token_from_file(self) -> ServerSettings:
+    def _consistent(self) -> ServerSettings:
         if self.token_file is not None:
             if self.token is not None:
                 raise ValueError("give the token or a token file, not both")
             self.token = self._usable_token(read_token(self.token_file))
+        if self.max_request_tokens > self.max_queue_tokens:
+            raise ValueError("max_request_tokens is over max_queue_tokens: such a request could never be admitted")
         return self
 
     @classmethod
@@ -93,20 +115,31 @@ class ServerSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _Environment(settings_cls, os.environ)
+        return init_settings, Environment(settings_cls, os.environ)
 
     @classmethod
     def load(
         cls, config_file: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, **flags: Any
     ) -> ServerSettings:
-        """Flags given (not None), then ``ALTCLIP_*`` variables of ``env`` (default ``os.environ``), then the file."""
-        sources: list[PydanticBaseSettingsSource] = [
-            InitSettingsSource(cls, {k: v for k, v in flags.items() if v is not None}),
-            _Environment(cls, os.environ if env is None else env),
-        ]
-        if config_file:
-            sources.append(_config_file(cls, Path(config_file)))
-        return cls(_build_sources=(tuple(sources), {}))
+        """Flags given (not None), then ``ALTCLIP_*`` variables of ``env`` (default ``os.environ``), then the file.
+
+        The sources of one call are pydantic-settings' own, chosen by ``settings_customise_sources`` of a subclass
+        made for the call (its documented way to choose sources)."""
+        environ = os.environ if env is None else env
+        path = Path(config_file) if config_file else None
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"{path}: no such settings file")
+
+        class Loaded(cls):  # type: ignore[valid-type, misc]
+            @classmethod
+            def settings_customise_sources(cls, settings_cls, init_settings, *_, **__):
+                sources = [init_settings, Environment(settings_cls, environ)]
+                if path is not None:
+                    sources.append(config_file_source(settings_cls, path))
+                return tuple(sources)
+
+        loaded = Loaded(**{k: v for k, v in flags.items() if v is not None})
+        return cls.model_construct(loaded.model_fields_set, **dict(loaded))
 
     def public(self) -> dict[str, Any]:
         """The settings to log: the token masked."""
@@ -124,7 +157,7 @@ def read_token(path: Path) -> str:
     return text.splitlines()[0].strip() if text.strip() else ""
 
 
-class _Environment(InitSettingsSource):
+class Environment(InitSettingsSource):
     """The ``ALTCLIP_<NAME>`` variables (any case) of ``environ`` as text, which validation turns into the settings'
     types ("8000" -> 8000, "false" -> False, "a,b" -> ["a", "b"])."""
 
@@ -135,10 +168,8 @@ class _Environment(InitSettingsSource):
         super().__init__(settings_cls, values)
 
 
-def _config_file(cls: type[ServerSettings], path: Path) -> InitSettingsSource:
+def config_file_source(cls: type[BaseSettings], path: Path) -> InitSettingsSource:
     """A JSON or TOML file of settings; an error naming any key that is not a setting."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such settings file")
     source = (
         TomlConfigSettingsSource(cls, toml_file=path)
         if path.suffix == ".toml"
