@@ -59,14 +59,14 @@ def check_template(template: Any) -> str:
     """``template`` if it says where the label goes with ``{}`` (or ``{c}``) and has no other brace."""
     if not isinstance(template, str):
         raise ValueError(f"Template {template!r} is not a string: templates must be strings with '{{}}'")
+    if placeholders(template) == 0:
+        raise ValueError(f"Template {template!r} has no '{{}}': templates must say where the label goes with '{{}}'")
     rest = PLACEHOLDER.sub("", template)
     if "{" in rest or "}" in rest:
         raise ValueError(
             f"Template {template!r} has braces other than '{{}}': templates must mark the label with '{{}}' (or "
             "CLIP_benchmark's '{c}') only, and the label is put in as it is"
         )
-    if placeholders(template) == 0:
-        raise ValueError(f"Template {template!r} has no '{{}}': templates must say where the label goes with '{{}}'")
     return template
 
 
