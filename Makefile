@@ -6,7 +6,8 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 PIP_FLAGS ?= -q --disable-pip-version-check
 # Installed without their dependencies (they pin another torch and bring their training stacks): the tests run
-# clip-retrieval's ClipClient and CLIP_benchmark's metric functions, which need only what the dev extra installs.
+# clip-retrieval's ClipClient and CLIP_benchmark's metric functions, its build command and its WebDataset writer and
+# reader, which need only what the dev extra installs (tests/clip_benchmark_code.py).
 PROTOCOL_CLIENTS ?= clip-retrieval==2.45.0 clip-benchmark==1.6.2
 
 .PHONY: demo test clean
@@ -31,7 +32,8 @@ DEMO_EXTRAS ?= serve,index
 demo: .venv/.installed
 	@.venv/bin/altclip demo examples/photos || { status=$$?; if [ $$status -eq 3 ]; then \
 	  echo "To see the demo run without downloading the model (random weights, meaningless answers):"; \
-	  echo "  .venv/bin/altclip random-checkpoint ./checkpoints/tiny && ALTCLIP_MODEL=./checkpoints/tiny make demo"; fi; \
+	  if [ -d checkpoints/tiny ]; then echo "  ALTCLIP_MODEL=./checkpoints/tiny make demo"; \
+	  else echo "  .venv/bin/altclip random-checkpoint ./checkpoints/tiny && ALTCLIP_MODEL=./checkpoints/tiny make demo"; fi; fi; \
 	  exit $$status; }
 
 test: .venv-test/.installed

@@ -69,7 +69,7 @@ for name in ("transformers", "torchao", "torchvision", "triton", "PIL", "tokeniz
     except Exception as e:
         print(name, "missing:", type(e).__name__, e)
 from altclip.modeling import layers
-print("variable-length attention (torch.nn.attention.varlen):", layers._varlen_attn is not None)
+print("variable-length attention (torch.nn.attention.varlen):", layers.varlen_kernel() is not None)
 print("triton (torch.compile on the GPU):", importlib.util.find_spec("triton") is not None)
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)

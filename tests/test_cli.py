@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +84,25 @@ def test_index_search_and_reindex(run, tmp_path):
     assert (again["deleted"], again["embedded"], again["images"]) == (1, 0, 5)
 
 
+def test_search_tables_escape_control_characters_in_file_names(run, tmp_path):
+    """An ESC sequence or a newline in a file name reaches the terminal escaped, never raw; --json stays exact."""
+    folder = tmp_path / "photos"
+    paths = make_images(folder, 3)
+    hostile = [folder / "clear\x1b[2J\x1b[31mred.jpg", folder / "two\nlines.jpg", folder / "right\u202egpj.exe.jpg"]
+    for path, new in zip(paths, hostile):
+        path.rename(new)
+    index = tmp_path / "index"
+    assert run("index", folder, "--index", index).exit_code == 0
+    table = run("search", "cat", "--index", index, "-k", "3")
+    assert table.exit_code == 0
+    unwrapped = table.stdout.replace("\n", "")  # long names wrap at 80 columns
+    for raw, shown in (("\x1b", "clear\\x1b[2J\\x1b[31mred.jpg"), ("\u202e", "right\\u202egpj.exe.jpg")):
+        assert raw not in table.stdout and shown in unwrapped
+    assert "two\\nlines.jpg" in unwrapped and "two\nlines" not in table.stdout
+    exact = json.loads(run("search", "cat", "--index", index, "-k", "3", "--json").stdout)
+    assert sorted(hit["path"] for hit in exact) == sorted(map(str, hostile))
+
+
 def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
     import pyarrow.parquet as pq
 
@@ -115,6 +133,35 @@ def test_embed_writes_clip_retrieval_layout(run, tmp_path, embedder):
     assert skipped["skipped"] is True  # idempotent: a finished shard is not redone
     failed = json.loads(run("embed", folder, "--output", tmp_path / "e2", "--json").stdout)["failed"]
     assert [f["path"] for f in failed] == [str(folder / "broken.jpg")]
+
+
+def test_embed_reads_webdataset_tars(run, tmp_path, embedder):
+    """.tar inputs as --ray reads them: one output shard per tar, its image members named TAR/MEMBER."""
+    import pyarrow.parquet as pq
+
+    paths = make_images(tmp_path / "photos", 5)
+    tars = [tmp_path / "a.tar", tmp_path / "b.tar"]
+    for tar, part in zip(tars, (paths[:3], paths[3:])):
+        with tarfile.open(tar, "w") as archive:
+            for path in part:
+                archive.add(path, arcname=f"s/{path.name}")
+    broken = tmp_path / "c.tar"
+    broken.write_bytes(b"not a tar" * 100)
+    result = json.loads(run("embed", *tars, broken, "-o", tmp_path / "emb", "--json").stdout)
+    assert (result["shards"], result["written"], result["images"]) == (3, [0, 1], 5)
+    assert [(f["path"], f["reason"].split(":")[0]) for f in result["failed"]] == [(str(broken), "unreadable tar")]
+    assert not (tmp_path / "emb" / "img_emb" / "img_emb_2.npy").exists()  # tried again by the next run
+    for i, (tar, part) in enumerate(zip(tars, (paths[:3], paths[3:]))):
+        names = pq.read_table(tmp_path / "emb" / "metadata" / f"metadata_{i}.parquet")["image_path"].to_pylist()
+        assert names == [f"{tar}/s/{p.name}" for p in part]
+        vectors = np.load(tmp_path / "emb" / "img_emb" / f"img_emb_{i}.npy")
+        assert np.abs(vectors - embedder.embed_images([str(p) for p in part])).max() < 1e-5
+    one = json.loads(run("embed", *tars, broken, "-o", tmp_path / "one", "--shard", "1/3", "--json").stdout)
+    assert (one["shard"], one["images"]) == ("1/3", 2)
+    wrong = run("embed", *tars, "-o", tmp_path / "one", "--shard", "0/1")
+    assert wrong.exit_code == 2 and "one output shard per tar (2)" in wrong.stderr
+    mixed = run("embed", tars[0], paths[0], "-o", tmp_path / "one")
+    assert mixed.exit_code == 2 and "not both" in mixed.stderr
 
 
 def test_embed_redoes_a_shard_whose_inputs_changed(run, tmp_path):
@@ -175,18 +222,6 @@ def test_model_mismatch_exit_code(run, tmp_path, checkpoint):
     assert result.exit_code == 5 and "cannot be mixed" in result.stderr
 
 
-def test_missing_model_says_what_to_do(tmp_path):
-    """As a newcomer sees it: a real process, offline, with the default model not downloadable."""
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    result = subprocess.run(
-        [sys.executable, "-m", "altclip", "classify", str(PHOTOS / "cat.jpg"), "--labels", "cat", "dog"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 3
-    assert "BAAI/AltCLIP" in result.stderr and "altclip random-checkpoint ./checkpoints/tiny" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
 def test_demo_runs(run, tmp_path):
     result = run("demo", PHOTOS)
     assert result.exit_code == 0, result.output
@@ -211,3 +246,73 @@ def test_repeated_options_and_the_deprecated_several_values_form(run, tmp_path):
     result = run("embed", "--texts", captions, tmp_path / "photos", "--output", tmp_path / "emb", "--json")
     assert result.exit_code == 0, result.output
     assert (json.loads(result.stdout)["images"], json.loads(result.stdout)["texts"]) == (2, 2)
+
+
+@pytest.mark.parametrize("stage", ["distill", "contrastive"])
+def test_training_options_set_their_config_fields(stage, monkeypatch, tmp_path):
+    """Each training option, declared once for both stages, sets the TrainConfig field of its name."""
+    import altclip.train.contrastive
+    import altclip.train.distill
+    from altclip.train.config import TrainConfig
+
+    seen = {}
+
+    def capture(*args, log, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return {}
+
+    monkeypatch.setattr(getattr(altclip.train, stage), stage, capture)
+    given = dict(output=str(tmp_path / "run"), steps=7, batch_size=3, grad_accum=2, lr=0.5, weight_decay=0.25,
+                 warmup_steps=4, save_every=5, log_every=6, seed=9, dropout=0.125, workers=0, device="cpu")  # fmt: skip
+    args = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
+    args += ["--bf16", "--gradient-checkpointing", "--fsdp", "--no-resume"]
+    if stage == "distill":
+        args += ["--teacher", "t", "--student", "s", "--corpus", "c.tsv", "--cosine-weight", "0.5"]
+        env = {}
+    else:
+        args += ["--data", "d.csv", "--train-vision"]
+        env = {"ALTCLIP_MODEL": "from-the-environment"}
+    result = CliRunner().invoke(build(), ["train", stage, *args], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    config = next(a for a in seen["args"] if isinstance(a, TrainConfig))
+    expected = TrainConfig(**given, bf16=True, gradient_checkpointing=True, fsdp=True, resume=False)
+    assert config == expected
+    if stage == "distill":
+        assert seen["args"][:3] == ("t", "s", ["c.tsv"]) and seen["kwargs"]["cosine_weight"] == 0.5
+    else:  # ALTCLIP_MODEL names the model to train, as for every other command
+        assert seen["args"][:2] == ("from-the-environment", ["d.csv"]) and seen["kwargs"]["train_vision"] is True
+    # The stages' own defaults.
+    shown = " ".join(CliRunner().invoke(build(), ["train", stage, "--help"]).stdout.split())
+    assert f"micro-step [default: {64 if stage == 'contrastive' else 32};" in shown
+
+
+def test_quantize_and_export_take_the_model_from_altclip_model(run, checkpoint, tmp_path, monkeypatch):
+    result = run("quantize", "--output", tmp_path / "int8", "--json")
+    assert result.exit_code == 0, result.output
+    assert altclip.AltCLIPModel.from_pretrained(tmp_path / "int8").config.quantization_config is not None
+    seen = []
+    monkeypatch.setattr("altclip.export.export_onnx", lambda model, *a, **k: seen.append(model) or {})
+    run("export", "onnx", "--output", tmp_path / "onnx", "--json")
+    assert seen == [str(checkpoint)]
+    assert "ALTCLIP_MODEL" in run("export", "onnx", "--help").stdout
+
+
+def test_search_uses_the_index_model_from_any_folder(checkpoint, tmp_path, monkeypatch):
+    """ALTCLIP_MODEL as a relative path (as the README sets it) indexes; searching from elsewhere still works."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copytree(checkpoint, tmp_path / "a" / "ckpt")
+    make_images(tmp_path / "photos", 3)
+    env = {"ALTCLIP_MODEL": "./ckpt"}
+    monkeypatch.chdir(tmp_path / "a")
+    runner = CliRunner()
+    assert (
+        runner.invoke(build(), ["index", str(tmp_path / "photos"), "--index", str(tmp_path / "i")], env=env).exit_code
+        == 0
+    )
+    monkeypatch.chdir(tmp_path / "b")
+    result = runner.invoke(build(), ["search", "cat", "--index", str(tmp_path / "i"), "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)) == 3
+    shown = " ".join(runner.invoke(build(), ["search", "--help"]).stdout.split())
+    assert "[default: the model the index was built with]" in shown and "BAAI/AltCLIP]" not in shown

@@ -107,7 +107,7 @@ def test_variable_length_attention_equals_padded_attention(small_checkpoint):
     """Packed texts through the variable-length kernel against the padded path (the one graphs record)."""
     from altclip.modeling import layers
 
-    if layers._varlen_attn is None:
+    if layers.varlen_kernel() is None:
         pytest.skip("this PyTorch has no torch.nn.attention.varlen")
     model = AltCLIPModel.from_pretrained(small_checkpoint, device="cuda", dtype=torch.bfloat16)
     ids, mask, _ = small_inputs()

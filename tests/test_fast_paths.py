@@ -140,7 +140,7 @@ def test_variable_length_attention_plumbing(checkpoint, inputs, monkeypatch):
     ids, mask, _ = inputs
     with torch.inference_mode():
         padded = model.get_text_features(input_ids=ids, attention_mask=mask)
-        monkeypatch.setattr(layers, "_varlen_attn", reference_varlen)
+        monkeypatch.setattr(layers, "varlen_kernel", lambda: reference_varlen)
         monkeypatch.setattr(layers, "varlen_supported", lambda x: True)
         packed = model.get_text_features(input_ids=ids, attention_mask=mask)
     assert (packed - padded).abs().max() <= 1e-5

@@ -83,7 +83,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_the_imports():
     graph = import_graph()
-    assert "altclip.modeling.model" in graph["altclip.pipeline"]  # a module-level import
+    assert "altclip.modeling.model" in graph["altclip.pipelines"]  # a module-level import
     assert "altclip.index" in graph["altclip.server.service"]  # one inside a function
     assert "altclip.zeroshot" in graph["altclip.inference"]  # `from altclip import zeroshot`
     assert {"altclip.cli.predict", "altclip.cli.common"} <= graph["altclip.cli"] | graph["altclip.cli.predict"]
@@ -103,7 +103,7 @@ def test_the_core_is_grouped_in_folders():
     folders = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()}
     assert folders == set(APPLICATIONS) | set(CORE_FOLDERS)
     # At the top: only the public API (load, the pipeline, embedding, zero-shot classification and its templates).
-    assert top == {"pipeline", "inference", "zeroshot", "templates"}
+    assert top == {"pipelines", "inference", "zeroshot", "templates"}
 
 
 def test_the_core_imports_no_application():

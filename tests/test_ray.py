@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,26 @@ pq = pytest.importorskip("pyarrow.parquet")
 CAPTIONS = "一只猫\na red square\n\nкошка\nune tasse de café\n宇宙の銀河\nzwei Hunde im Schnee\nun perro\n"
 
 
+STALE = "127.0.0.1:1"  # the address a cluster that is gone left in ray_current_cluster
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    """A cluster of its own (address="local"), whatever else runs or ran on the machine. Its temporary folder holds
+    the ray_current_cluster file a cluster that is gone leaves behind: without an address, ray.init would follow
+    it (and refuse num_cpus, "When connecting to an existing cluster...")."""
+    with tempfile.TemporaryDirectory(prefix="ray-") as temp, pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", temp)
+        (Path(temp) / "ray").mkdir()
+        (Path(temp) / "ray" / "ray_current_cluster").write_text(STALE)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+        yield Path(temp)
+        ray.shutdown()
+
+
+def test_the_cluster_is_new_despite_a_stale_cluster_file(cluster):
+    assert (cluster / "ray" / "ray_current_cluster").exists()
+    assert ray.get_runtime_context().gcs_address != STALE and ray.cluster_resources()["CPU"] == 2
 
 
 @pytest.fixture
@@ -100,7 +116,7 @@ def test_ray_writes_what_embed_writes(cluster, run, tmp_path):
     assert sorted(map(str, listed)) == sorted(str(p) for p in folder.iterdir() if p.name != "img_0007.jpg")
 
 
-def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
+def test_ray_reads_webdataset_tars(cluster, run, checkpoint, embedder, tmp_path):
     from altclip.index.ray_embed import embed_on_ray
 
     paths = make_images(tmp_path / "photos", 12)
@@ -134,6 +150,12 @@ def test_ray_reads_webdataset_tars(cluster, checkpoint, embedder, tmp_path):
     ]
     assert metadata == names and np.abs(vectors - expected).max() < 1e-6
     assert np.load(tmp_path / "out" / "img_emb" / "img_emb_2.npy").shape == (0, 16)  # a tar without images
+
+    # One process reads the same inputs into the same files (and skips the shards --ray wrote).
+    single = run("embed", *tars, broken, "-o", tmp_path / "single", "--json")
+    assert single["written"] == [0, 1, 2] and single["failed"] == result["failed"]
+    assert_same_files(tmp_path / "single", tmp_path / "out")
+    assert run("embed", *tars, broken, "-o", tmp_path / "out", "--json")["skipped"] == [0, 1, 2]
 
 
 def test_ray_leaves_a_cpu_for_decoding(cluster, checkpoint, tmp_path):

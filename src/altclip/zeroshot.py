@@ -17,13 +17,14 @@
 - a language code (``"en"``, ``"zh"``, ...): that built-in set (``templates.TEMPLATES``) for every label;
 - a list of templates: those for every label (or, from Python, one list per label).
 
-In a template only ``{}`` is special: the label replaces it as it is (labels may hold any character, and
-``str.format`` is never applied), and any other brace is an error, so a typo such as ``"a photo of {label}"``
-does not silently become a different prompt.
+In a template only ``{}`` (or ``{c}``, as CLIP_benchmark's templates mark the class) is special: the label
+replaces it as it is (labels may hold any character, and ``str.format`` is never applied), and any other brace is an
+error, so a typo such as ``"a photo of {label}"`` does not silently become a different prompt.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from altclip.templates import TEMPLATES, guess_language, templates_for
 
 HYPOTHESIS_TEMPLATE = "This is a photo of {}."
+PLACEHOLDER = re.compile(r"\{c?\}")  # where a template puts the label: {} (ours), or {c} (CLIP_benchmark's)
 TEMPLATE_MODES = ("none", "auto", *TEMPLATES)  # the names ``templates`` may be, besides None and a list
 
 Templates = str | Sequence[str] | Sequence[Sequence[str]] | None
@@ -54,22 +56,29 @@ def check_labels(labels: Sequence[str] | str) -> list[str]:
 
 
 def check_template(template: Any) -> str:
-    """``template`` if it says where the label goes with ``{}`` and has no other brace."""
+    """``template`` if it says where the label goes with ``{}`` (or ``{c}``) and has no other brace."""
     if not isinstance(template, str):
         raise ValueError(f"Template {template!r} is not a string: templates must be strings with '{{}}'")
-    if "{}" not in template:
+    if placeholders(template) == 0:
         raise ValueError(f"Template {template!r} has no '{{}}': templates must say where the label goes with '{{}}'")
-    if "{" in template.replace("{}", "") or "}" in template.replace("{}", ""):
+    rest = PLACEHOLDER.sub("", template)
+    if "{" in rest or "}" in rest:
         raise ValueError(
-            f"Template {template!r} has braces other than '{{}}': templates must mark the label with '{{}}' only "
-            "(the label is put in as it is)"
+            f"Template {template!r} has braces other than '{{}}': templates must mark the label with '{{}}' (or "
+            "CLIP_benchmark's '{c}') only, and the label is put in as it is"
         )
     return template
 
 
+def placeholders(template: str) -> int:
+    """How many times ``template`` names the label."""
+    return len(PLACEHOLDER.findall(template))
+
+
 def fill(template: str, label: str) -> str:
-    """The prompt for ``label``: every ``{}`` of ``template`` replaced by the label, literally."""
-    return check_template(template).replace("{}", label)
+    """The prompt for ``label``: every ``{}`` (or ``{c}``) of ``template`` replaced by the label, literally (in one
+    pass, so a label holding "{}" is not filled in again)."""
+    return PLACEHOLDER.sub(lambda _: label, check_template(template))
 
 
 def label_prompts(
@@ -93,7 +102,7 @@ def templates_per_label(
             return [["{}"]] * len(labels)
         if templates == "auto":
             return [TEMPLATES[guess_language(label)] for label in labels]
-        if "{}" in templates:
+        if placeholders(templates):
             raise ValueError(
                 f"templates={templates!r} names no template set; give templates as a list: [{templates!r}]"
             )

@@ -11,10 +11,12 @@ generate.py     generate (text to image)
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from altclip.cli import bench, checkpoints, deploy, evaluate, generate, index, predict, serve, train
-from altclip.cli.common import TranslatedErrors, err
+from altclip.cli.common import TranslatedErrors, err, out
 
 COMMANDS = (predict, index, serve, train, evaluate, deploy, bench, generate, checkpoints)
 
@@ -30,10 +32,29 @@ def build() -> typer.Typer:
         # help in full, and brackets shown as written (rich markup would take "[default: ...]" for a tag).
         rich_markup_mode=None,
         cls=TranslatedErrors,
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
+    app.callback()(_options)
     for module in COMMANDS:
         app.add_typer(module.app)
     return app
+
+
+def _version(value: bool) -> None:
+    if value:
+        from altclip import __version__
+
+        out.print(f"altclip {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    ] = None,
+) -> None:
+    """The options of ``altclip`` itself, before the command."""
 
 
 def main() -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -34,7 +36,9 @@ from altclip.utils.files import stat_failure
 EXIT_ERROR, EXIT_USAGE, EXIT_MODEL, EXIT_INPUT, EXIT_INDEX = 1, 2, 3, 4, 5
 
 out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+err = Console(
+    stderr=True, markup=False, soft_wrap=True
+)  # messages are lines: the terminal wraps them, paths stay whole
 
 ModelOpt = Annotated[
     str | None,
@@ -50,13 +54,17 @@ IndexOpt = Annotated[
     Path | None, typer.Option("--index", help="Index folder [default: $ALTCLIP_INDEX or the user data dir]")
 ]
 TEMPLATES_HELP = (
-    "Prompts: 'auto' (the built-in set of each label's language), 'none' (the label alone), a language code "
-    "(en, zh, ...), or a file of templates with '{}', one per line"
+    "Prompts: auto (the built-in set of each label's language), none (the label alone), a language code (en, zh, "
+    "...), a template with {} where the label goes (or CLIP_benchmark's {c}; repeat the option for more), or a "
+    "file of such templates, one per line"
 )
+TemplatesOpt = Annotated[
+    list[str] | None, typer.Option("--templates", metavar="TEMPLATES", help=f"{TEMPLATES_HELP} [default: auto]")
+]
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     raise typer.Exit(code)
 
 
@@ -144,6 +152,40 @@ def require_paths(paths: list[Path]) -> None:
             fail(f"{path} {reason}", EXIT_USAGE)
 
 
+def image_files(paths: Sequence[Path]) -> list[Path]:
+    """The images named: files as they are (a missing one is the reader's error to report), folders replaced by the
+    image files under them, searched recursively, in sorted order. Exits with EXIT_INPUT for a folder without
+    images."""
+    from altclip.utils.files import IMAGE_SUFFIXES, is_image_name
+
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if is_image_name(p.name) and p.is_file())
+        if not found:
+            fail(f"No image files under {path} (looked for {', '.join(IMAGE_SUFFIXES)})", EXIT_INPUT)
+        files += found
+    return files
+
+
+_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: str) -> str:
+    """``text`` with what would act on the terminal instead of showing escaped as Python writes it: control
+    characters (an ESC sequence, a newline that would split a row in two), line separators and the marks that
+    reorder text (bidirectional overrides). For tables and lists of file names; --json keeps names exact."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(ch) if unicodedata.category(ch) in ("Cc", "Zl", "Zp") or ch in _BIDI else ch for ch in text)
+
+
+def _escape(ch: str) -> str:
+    return repr(ch)[1:-1] if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+
 def print_table(
     columns: Sequence[str], rows: Sequence[Sequence[str]], *, title: str | None = None, right: Collection[str] = ()
 ) -> None:
@@ -151,14 +193,14 @@ def print_table(
     row, its first cell and then a "column  value" line per other cell, so nothing is cut or squeezed. A row whose
     first cell is empty continues the row above. The title is a line of its own. Cells are text, never markup."""
     if title:
-        out.print(Text(title), soft_wrap=True)
+        out.print(Text(printable(title)), soft_wrap=True)
     table = Table()
     for column in columns:
-        table.add_column(Text(column), justify="right" if column in right else "left")
+        table.add_column(Text(printable(column)), justify="right" if column in right else "left")
     grouped = any(not row[0] for row in rows)  # rows continue others: a line under each group
     for i, row in enumerate(rows):
         last_of_group = grouped and (i + 1 == len(rows) or bool(rows[i + 1][0]))
-        table.add_row(*(Text(cell) for cell in row), end_section=last_of_group)
+        table.add_row(*(Text(printable(cell)) for cell in row), end_section=last_of_group)
     if out.measure(table, options=out.options.update_width(1_000_000)).maximum <= out.width:
         out.print(table)
         return
@@ -166,13 +208,13 @@ def print_table(
         if row[0]:
             if i:
                 out.print()
-            out.print(Text(row[0]))
+            out.print(Text(printable(row[0])))
         fields = Table.grid(padding=(0, 2))  # "column  value" lines, long values wrapped under themselves
         fields.add_column(no_wrap=True)
         fields.add_column()
         for column, cell in zip(columns[1:], row[1:]):
             if cell:
-                fields.add_row(Text(column), Text(cell))
+                fields.add_row(Text(printable(column)), Text(printable(cell)))
         out.print(Padding(fields, (0, 0, 0, 2), expand=False))
 
 
@@ -185,8 +227,9 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     be, EXIT_MODEL when the model cannot be had."""
     from altclip import CheckpointNotFoundError
     from altclip.inference import Embedder
+    from altclip.loading.hub import is_hub_id
     from altclip.loading.pretrained import parse_dtype
-    from altclip.pipeline import load
+    from altclip.pipelines import load
     from altclip.utils.devices import DeviceError, resolve_device
 
     try:
@@ -196,28 +239,94 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
     name = model or DEFAULT_MODEL
     if Path(name).exists():
         name = str(Path(name).resolve())
-    if not Path(name).exists():
+    elif not is_hub_id(name):
+        fail(
+            f"No checkpoint at {name}: no such folder, and not a Hub id (like BAAI/AltCLIP)\n{_try_offline()}",
+            EXIT_MODEL,
+        )
+    else:
         err.print(f"Loading {name} (downloaded into the Hugging Face cache on first use)...", highlight=False)
     try:
         loaded, processor = load(name, device=device, dtype=parsed_dtype)
     except CheckpointNotFoundError as e:
-        fail(
-            f"{e}\nTo try things out without downloads, write a small random checkpoint and point at it:\n"
-            "  altclip random-checkpoint ./checkpoints/tiny\n"
-            "  ALTCLIP_MODEL=./checkpoints/tiny altclip ...",
-            EXIT_MODEL,
-        )
+        fail(f"{e}\n{_try_offline()}", EXIT_MODEL)
     except (*model_errors(), ValueError, OSError) as e:
         fail(f"Could not load {name}: {e}", EXIT_MODEL)
     return Embedder(loaded, processor, name, batch_size=batch_size)
 
 
-def read_templates(value: str) -> str | list[str]:
-    """A ``--templates`` value: a file of templates (one per line) as a list, else the mode or language code."""
-    path = Path(value)
-    if path.is_file():
-        return [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    return value
+def _try_offline() -> str:
+    """How to go on without a download: point at the random checkpoint written here, or write one first."""
+    altclip = command_name()
+    if Path("checkpoints/tiny").is_dir():
+        return (
+            "To try things out without downloads, point at the random checkpoint in ./checkpoints/tiny:\n"
+            f"  ALTCLIP_MODEL=./checkpoints/tiny {altclip} ..."
+        )
+    return (
+        "To try things out without downloads, write a small random checkpoint and point at it:\n"
+        f"  {altclip} random-checkpoint ./checkpoints/tiny\n"
+        f"  ALTCLIP_MODEL=./checkpoints/tiny {altclip} ..."
+    )
+
+
+def command_name() -> str:
+    """How to run ``altclip`` again from here: ``altclip`` where PATH finds this one, else the path it was started by
+    (``.venv/bin/altclip`` before the environment is activated), or ``python -m altclip``."""
+    started = sys.argv[0]
+    if os.path.basename(started) == "__main__.py":
+        return "python -m altclip"
+    if os.path.basename(started) != "altclip":  # run from Python (tests, another program)
+        return "altclip"
+    found = shutil.which("altclip")
+    if found and os.path.realpath(found) == os.path.realpath(started):
+        return "altclip"
+    relative = os.path.relpath(started)
+    return started if relative.startswith("..") else relative if os.sep in relative else f".{os.sep}{relative}"
+
+
+def read_templates(values: list[str] | None, default: str | list[str] = "auto") -> str | list[str]:
+    """The ``--templates`` values as ``altclip.zeroshot`` takes them: one name (auto, none, a language code), or
+    the templates given and those of the files given. Exits with EXIT_USAGE naming the option for anything else."""
+    from altclip.zeroshot import TEMPLATE_MODES, check_template
+
+    if not values:
+        return default
+    names = [value for value in values if value in TEMPLATE_MODES]
+    if names:
+        if len(values) > 1:
+            fail(f"--templates {names[0]} stands alone; repeat --templates only for templates and files", EXIT_USAGE)
+        return names[0]
+    templates: list[tuple[str, str]] = []  # (where it came from, template)
+    for value in values:
+        if "{" in value or "}" in value:
+            templates.append((f"--templates {value!r}", value))
+        elif Path(value).is_file():
+            templates += [(f"--templates {value}, line {n}", t) for n, t in _template_lines(Path(value))]
+        elif Path(value).exists() or os.sep in value or value.endswith(".txt"):
+            fail(f"--templates {value}: {missing_path(Path(value)) or 'not a file'}", EXIT_USAGE)
+        else:
+            fail(
+                f"--templates {value!r} is not a prompt set ({', '.join(TEMPLATE_MODES)}), a template with {{}} where "
+                "the label goes, or a file of templates",
+                EXIT_USAGE,
+            )
+    if not templates:
+        fail(f"--templates {' '.join(values)}: no templates in it", EXIT_USAGE)
+    for where, template in templates:
+        try:
+            check_template(template)
+        except ValueError as e:
+            fail(f"{where}: {e}", EXIT_USAGE)
+    return [template for _, template in templates]
+
+
+def _template_lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"--templates {path} could not be read as UTF-8 text: {e}", EXIT_USAGE)
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def several_values(*options: str) -> type[TyperCommand]:

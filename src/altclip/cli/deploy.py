@@ -7,7 +7,19 @@ from typing import Annotated
 
 import typer
 
-from altclip.cli.common import EXIT_ERROR, EXIT_MODEL, EXIT_USAGE, DeviceOpt, JsonOpt, emit_json, err, fail, note
+from altclip.cli.common import (
+    EXIT_ERROR,
+    EXIT_MODEL,
+    EXIT_USAGE,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    emit_json,
+    err,
+    fail,
+    note,
+)
+from altclip.loading.registry import DEFAULT_MODEL
 
 app = typer.Typer()
 export_app = typer.Typer(help="Export a model for other runtimes.", no_args_is_help=True)
@@ -20,13 +32,13 @@ def _size(path: Path) -> int:
 
 @app.command()
 def quantize(
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint to quantize")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the quantized checkpoint")],
     method: Annotated[
         str, typer.Option(help="int8_dynamic (CPU, fastest there), int8_weight_only, int4_weight_only (CUDA)")
     ] = "int8_dynamic",
     group_size: Annotated[int, typer.Option(help="int4: weights per scale")] = 128,
     include_embeddings: Annotated[bool, typer.Option(help="Also store the word-embedding table in int8")] = False,
+    model: ModelOpt = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -38,6 +50,7 @@ def quantize(
     from altclip.processing.processor import AltCLIPProcessor
     from altclip.utils.devices import DeviceError
 
+    model = model or DEFAULT_MODEL
     try:
         config = QuantizationConfig(method, group_size=group_size, include_embeddings=include_embeddings)
         dtype = torch.bfloat16 if method == "int4_weight_only" else None
@@ -76,15 +89,16 @@ def quantize(
 
 @export_app.command("onnx")
 def export_onnx_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Checkpoint to export")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the graphs, tokenizer and manifest")],
     fp16: Annotated[bool, typer.Option(help="Also a float16 variant")] = True,
     int8: Annotated[bool, typer.Option(help="Also an int8 variant (onnxruntime dynamic quantization)")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
     check: Annotated[bool, typer.Option(help="Compare every graph with PyTorch in onnxruntime")] = True,
+    model: ModelOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Separate text and image ONNX graphs with dynamic batch and sequence axes, checked in onnxruntime."""
+    model = model or DEFAULT_MODEL
     try:
         from altclip.export import export_onnx
     except ImportError as e:

@@ -6,7 +6,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.text import Text
@@ -28,12 +28,15 @@ from altclip.cli.common import (
     load_embedder,
     note,
     print_table,
+    printable,
     require_paths,
 )
-from altclip.index import ImageIndex, IndexMismatchError, UpdateReport, default_index_path
 from altclip.loading.registry import is_random
 from altclip.utils.files import IMAGE_SUFFIXES
 from altclip.utils.progress import Progress
+
+if TYPE_CHECKING:  # the index (and with it PyTorch) is imported by the commands that use it, not by --help
+    from altclip.index import ImageIndex, UpdateReport
 
 app = typer.Typer()
 
@@ -49,6 +52,8 @@ StoreOpt = Annotated[
 
 
 def _open_index(index: Path | None, create: bool, store: str | None = None) -> ImageIndex:
+    from altclip.index import ImageIndex, default_index_path
+
     path = index or default_index_path()
     try:
         return ImageIndex(path, create=create, store=store)
@@ -98,7 +103,7 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
     if report.failed:
         note(f"{len(report.failed)} could not be indexed:")
         for path, reason in report.failed[:20]:
-            err.print(f"  {path}: {reason}", highlight=False)
+            err.print(f"  {printable(path)}: {printable(reason)}", highlight=False)
         if len(report.failed) > 20:
             err.print(f"  ... and {len(report.failed) - 20} more (see --json)")
 
@@ -117,6 +122,8 @@ def index_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Index the images under FOLDERS for search. Re-runs are incremental and a killed run resumes."""
+    from altclip.index import IndexMismatchError
+
     require_paths(folders)
     with _open_index(index, create=True, store=store) as idx:
         embedder = load_embedder(model or idx.model, device, dtype, batch_size)
@@ -135,9 +142,25 @@ def index_command(
                 )
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
+        except KeyboardInterrupt:
+            _interrupted(idx)
         if report.found == 0 and not report.failed:
             note(f"No image files under {', '.join(map(str, folders))} (looked for {', '.join(IMAGE_SUFFIXES)})")
         _report(report, idx, as_json)
+
+
+def _interrupted(idx: ImageIndex) -> NoReturn:
+    """Ctrl-C during an update: what the index kept, and how to go on."""
+    try:
+        kept = f"keeps the {idx.count()} images embedded so far"
+    except sqlite3.Error:
+        kept = "keeps every batch embedded so far"
+    err.print(
+        f"Interrupted: the index at {idx.path} {kept}; run the same command again to continue where it stopped",
+        style="yellow",
+        highlight=False,
+    )
+    raise typer.Exit(130)
 
 
 @app.command()
@@ -148,13 +171,22 @@ def search(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results to show")] = 10,
     index: IndexOpt = None,
-    model: ModelOpt = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Hub id or checkpoint folder; it must be the index's (ALTCLIP_MODEL is not read here) [default: the "
+            "model the index was built with]",
+        ),
+    ] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the index by text (any language) or by image."""
     from altclip import ImageError
+    from altclip.index import IndexMismatchError
 
     if (query is None) == (image is None):
         fail("Give a text QUERY or --image PATH (one of them)", EXIT_USAGE)
@@ -183,7 +215,11 @@ def search(
 def embed(
     inputs: Annotated[
         list[Path],
-        typer.Argument(metavar="INPUT", help="Image folders, image files, or .txt lists of image paths"),
+        typer.Argument(
+            metavar="INPUT",
+            help="Image folders, image files, .txt lists of image paths, or WebDataset .tar shards (one output shard "
+            "each)",
+        ),
     ] = None,
     texts: Annotated[
         list[Path] | None,
@@ -192,7 +228,13 @@ def embed(
         ),
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder")] = Path("embeddings"),
-    shard: Annotated[str, typer.Option(help="i/n: embed only the i-th of n equal shards (0-based)")] = "0/1",
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="i/n: embed only the i-th of n equal shards (0-based); with .tar inputs, n is the number of tars "
+            "[default: all: one shard, or one per tar]"
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Redo a shard whose files exist")] = False,
     ray: Annotated[
         str | None,
@@ -200,8 +242,7 @@ def embed(
             "--ray",
             metavar="ADDRESS",
             help="Embed every shard on a Ray cluster: local (start one here), auto (the one running here), "
-            "HOST:6379 or ray://HOST:10001. Images may also be WebDataset .tar shards [default: none, this process "
-            "embeds --shard]",
+            "HOST:6379 or ray://HOST:10001 [default: none, this process embeds]",
         ),
     ] = None,
     shards: Annotated[
@@ -217,7 +258,7 @@ def embed(
     """Write embeddings in the clip-retrieval layout: img_emb/img_emb_{i}.npy, text_emb/text_emb_{i}.npy and
     metadata/metadata_{i}.parquet, readable by autofaiss and clip-retrieval. Shards are independent and
     idempotent, so Slurm or any scheduler can run them in parallel; --ray runs them all on a Ray cluster."""
-    from altclip.index.embed_files import EmbedError, embed_shard, parse_shard
+    from altclip.index.embed_files import EmbedError, embed_shard, parse_shard, webdataset_inputs
 
     if ray is not None or shards is not None:
         _embed_on_ray(
@@ -225,39 +266,66 @@ def embed(
         )
         return
     try:
-        index, count = parse_shard(shard)
+        index, count = parse_shard(shard or "0/1")
+        tars = webdataset_inputs(inputs or [])
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
     if not inputs and not texts:
         fail("Give image inputs, --texts files, or both", EXIT_USAGE)
     require_paths([*(inputs or []), *(texts or [])])
+    everything = bool(tars) and shard is None  # every tar, each into its own shard, as --ray writes them
+    work = [(i, len(tars)) for i in range(len(tars))] if everything else [(index, count)]
     embedder = load_embedder(model, device, dtype, batch_size)
+    results = []
     try:
-        with Progress(f"Embedding shard {index}/{count}", enabled=not as_json) as progress:
-            result = embed_shard(
-                embedder, inputs or [], texts or [], output, index, count, overwrite=overwrite, progress=progress
-            )
+        for i, n in work:
+            with Progress(f"Embedding shard {i}/{n}", enabled=not as_json) as progress:
+                results.append(
+                    embed_shard(
+                        embedder, inputs or [], texts or [], output, i, n, overwrite=overwrite, progress=progress
+                    )
+                )
     except EmbedError as e:
         fail(str(e), EXIT_INPUT)
+    except ValueError as e:  # --shard i/n where n is not the number of tars
+        fail(f"{e}: --shard i/{len(tars)}", EXIT_USAGE)
     except ImportError as e:
         fail(f"{e}. Writing parquet needs pyarrow: pip install 'altclip[index]'", EXIT_USAGE)
     if as_json:
-        emit_json(result)
+        emit_json(_summary(results, len(work)) if everything else results[0])
         return
-    if result.get("skipped"):
-        err.print(f"Shard {index}/{count} is already done in {output} (use --overwrite to redo it)")
-        return
-    err.print(
-        f"Shard {index}/{count}: {result['images']} image and {result['texts']} text embeddings written to {output}",
-        highlight=False,
-    )
-    _skipped(result["failed"])
+    for result in results:
+        if result.get("skipped"):
+            err.print(f"Shard {result['shard']} is already done in {output} (use --overwrite to redo it)")
+            continue
+        err.print(
+            f"Shard {result['shard']}: {result['images']} image and {result['texts']} text embeddings written to "
+            f"{output}",
+            highlight=False,
+        )
+        _skipped(result["failed"])
+
+
+def _summary(results: list[dict], count: int) -> dict:
+    """The results of one process's shards, summed up as ``--ray`` sums up its run."""
+    return {
+        "shards": count,
+        "written": [i for i, r in enumerate(results) if r.get("files")],
+        "skipped": [i for i, r in enumerate(results) if r["skipped"]],
+        "images": sum(r["images"] for r in results),
+        "texts": sum(r["texts"] for r in results),
+        "failed": [f for r in results for f in r["failed"]],
+        "files": sorted(f for r in results for f in r.get("files", [])),
+    }
 
 
 def _skipped(failures: list[dict]) -> None:
     for failure in failures[:20]:
         err.print(
-            Text.assemble("  ", ("skipped", "yellow"), f" {failure['path']}: {failure['reason']}"), highlight=False
+            Text.assemble(
+                "  ", ("skipped", "yellow"), f" {printable(failure['path'])}: {printable(failure['reason'])}"
+            ),
+            highlight=False,
         )
 
 
@@ -267,7 +335,7 @@ def _embed_on_ray(inputs, texts, output, address, shard, shards, overwrite, mode
 
     if address is None:
         fail("--shards goes with --ray", EXIT_USAGE)
-    if shard != "0/1":
+    if shard is not None:
         fail(
             "--shard picks one shard for this process; with --ray, all shards run on the cluster (see --shards)",
             EXIT_USAGE,
@@ -338,7 +406,8 @@ def demo(
 ) -> None:
     """Index a folder of photos (in a temporary index, or $ALTCLIP_DEMO_INDEX), search it in six languages, and
     classify the first three photos against seven labels in five languages."""
-    from altclip.pipeline import ZeroShotImageClassificationPipeline
+    from altclip.index import ImageIndex, IndexMismatchError
+    from altclip.pipelines import ZeroShotImageClassificationPipeline
 
     if not photos.is_dir():
         fail(f"{photos} is not a folder of photos", EXIT_USAGE)

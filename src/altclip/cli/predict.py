@@ -10,14 +10,15 @@ import typer
 from altclip.cli.common import (
     EXIT_INPUT,
     EXIT_USAGE,
-    TEMPLATES_HELP,
     BatchOpt,
     DeviceOpt,
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    TemplatesOpt,
     emit_json,
     fail,
+    image_files,
     load_embedder,
     print_table,
     read_templates,
@@ -29,7 +30,9 @@ app = typer.Typer()
 
 @app.command(cls=several_values("--labels", "-l"))
 def classify(
-    images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Image files")],
+    images: Annotated[
+        list[Path], typer.Argument(metavar="IMAGE", help="Image files, or folders of them (searched recursively)")
+    ],
     labels: Annotated[
         list[str],
         typer.Option(
@@ -37,7 +40,7 @@ def classify(
         ),
     ],
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show per image")] = 5,
-    templates: Annotated[str, typer.Option(help=TEMPLATES_HELP)] = "auto",
+    templates: TemplatesOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -46,17 +49,17 @@ def classify(
 ) -> None:
     """Zero-shot classification of images against labels you type."""
     from altclip import ImageError
-    from altclip.pipeline import ZeroShotImageClassificationPipeline
+    from altclip.pipelines import ZeroShotImageClassificationPipeline
 
     labels = [label for label in labels if label.strip()]
     if not labels:
         fail("Give at least one non-empty label with --labels", EXIT_USAGE)
+    prompts = read_templates(templates)
+    images = image_files(images)
     embedder = load_embedder(model, device, dtype, batch_size)
     pipe = ZeroShotImageClassificationPipeline(embedder.model, embedder.processor, batch_size=batch_size)
     try:
-        results = pipe(
-            [str(p) for p in images], candidate_labels=labels, templates=read_templates(templates), top_k=top_k
-        )
+        results = pipe([str(p) for p in images], candidate_labels=labels, templates=prompts, top_k=top_k)
     except ImageError as e:
         fail(str(e), EXIT_INPUT)
     except ValueError as e:
@@ -75,7 +78,10 @@ def classify(
 @app.command(cls=several_values("--images", "-i", "--texts", "-t"))
 def similarity(
     images: Annotated[
-        list[Path], typer.Option("--images", "-i", metavar="IMAGE", help="An image file (repeat for each image)")
+        list[Path],
+        typer.Option(
+            "--images", "-i", metavar="IMAGE", help="An image file, or a folder of them (repeat for each image)"
+        ),
     ],
     texts: Annotated[
         list[str], typer.Option("--texts", "-t", metavar="TEXT", help="A text, in any language (repeat for each text)")
@@ -89,6 +95,7 @@ def similarity(
     """The image-text similarity matrix: per image, the probability of each text (softmax of the logits)."""
     if not texts or not any(t.strip() for t in texts):
         fail("Give at least one non-empty text with --texts", EXIT_USAGE)
+    images = image_files(images)
     embedder = load_embedder(model, device, dtype, batch_size)
     try:
         image_embeds = embedder.embed_images([str(p) for p in images])

@@ -1,9 +1,16 @@
-"""``altclip train distill|contrastive``: the two stages AltCLIP was made in."""
+"""``altclip train distill|contrastive``: the two stages AltCLIP was made in.
+
+The options both stages take are declared once (``TRAINING_OPTIONS``, each named after the ``TrainConfig`` field it
+sets); ``training_command`` adds them to each stage's own parameters and hands the stage a ``TrainConfig``.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from altclip.cli.common import EXIT_ERROR, EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, DeviceOpt, err, fail, model_errors
+from altclip.train.config import TrainConfig
 
 app = typer.Typer()
 train_app = typer.Typer(
@@ -18,38 +26,69 @@ train_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 
-Output = Annotated[
-    Path, typer.Option("--output", "-o", help="Run folder: checkpoints, metrics.jsonl, metrics.png, final/")
-]
-Steps = Annotated[int, typer.Option(help="Optimizer steps")]
-Batch = Annotated[int, typer.Option("--batch-size", help="Samples per process per micro-step")]
+# TrainConfig field -> its option. A default comes from TrainConfig unless a stage gives its own.
+TRAINING_OPTIONS: dict[str, Any] = {
+    "output": Annotated[
+        Path, typer.Option("--output", "-o", help="Run folder: checkpoints, metrics.jsonl, metrics.png, final/")
+    ],
+    "steps": Annotated[int, typer.Option(min=1, help="Optimizer steps")],
+    "batch_size": Annotated[int, typer.Option("--batch-size", min=1, help="Samples per process per micro-step")],
+    "grad_accum": Annotated[int, typer.Option(min=1, help="Micro-steps per optimizer step")],
+    "lr": Annotated[float, typer.Option(help="Peak learning rate (AdamW)")],
+    "weight_decay": Annotated[float, typer.Option(help="AdamW's weight decay")],
+    "warmup_steps": Annotated[int, typer.Option(min=0, help="Linear warmup steps, then cosine decay")],
+    "save_every": Annotated[int, typer.Option(min=1, help="Checkpoint every N steps")],
+    "log_every": Annotated[int, typer.Option(min=1, help="Log metrics every N steps")],
+    "seed": Annotated[int, typer.Option(help="Seed of the initialisation, data order and dropout")],
+    "bf16": Annotated[bool, typer.Option(help="bfloat16 autocast")],
+    "gradient_checkpointing": Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward [default: off]")
+    ],
+    "fsdp": Annotated[bool, typer.Option(help="Shard parameters across processes (FSDP)")],
+    "resume": Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output")],
+    "dropout": Annotated[
+        float | None,
+        typer.Option(help="Override dropout (0 makes runs reproducible bit for bit) [default: the model's]"),
+    ],
+    "workers": Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Processes preparing batches ahead of each step [default: as many as the stage's data needs]"
+        ),
+    ],
+    "device": DeviceOpt,
+}
+DEFAULTS = {f.name: f.default for f in fields(TrainConfig) if f.name != "output"}  # --output is required
 
 
-def _config(options: dict[str, Any]):
-    """The TrainConfig of a command's options: its parameters named like TrainConfig's fields."""
-    from altclip.train.loop import TrainConfig
+def training_command(name: str, **defaults: Any) -> Callable[[Callable], Callable]:
+    """Registers a stage as ``altclip train NAME``: its own parameters, then ``TRAINING_OPTIONS`` (with the stage's
+    ``defaults`` where it has its own); it is called with its own parameters and ``config``, the TrainConfig of the
+    training options."""
 
-    values = {f.name: options[f.name] for f in fields(TrainConfig) if f.name in options}
-    return TrainConfig(**{**values, "output": str(values["output"])})
+    def register(stage: Callable) -> Callable:
+        own = [p for p in inspect.signature(stage, eval_str=True).parameters.values() if p.name != "config"]
+        shared = [
+            inspect.Parameter(
+                option,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=defaults.get(option, DEFAULTS.get(option, inspect.Parameter.empty)),
+            )
+            for option, annotation in TRAINING_OPTIONS.items()
+        ]
 
+        @functools.wraps(stage)
+        def command(**values: Any) -> None:
+            config = TrainConfig(**{option: values.pop(option) for option in TRAINING_OPTIONS})
+            config.output = str(config.output)
+            stage(**values, config=config)
 
-GradAccum = Annotated[int, typer.Option(help="Micro-steps per optimizer step")]
-Lr = Annotated[float, typer.Option(help="Peak learning rate (AdamW)")]
-WeightDecay = Annotated[float, typer.Option(help="AdamW's weight decay")]
-Warmup = Annotated[int, typer.Option(help="Linear warmup steps, then cosine decay")]
-SaveEvery = Annotated[int, typer.Option(help="Checkpoint every N steps")]
-LogEvery = Annotated[int, typer.Option(help="Log metrics every N steps")]
-Seed = Annotated[int, typer.Option(help="Seed of the initialisation, data order and dropout")]
-Bf16 = Annotated[bool, typer.Option(help="bfloat16 autocast")]
-Checkpointing = Annotated[
-    bool, typer.Option("--gradient-checkpointing", help="Recompute activations in backward [default: off]")
-]
-Fsdp = Annotated[bool, typer.Option(help="Shard parameters across processes (FSDP)")]
-Resume = Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output")]
-Dropout = Annotated[
-    float | None,
-    typer.Option(help="Override dropout (0 makes runs reproducible bit for bit) [default: the model's]"),
-]
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        train_app.command(name)(command)
+        return stage
+
+    return register
 
 
 def _run(fn, *args, **kwargs) -> None:
@@ -73,7 +112,7 @@ def _run(fn, *args, **kwargs) -> None:
         )
 
 
-@train_app.command("distill")
+@training_command("distill", batch_size=32, lr=1e-4, weight_decay=0.01)
 def distill_command(
     teacher: Annotated[
         str,
@@ -97,38 +136,31 @@ def distill_command(
             "or en.txt::xx.txt (repeat for more)",
         ),
     ],
-    output: Output,
     tokenizer: Annotated[
         str | None,
         typer.Option(help="XLM-R tokenizer folder [default: the student's; for tiny, one trained on sample captions]"),
     ] = None,
     cosine_weight: Annotated[float, typer.Option(help="Weight of an extra 1 - cosine loss")] = 0.0,
-    steps: Steps = 1000,
-    batch_size: Batch = 32,
-    grad_accum: GradAccum = 1,
-    lr: Lr = 1e-4,
-    weight_decay: WeightDecay = 0.01,
-    warmup_steps: Warmup = 100,
-    save_every: SaveEvery = 200,
-    log_every: LogEvery = 10,
-    seed: Seed = 0,
-    bf16: Bf16 = False,
-    gradient_checkpointing: Checkpointing = False,
-    fsdp: Fsdp = False,
-    resume: Resume = True,
-    dropout: Dropout = None,
-    device: DeviceOpt = None,
+    *,
+    config: TrainConfig,
 ) -> None:
     """Teacher learning: the multilingual student learns CLIP's text states from parallel text."""
     from altclip.train.distill import distill
 
-    config = _config(locals())
     _run(distill, teacher, student, corpus, config, tokenizer=tokenizer, cosine_weight=cosine_weight)
 
 
-@train_app.command("contrastive")
+@training_command("contrastive", batch_size=64, lr=1e-5, weight_decay=0.1)
 def contrastive_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="AltCLIP checkpoint to train (e.g. the distill output)")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            envvar="ALTCLIP_MODEL",
+            help="AltCLIP checkpoint to train (e.g. the distill output; or $ALTCLIP_MODEL)",
+        ),
+    ],
     data: Annotated[
         list[str],
         typer.Option(
@@ -136,31 +168,16 @@ def contrastive_command(
             help="Image-text pairs: .csv / .jsonl (image, caption) or WebDataset .tar shards (repeat for more)",
         ),
     ],
-    output: Output,
     image_root: Annotated[
         str | None, typer.Option(help="Folder the image paths are relative to [default: the data file's]")
     ] = None,
     train_vision: Annotated[
         bool, typer.Option(help="Also train the image tower (frozen by default, its embeddings cached)")
     ] = False,
-    steps: Steps = 1000,
-    batch_size: Batch = 64,
-    grad_accum: GradAccum = 1,
-    lr: Lr = 1e-5,
-    weight_decay: WeightDecay = 0.1,
-    warmup_steps: Warmup = 100,
-    save_every: SaveEvery = 200,
-    log_every: LogEvery = 10,
-    seed: Seed = 0,
-    bf16: Bf16 = False,
-    gradient_checkpointing: Checkpointing = False,
-    fsdp: Fsdp = False,
-    resume: Resume = True,
-    dropout: Dropout = None,
-    device: DeviceOpt = None,
+    *,
+    config: TrainConfig,
 ) -> None:
     """Contrastive learning (or fine-tuning) on image-text pairs, with negatives from every process."""
     from altclip.train.contrastive import contrastive
 
-    config = _config(locals())
     _run(contrastive, model, data, config, image_root=image_root, train_vision=train_vision)

@@ -1,26 +1,31 @@
-"""Training data: parallel text for teacher learning, image-text pairs for contrastive learning.
+"""Datasets from user files, shared by training and evaluation: parallel text for teacher learning, image-text
+pairs for contrastive learning and retrieval, and the members of WebDataset shards.
 
-Unusable entries (mismatched parallel lines, empty captions, missing or unreadable images, invalid UTF-8) are
-counted and skipped with a report, never fatal: a long run does not die on one bad line.
+Unusable entries (mismatched parallel lines, empty captions, missing or unreadable images, invalid UTF-8, a JSON
+line that is not an object or is nested absurdly deep) are counted and skipped with a report, never fatal: a long
+run does not die on one bad line.
 
 Parallel corpora: ``.tsv`` / ``.txt`` lines ``english<TAB>translation`` (or only English), ``.jsonl`` objects with
 ``en`` (or ``source``) and ``translation`` (or ``target``, ``text``), or two line-aligned files given as
 ``en.txt::zh.txt``. Image-text pairs: ``.csv`` (header with an image column: image, filepath, path or file, and a
 caption column: caption, text or title), ``.jsonl`` with the same keys, or WebDataset ``.tar`` shards (an image
-and a ``.txt`` caption per sample, sharing a name).
+and a ``.txt`` per sample, sharing a key; each line of the ``.txt`` is a caption, as in CLIP_benchmark's shards).
+
+Tar members are read by offset (``TarMember``), each read with a file handle of its own, so that decoding threads
+can read one shard at once.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from altclip.utils import jsonsafe
 from altclip.utils.files import IMAGE_SUFFIXES
 
 IMAGE_COLUMNS = ("image", "filepath", "path", "file", "image_path")
@@ -88,14 +93,13 @@ def read_parallel(sources: list[str]) -> tuple[list[tuple[str, str | None]], Dat
                 continue
             where = f"{path.name}:{number}"
             if path.suffix == ".jsonl":
-                try:
-                    row = json.loads(line)
-                    en = row.get("en", row.get("source"))
-                    xx = row.get("translation", row.get("target", row.get("text")))
-                except (json.JSONDecodeError, AttributeError):
+                row = _json_object(line)
+                if isinstance(row, str):
                     report.read += 1
-                    report.skip("not a JSON object", where)
+                    report.skip(row, where)
                     continue
+                en = row.get("en", row.get("source"))
+                xx = row.get("translation", row.get("target", row.get("text")))
                 _add_pair(pairs, report, en, xx, where)
             else:
                 columns = line.split("\t")
@@ -105,6 +109,17 @@ def read_parallel(sources: list[str]) -> tuple[list[tuple[str, str | None]], Dat
                     continue
                 _add_pair(pairs, report, columns[0], columns[1] if len(columns) == 2 else None, where)
     return pairs, report
+
+
+def _json_object(line: str) -> dict | str:
+    """The JSON object on a line, or why there is none (the reason its line is skipped)."""
+    try:
+        row = jsonsafe.loads(line)
+    except jsonsafe.NestingError:
+        return f"JSON nested more than {jsonsafe.MAX_DEPTH} levels deep"
+    except ValueError:
+        return "not JSON"
+    return row if isinstance(row, dict) else "not a JSON object"
 
 
 def _add_pair(pairs: list, report: DataReport, en, xx, where: str) -> None:
@@ -119,22 +134,59 @@ def _add_pair(pairs: list, report: DataReport, en, xx, where: str) -> None:
 
 @dataclass(frozen=True)
 class TarMember:
-    """An image inside a WebDataset shard."""
+    """A file inside an uncompressed tar (a WebDataset shard), where the tar's header put it. Each ``read`` opens
+    the tar on its own and reads the member's bytes at their offset, so any number of threads (or processes) read
+    members of one tar at once; no ``tarfile`` handle is shared."""
 
     tar: str
     name: str
+    offset: int  # of the member's data in the tar file
+    size: int
 
     def read(self) -> bytes:
-        handle = _open_tars.get(self.tar)
-        if handle is None:
-            handle = _open_tars[self.tar] = tarfile.open(self.tar)
-        member = handle.extractfile(self.name)
-        if member is None:
-            raise OSError(f"{self.name} is not a file in {self.tar}")
-        return member.read()
+        with open(self.tar, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"the tar ends {self.size - len(data)} bytes before this member does")
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.tar}/{self.name}"
 
 
-_open_tars: dict[str, tarfile.TarFile] = {}
+def tar_members(path: str | Path) -> list[TarMember]:
+    """The regular files of an uncompressed tar, in the tar's order, read from its headers once. Raises
+    ``tarfile.TarError`` or ``OSError`` for a tar that cannot be read (a compressed one included: its members have
+    no offsets in the file)."""
+    with tarfile.open(path, "r:") as tar:
+        return [
+            TarMember(str(path), member.name, member.offset_data, member.size)
+            for member in tar.getmembers()
+            if member.isreg() and not member.issparse()
+        ]
+
+
+def is_image_member(member: TarMember) -> bool:
+    return member.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def tar_samples(path: str | Path) -> dict[str, dict[str, TarMember]]:
+    """A WebDataset shard's samples, by key, each its files by extension (lower case), as ``webdataset`` groups
+    them: the key is a member's name up to the first dot of its file name (``s01/0001.seg.png``: key ``s01/0001``,
+    extension ``seg.png``). Raises as ``tar_members`` does."""
+    samples: dict[str, dict[str, TarMember]] = {}
+    for member in tar_members(path):
+        folder, _, file = member.name.rpartition("/")
+        stem, dot, ext = file.partition(".")
+        if dot:
+            samples.setdefault(f"{folder}/{stem}" if folder else stem, {})[ext.lower()] = member
+    return samples
+
+
+def sample_image(files: dict[str, TarMember]) -> TarMember | None:
+    """A sample's image member, the first of the image extensions it has."""
+    return next((files[e[1:]] for e in IMAGE_SUFFIXES if e[1:] in files), None)
 
 
 def read_pairs(
@@ -173,14 +225,12 @@ def _table(path: Path, report: DataReport) -> list[tuple[str, dict]]:
     if path.suffix == ".jsonl":
         for number, line in _lines(path, report):
             if line.strip():
-                try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError
-                    rows.append((f"{path.name}:{number}", row))
-                except ValueError:
+                row = _json_object(line)
+                if isinstance(row, str):
                     report.read += 1
-                    report.skip("not a JSON object", f"{path.name}:{number}")
+                    report.skip(row, f"{path.name}:{number}")
+                else:
+                    rows.append((f"{path.name}:{number}", row))
         return rows
     text = "\n".join(line for _, line in _lines(path, report))
     reader = csv.DictReader(io.StringIO(text))
@@ -192,31 +242,115 @@ def _table(path: Path, report: DataReport) -> list[tuple[str, dict]]:
 
 
 def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
-    samples: dict[str, dict[str, str]] = {}
+    """The (image, caption) pairs of a WebDataset shard: each sample's image, with each line of its ``.txt`` as a
+    caption (CLIP_benchmark's retrieval shards hold several captions of an image that way)."""
     try:
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                if member.isfile():
-                    key, _, ext = member.name.rpartition(".")
-                    samples.setdefault(key, {})[ext.lower()] = member.name
-            texts = {key: tar.extractfile(files["txt"]).read() for key, files in samples.items() if "txt" in files}
+        samples = tar_samples(path)
     except (tarfile.TarError, OSError) as e:
         report.read += 1
         report.skip("unreadable shard", f"{path.name} ({e})")
         return
     for key, files in sorted(samples.items()):
         report.read += 1
-        image = next((files[e.lstrip(".")] for e in IMAGE_SUFFIXES if e.lstrip(".") in files), None)
+        where = f"{path.name}:{key}"
+        image = sample_image(files)
         if image is None:
-            report.skip("missing image", f"{path.name}:{key}")
+            report.skip("missing image", where)
             continue
-        caption = texts.get(key, b"")
         try:
-            caption_text = caption.decode("utf-8").strip()
+            text = files["txt"].read().decode("utf-8") if "txt" in files else ""
         except UnicodeDecodeError:
-            report.skip("invalid UTF-8", f"{path.name}:{key}")
+            report.skip("invalid UTF-8", where)
             continue
-        if not caption_text:
-            report.skip("empty caption", f"{path.name}:{key}")
+        except OSError as e:
+            report.skip("unreadable caption", f"{where} ({e})")
             continue
-        pairs.append((TarMember(str(path), image), caption_text))
+        captions = [line.strip() for line in text.splitlines() if line.strip()]
+        if not captions:
+            report.skip("empty caption", where)
+            continue
+        pairs.extend((image, caption) for caption in captions)
+
+
+@dataclass(frozen=True)
+class WebDatasetFolder:
+    """A dataset in CLIP_benchmark's WebDataset layout (what ``clip_benchmark_export_wds`` writes)::
+
+    ROOT/{split}/0.tar, 1.tar, ...             samples: an image (webp, png, jpg) with a .cls label, or a .txt
+                                               of captions (one per line) for retrieval
+    ROOT/classnames.txt                        one class name per line, in label order
+    ROOT/zeroshot_classification_templates.txt one template per line, the class written as {c}
+    ROOT/dataset_type.txt                      "retrieval" or "multilabel" (else classification)
+    """
+
+    root: Path
+    split: str
+
+    @classmethod
+    def find(cls, root: str | Path, split: str = "test") -> WebDatasetFolder | None:
+        """The dataset at ``root``, or None when ``root/split`` holds no ``.tar`` shard."""
+        folder = Path(root) / split
+        return cls(Path(root), split) if folder.is_dir() and any(folder.glob("*.tar")) else None
+
+    @staticmethod
+    def splits(root: str | Path) -> list[str]:
+        """The splits of a WebDataset folder at ``root``: its sub-folders holding ``.tar`` shards."""
+        return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and any(p.glob("*.tar")))
+
+    @property
+    def shards(self) -> list[Path]:
+        """The split's shards, in their numbers' order (0.tar, 1.tar, ..., 10.tar)."""
+        tars = (self.root / self.split).glob("*.tar")
+        return sorted(tars, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.stem))
+
+    @property
+    def kind(self) -> str:
+        return (self._lines("dataset_type.txt") or ["classification"])[0].lower()
+
+    @property
+    def classnames(self) -> list[str] | None:
+        return self._lines("classnames.txt")
+
+    @property
+    def templates(self) -> list[str] | None:
+        return self._lines("zeroshot_classification_templates.txt")
+
+    def _lines(self, name: str) -> list[str] | None:
+        """The stripped, non-empty lines of a file of the dataset, or None without the file."""
+        path = self.root / name
+        if not path.is_file():
+            return None
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text: {e}") from None
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_labeled_images(shards: list[Path], classes: int) -> tuple[list[tuple[TarMember, int]], DataReport]:
+    """(image, class index) of each sample of WebDataset classification shards, whose ``.cls`` holds the index;
+    a sample without an image, or whose label is not an index below ``classes``, is counted and skipped."""
+    report, items = DataReport(), []
+    for shard in shards:
+        try:
+            samples = tar_samples(shard)
+        except (tarfile.TarError, OSError) as e:
+            report.read += 1
+            report.skip("unreadable shard", f"{shard.name} ({e})")
+            continue
+        for key, files in sorted(samples.items()):
+            report.read += 1
+            where = f"{shard.name}:{key}"
+            image = sample_image(files)
+            if image is None:
+                report.skip("missing image", where)
+                continue
+            try:
+                label = int(files["cls"].read().decode("ascii").strip()) if "cls" in files else None
+            except (OSError, ValueError):  # unreadable, not a number
+                label = None
+            if label is None or not 0 <= label < classes:
+                report.skip(f"no class label (.cls with a number below {classes})", where)
+                continue
+            items.append((image, label))
+    return items, report

@@ -6,10 +6,17 @@ JSON file per model x dataset x language x task, as CLIP_benchmark writes them.
 """
 
 from altclip.evaluate.metrics import classification_metrics, retrieval_metrics
-from altclip.evaluate.tasks import write_result, zero_shot_classification, zero_shot_retrieval, zero_shot_scores
+from altclip.evaluate.tasks import (
+    dataset_templates,
+    write_result,
+    zero_shot_classification,
+    zero_shot_retrieval,
+    zero_shot_scores,
+)
 
 __all__ = [
     "classification_metrics",
+    "dataset_templates",
     "retrieval_metrics",
     "write_result",
     "zero_shot_classification",

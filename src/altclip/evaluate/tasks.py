@@ -1,10 +1,11 @@
 """Evaluation (`altclip eval`): zero-shot classification and image-text retrieval, written as CLIP_benchmark does:
 one JSON file per model x dataset x language x task.
 
-Result file ``{model}_{dataset}_{language}_{task}.json``::
+Result file ``{dataset}_{pretrained}_{model}_{language}_{task}.json``, in CLIP_benchmark's layout (its ``build``
+command tabulates these files beside its own)::
 
-    {"model": "BAAI/AltCLIP", "dataset": "imagenet-cn", "language": "zh", "task": "zeroshot_classification",
-     "metrics": {"acc1": 0.596, "acc5": 0.87, "mean_per_class_recall": 0.59},
+    {"dataset": "imagenet-cn", "model": "AltCLIP", "pretrained": "BAAI/AltCLIP", "task": "zeroshot_classification",
+     "metrics": {"acc1": 0.596, "acc5": 0.87, "mean_per_class_recall": 0.59}, "language": "zh",
      "samples": 50000, "skipped": {"unreadable image": 0}, "templates": 18, "date": "2026-11-23", "altclip": "0.1.0"}
 
 The metrics are CLIP_benchmark's, as ``metrics.py`` defines them (ties, ``acc5`` NaN under 5 classes, images
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from altclip import zeroshot
+from altclip.data.readers import TarMember, WebDatasetFolder, read_labeled_images, read_pairs
 from altclip.evaluate.metrics import classification_metrics, retrieval_metrics
 from altclip.inference import Embedder
 from altclip.utils.files import is_image_name
@@ -37,30 +39,66 @@ def zero_shot_classification(
     *,
     classnames: dict[str, str] | None = None,
     templates: zeroshot.Templates = "auto",
+    split: str = "test",
 ) -> dict[str, Any]:
-    """An image-folder dataset (one folder per class) classified against its class names in prompt templates
-    (``templates`` as ``altclip.zeroshot`` describes them)."""
-    root = Path(dataset)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f"{root} has no class folders")
+    """A classification dataset classified against its class names in prompt templates (``templates`` as
+    ``altclip.zeroshot`` describes them): an image folder with one sub-folder per class (the folder names are the
+    class names), or a CLIP_benchmark WebDataset folder (``data.readers.WebDatasetFolder``, its ``split``).
+    ``classnames`` renames classes. Raises ``ValueError`` for a dataset without classes or usable images."""
+    webdataset = WebDatasetFolder.find(dataset, split)
+    if webdataset is not None:
+        images, labels, classes, skipped = _webdataset_classes(webdataset)
+    else:
+        images, labels, classes, skipped = _folder_classes(Path(dataset))
     names = [(classnames or {}).get(c, c) for c in classes]
-    paths, labels = [], []
-    for label, c in enumerate(classes):
-        for path in sorted((root / c).iterdir()):
-            if is_image_name(path.name):
-                paths.append(path)
-                labels.append(label)
-    scores, kept, failed = _zero_shot(embedder, paths, names, templates)
+    scores, kept, failed = _zero_shot(embedder, images, names, templates)
+    skipped["unreadable image"] = len(failed)
+    if not kept:
+        raise ValueError(f"{dataset}: none of its {len(images)} images could be used ({_reasons(skipped)})")
     return {
         "task": "zeroshot_classification",
         # On the logits, as CLIP_benchmark: probabilities can round distinct logits into ties.
         "metrics": classification_metrics(scores["logits_per_image"], np.array(labels)[kept]),
         "samples": len(kept),
         "classes": len(classes),
-        "skipped": {"unreadable image": len(failed)},
+        "skipped": dict(skipped),
         "templates": len(zeroshot.label_prompts(names[:1], templates)[0]),
     }
+
+
+def dataset_templates(dataset: str | Path, split: str = "test") -> list[str] | None:
+    """The prompt templates a dataset brings (a CLIP_benchmark WebDataset folder's), or None."""
+    webdataset = WebDatasetFolder.find(dataset, split)
+    return webdataset.templates if webdataset is not None else None
+
+
+def _folder_classes(root: Path) -> tuple[list[Path], list[int], list[str], Counter]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise ValueError(
+            f"{root} has no class folders (one sub-folder of images per class), nor WebDataset shards (test/*.tar)"
+        )
+    paths, labels = [], []
+    for label, c in enumerate(classes):
+        for path in sorted((root / c).iterdir()):
+            if is_image_name(path.name):
+                paths.append(path)
+                labels.append(label)
+    return paths, labels, classes, Counter()
+
+
+def _webdataset_classes(dataset: WebDatasetFolder) -> tuple[list[TarMember], list[int], list[str], Counter]:
+    if dataset.kind != "classification":
+        raise ValueError(f"{dataset.root} is a {dataset.kind} dataset (dataset_type.txt), not a classification one")
+    classes = dataset.classnames
+    if not classes:
+        raise ValueError(f"{dataset.root} has no classnames.txt (one class name per line, in label order)")
+    items, report = read_labeled_images(dataset.shards, len(classes))
+    return [image for image, _ in items], [label for _, label in items], classes, Counter(report.skipped)
+
+
+def _reasons(skipped: Counter | dict) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in skipped.items() if count) or "none found"
 
 
 def zero_shot_scores(
@@ -81,11 +119,17 @@ def _zero_shot(
     return embedder.scores(image_embeds, embedder.zero_shot_classifier(prompts)), kept, failed
 
 
-def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None = None) -> dict[str, Any]:
-    """Retrieval over a captions file (CSV or JSONL of image and caption; several captions may share an image)."""
-    from altclip.data.readers import read_pairs
-
-    pairs, report = read_pairs([str(captions)], image_root)
+def zero_shot_retrieval(
+    embedder, captions: str | Path, image_root: str | None = None, *, split: str = "test"
+) -> dict[str, Any]:
+    """Retrieval over image-caption pairs: a CSV or JSONL of image and caption (several captions may share an
+    image), a WebDataset ``.tar``, or a CLIP_benchmark WebDataset folder (its ``split``; each line of a sample's
+    ``.txt`` is a caption). Raises ``ValueError`` when no pair can be used."""
+    webdataset = WebDatasetFolder.find(captions, split) if Path(captions).is_dir() else None
+    if Path(captions).is_dir() and webdataset is None:
+        raise ValueError(f"{captions} is a folder without WebDataset shards ({split}/*.tar)")
+    sources = [str(p) for p in webdataset.shards] if webdataset else [str(captions)]
+    pairs, report = read_pairs(sources, image_root)
     images = list(dict.fromkeys(source for source, _ in pairs))  # each image once, in order of appearance
     position = {image: i for i, image in enumerate(images)}
     skipped: Counter = Counter(report.skipped)
@@ -98,6 +142,8 @@ def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None =
         if index in remap:
             texts.append(caption)
             text_image.append(remap[index])
+    if not texts:
+        raise ValueError(f"{captions}: no image-caption pair could be used ({_reasons(skipped)})")
     text_embeds = embedder.embed_texts(texts)
     metrics = retrieval_metrics(image_embeds, text_embeds, np.array(text_image))
     return {
@@ -109,19 +155,41 @@ def zero_shot_retrieval(embedder, captions: str | Path, image_root: str | None =
     }
 
 
+ARCHITECTURE = "AltCLIP"  # the result's "model"; which weights is "pretrained", as in CLIP_benchmark's results
+
+
+def pretrained_name(checkpoint: str) -> str:
+    """How a result names a checkpoint: a Hub id as it is; a local folder by its path from the current folder when
+    it lies under it, else by its own name, so that no absolute path of the user's is written into results."""
+    path = Path(checkpoint)
+    if not path.exists():
+        return checkpoint
+    path, here = path.resolve(), Path.cwd().resolve()
+    return path.relative_to(here).as_posix() if path != here and path.is_relative_to(here) else path.name
+
+
 def write_result(output: str | Path, model: str, dataset: str, language: str, result: dict[str, Any]) -> Path:
+    """Writes ``result`` (of a task above) for checkpoint ``model`` as CLIP_benchmark writes its results, so that
+    ``clip_benchmark build`` tabulates it: ``dataset``, ``model``, ``pretrained``, ``task``, ``metrics`` and
+    ``language``, then what altclip adds; the file is named as CLIP_benchmark names it,
+    ``{dataset}_{pretrained}_{model}_{language}_{task}.json``. Returns the file's path."""
     from altclip import __version__
 
     def slug(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "unnamed"
 
-    path = Path(output) / f"{slug(model)}_{slug(dataset)}_{slug(language)}_{result['task']}.json"
+    pretrained = pretrained_name(model)
+    name = "_".join(slug(part) for part in (dataset, pretrained, ARCHITECTURE, language)) + f"_{result['task']}"
+    path = Path(output) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
-        "model": model,
         "dataset": dataset,
+        "model": ARCHITECTURE,
+        "pretrained": pretrained,
+        "task": result["task"],
+        "metrics": result["metrics"],
         "language": language,
-        **result,
+        **{key: value for key, value in result.items() if key not in ("task", "metrics")},
         "date": time.strftime("%Y-%m-%d"),
         "altclip": __version__,
     }

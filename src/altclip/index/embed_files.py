@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from altclip.data.readers import TarMember, is_image_member, tar_members
 from altclip.utils.files import IMAGE_SUFFIXES, display, scan
 
 
@@ -38,6 +40,21 @@ def parse_shard(text: str) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return index, count
+
+
+def webdataset_inputs(images: Sequence[Path]) -> list[str]:
+    """The WebDataset ``.tar`` shards among image inputs, sorted: all of the inputs or none (a mix is refused with
+    a ValueError). Each tar is one output shard."""
+    tars = sorted(str(p) for p in images if Path(p).suffix.lower() == ".tar")
+    if tars and len(tars) != len(images):
+        raise ValueError("Give either WebDataset .tar shards or images (folders, files, .txt lists), not both")
+    return tars
+
+
+def tar_images(tar: str) -> list[TarMember]:
+    """The image members of a tar, in the tar's order (named ``TAR/MEMBER`` by ``str``); raises
+    ``tarfile.TarError`` or ``OSError`` for a tar that cannot be read."""
+    return [member for member in tar_members(tar) if is_image_member(member)]
 
 
 def image_inputs(inputs: Sequence[Path]) -> list[str]:
@@ -144,9 +161,16 @@ def embed_shard(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
+    """Embeds shard ``index`` of ``count`` of the images (folders, files, ``.txt`` lists; or WebDataset ``.tar``
+    shards, one per output shard, as ``--ray`` reads them) and of the lines of the ``texts`` files, writing its
+    files under ``output``; skips a shard made from the same inputs unless ``overwrite``. A tar that cannot be read
+    is a failure, and its image files are not written (a re-run tries it again)."""
     import pyarrow as pa
 
-    image_paths = shard_of(image_inputs(images), index, count) if images else []
+    tars = webdataset_inputs(images)
+    if tars and count != len(tars):
+        raise ValueError(f"WebDataset input gives one output shard per tar ({len(tars)}), not {count}")
+    image_paths = [tars[index]] if tars else shard_of(image_inputs(images), index, count) if images else []
     captions = shard_of(text_inputs(texts), index, count) if texts else []
     targets: list[Path] = []
     image_digest, text_digest = inputs_digest(image_paths), inputs_digest(captions)
@@ -158,15 +182,23 @@ def embed_shard(
     if not overwrite and done:
         return {"skipped": True, "shard": f"{index}/{count}", "images": 0, "texts": 0, "failed": []}
 
+    unreadable = None
+    if tars:  # the tar's image members are this shard's images
+        try:
+            sources: Sequence[Any] = tar_images(tars[index])
+        except (tarfile.TarError, OSError) as e:
+            sources, unreadable = [], {"path": tars[index], "reason": f"unreadable tar: {e}"}
+        image_paths = [str(member) for member in sources]
+    else:
+        sources = image_paths
     total = len(image_paths) + len(captions)
-    matrix, indices, failures = embedder.embed_readable(
-        image_paths, progress and (lambda done, _: progress(done, total))
-    )
+    matrix, indices, failures = embedder.embed_readable(sources, progress and (lambda done, _: progress(done, total)))
     kept = [image_paths[i] for i in indices]
     failed = [{"path": image_paths[i], "reason": reason} for i, reason in failures]
+    failed += [unreadable] if unreadable else []
 
     outputs: dict[Path, object] = {}
-    if images:
+    if images and not unreadable:
         outputs[targets[0]] = matrix.astype(np.float32)
         outputs[targets[1]] = stamped(pa.table({"image_path": kept}), image_digest)
     if texts:
@@ -183,5 +215,5 @@ def embed_shard(
         "images": len(kept),
         "texts": len(captions),
         "failed": failed,
-        "files": [str(t) for t in targets],
+        "files": [str(t) for t in outputs],
     }

@@ -42,10 +42,11 @@ from altclip.index.embed_files import (
     shard_files,
     shard_of,
     stamped,
+    tar_images,
     text_inputs,
+    webdataset_inputs,
     write_atomically,
 )
-from altclip.utils.files import IMAGE_SUFFIXES
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
 MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
@@ -191,9 +192,7 @@ class _Plan:
 
 
 def _plan(images, texts, output: Path, shards: int | None, rows_per_shard: int, overwrite: bool) -> _Plan:
-    tars = sorted(str(p) for p in images if Path(p).suffix.lower() == ".tar")
-    if tars and len(tars) != len(images):
-        raise ValueError("Give either WebDataset .tar shards or images (folders, files, .txt lists), not both")
+    tars = webdataset_inputs(images)
     for tar in tars:
         if not Path(tar).is_file():
             raise EmbedError(f"{tar} does not exist")
@@ -301,30 +300,14 @@ def _read_tars(batch: dict, processor, chunk: int):
     that cannot be opened gives one row numbered -1 that carries the reason."""
     for shard, tar in zip(batch["shard"], batch["tar"]):
         try:
-            with tarfile.open(tar) as archive:
-                members = [m for m in archive.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)]
-                for start in range(0, len(members), chunk):
-                    part = members[start : start + chunk]
-                    rows = range(start, start + len(part))
-                    paths = [f"{tar}/{m.name}" for m in part]
-                    sources = [_Member(archive, m) for m in part]
-                    yield _decoded(processor, [shard] * len(part), rows, [len(members)] * len(part), paths, sources)
+            members = tar_images(tar)
         except (tarfile.TarError, OSError) as e:
             yield _decoded(processor, [shard], [-1], [0], [str(tar)], [_Unreadable(f"unreadable tar: {e}")])
-
-
-@dataclass
-class _Member:
-    """A member of an open tar, read when decoded."""
-
-    archive: tarfile.TarFile
-    member: tarfile.TarInfo
-
-    def read(self) -> bytes:
-        try:
-            return self.archive.extractfile(self.member).read()
-        except tarfile.TarError as e:
-            raise OSError(f"could not be read from the tar: {e}") from None
+            continue
+        for start in range(0, len(members), chunk):
+            part = members[start : start + chunk]
+            rows = range(start, start + len(part))
+            yield _decoded(processor, [shard] * len(part), rows, [len(members)] * len(part), list(map(str, part)), part)
 
 
 @dataclass

@@ -20,6 +20,11 @@ def is_local(name_or_path: str | os.PathLike) -> bool:
     return Path(name_or_path).exists()
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` has the form of a Hub model id (``org/name``), rather than of a local path."""
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~"))
+
+
 def _download_help(repo_id: str) -> str:
     return (
         f"To use a local copy instead, download it where the Hub is reachable "
@@ -69,7 +74,7 @@ def resolve_file(
 def _hub_file(
     repo_id: str, filename: str, *, revision: str | None, required: bool, local_only: bool = False, **hub
 ) -> Path | None:
-    if repo_id.count("/") != 1 or repo_id.startswith(("/", ".", "~")):
+    if not is_hub_id(repo_id):
         raise CheckpointNotFoundError(
             f"{repo_id!r} is neither an existing local path nor a Hugging Face Hub model id (like 'BAAI/AltCLIP')"
         )

@@ -218,6 +218,7 @@ def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.
         special_tokens=["<|startoftext|>", "<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         end_of_word_suffix="</w>",
+        show_progress=False,  # its progress bar leaves blank lines on the terminal
     )
     tokenizer.train_from_iterator(texts, trainer)
     model = json.loads(tokenizer.to_str())["model"]

@@ -186,7 +186,10 @@ class Attention(nn.Module):
         return linear(self.out, y), weights
 
 
-def _load_varlen() -> Callable | None:
+@functools.cache
+def varlen_kernel() -> Callable | None:
+    """PyTorch's variable-length attention kernel, or None before PyTorch 2.10. Imported on first use, by the CUDA
+    half-precision path alone: its module loads torch._dynamo, which would add a second to every ``import altclip``."""
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:  # PyTorch before 2.10
@@ -194,13 +197,10 @@ def _load_varlen() -> Callable | None:
     return varlen_attn
 
 
-_varlen_attn = _load_varlen()
-
-
 def varlen_supported(x: torch.Tensor) -> bool:
     """Whether attention over packed sequences can run without re-padding: PyTorch's variable-length (flash)
     kernel, CUDA and half precision only. Float32 never takes it, so the exact path is unchanged."""
-    return _varlen_attn is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+    return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16) and varlen_kernel() is not None
 
 
 def varlen_attention(
@@ -215,7 +215,7 @@ def varlen_attention(
     ``cu_seqlens[i]:cu_seqlens[i + 1]`` (of k and v: ``key_cu_seqlens``, when they hold other rows); returns
     (N, nh, hs)."""
     keys = cu_seqlens if key_cu_seqlens is None else key_cu_seqlens
-    return _varlen_attn(q, k, v, cu_seqlens, keys, max_length, max_length)
+    return varlen_kernel()(q, k, v, cu_seqlens, keys, max_length, max_length)
 
 
 class MLP(nn.Module):

@@ -507,6 +507,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int) -> XLMRobertaTokenize
         vocab_size=vocab_size - 1,  # room for <mask>
         special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
         unk_token="<unk>",
+        show_progress=False,  # its progress bar leaves blank lines on the terminal
     )
     tokenizer.train_from_iterator(texts, trainer)
     vocab = [(p, float(s)) for p, s in json.loads(tokenizer.to_str())["model"]["vocab"]] + [("<mask>", 0.0)]

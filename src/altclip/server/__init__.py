@@ -15,8 +15,31 @@ errors.py      exceptions -> HTTP statuses, in one table
 batching.py    dynamic batching     metrics.py      Prometheus metrics
 """
 
-from altclip.server.app import create_app
-from altclip.server.run import serve
-from altclip.server.settings import ServerSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["ServerSettings", "create_app", "serve"]
+# Imported on first use (PEP 562), so that `altclip serve --help` and the rest of the command line, which read
+# ServerSettings, do not import the app, and with it PyTorch.
+_EXPORTS = {
+    "ServerSettings": "altclip.server.settings",
+    "create_app": "altclip.server.app",
+    "serve": "altclip.server.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'altclip.server' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from altclip.server.app import create_app
+    from altclip.server.run import serve
+    from altclip.server.settings import ServerSettings

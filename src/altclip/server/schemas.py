@@ -218,8 +218,8 @@ class Fields:
         costs: dict[int, tuple[int, int]] = {}  # per template set (labels share them): (fixed characters, marks)
         for label, ts in zip(labels, per_label):
             if id(ts) not in costs:
-                marks = sum(t.count("{}") for t in ts)
-                costs[id(ts)] = (sum(len(t) for t in ts) - 2 * marks, marks)
+                marks = sum(zeroshot.placeholders(t) for t in ts)  # {} or CLIP_benchmark's {c}
+                costs[id(ts)] = (sum(len(zeroshot.PLACEHOLDER.sub("", t)) for t in ts), marks)
             fixed, marks = costs[id(ts)]
             count += len(ts)
             chars += fixed + marks * len(label)

@@ -225,7 +225,7 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def load_embedder(settings: ServerSettings) -> Embedder:
-    from altclip.pipeline import load
+    from altclip.pipelines import load
     from altclip.utils.devices import resolve_device
 
     model, processor = load(settings.model, device=resolve_device(settings.device), dtype=settings.dtype)

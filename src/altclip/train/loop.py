@@ -11,6 +11,7 @@ resumed run the same as an uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -30,37 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from altclip.loading.pretrained import PreTrainedModel
+from altclip.train.config import TrainConfig
 from altclip.utils.devices import resolve_device
 from altclip.utils.progress import Progress
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (a non-finite loss, unusable data); the message says what to do."""
-
-
-@dataclass
-class TrainConfig:
-    output: str = "runs/altclip"
-    steps: int = 1000  # optimizer steps
-    batch_size: int = 32  # samples per process per micro-step
-    grad_accum: int = 1  # micro-steps per optimizer step
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.0  # the cosine schedule ends at lr * min_lr_ratio
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    bf16: bool = False  # bfloat16 autocast (for GPUs and CPUs with bf16 units)
-    gradient_checkpointing: bool = False
-    save_every: int = 200
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
-    fsdp: bool = False  # shard parameters across processes (for models that do not fit one device)
-    resume: bool = True  # continue from the newest checkpoint in OUTPUT/checkpoints
-    dropout: float | None = None  # override every dropout probability (0 makes runs bit-reproducible)
-    progress: bool = True
-    device: str | None = None
-    workers: int | None = None  # processes preparing batches ahead of the step; None: as the stage's data needs
 
 
 @dataclass
@@ -384,7 +361,13 @@ class Trainer:
                 trained.load_state_dict(state)
         if self.dist.main:
             self.save_fn(trained, final)
-            plot_metrics(metrics_path, self.output / "metrics.png")
+            if importlib.util.find_spec("matplotlib") is None:
+                self.log(
+                    f"metrics.png not drawn: matplotlib is not installed (pip install 'altclip[train]'); the metrics "
+                    f"are in {metrics_path}"
+                )
+            else:
+                plot_metrics(metrics_path, self.output / "metrics.png")
         if self.dist.world > 1:
             dist.barrier()
         return {"final": str(final), "last": last, "steps": self.step}
