@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import TypeVar
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,10 +99,15 @@ def read_regular_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
     block or never end) and a file over the limit are refused with a ValueError saying so, before anything is
     read; the system's errors are OSErrors."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):  # (a directory, which os.fdopen would refuse with a system error)
+        os.close(fd)
+        raise ValueError("not a regular file")
+    with os.fdopen(fd, "rb") as f:
         if info.st_size > max_bytes:
             raise ValueError(f"{info.st_size:,} bytes, over the limit of {max_bytes:,} for an image file")
         data = f.read(max_bytes + 1)
