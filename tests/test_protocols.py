@@ -185,7 +185,10 @@ def test_refusals_through_the_sdk(client, token_server):
         client.embeddings.create(model="m", input=["a", "  "])
     with pytest.raises(openai.BadRequestError, match=r"Too many inputs: 65 \(limit 64\)"):
         client.embeddings.create(model="m", input=["a"] * 65)
-    with pytest.raises(openai.BadRequestError, match="Image 0: not an image in a format the service reads"):
+    with pytest.raises(
+        openai.BadRequestError,
+        match=r"Image 0: not a readable image \(unknown or unsupported format: altclip reads JPEG",
+    ):
         client.embeddings.create(
             model="m", input=[base64.b64encode(b"no image").decode()], extra_body={"modality": "image"}
         )
@@ -338,7 +341,7 @@ def _json(data) -> bytes:
         (
             {"image": base64.b64encode(b"not an image").decode()},
             422,
-            "Image 0: not an image in a format the service reads",
+            "Image 0: not a readable image (unknown or unsupported format: altclip reads JPEG",
         ),
     ],
 )
