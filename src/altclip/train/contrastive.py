@@ -20,10 +20,10 @@ from torch import nn
 
 from altclip.data.readers import TarMember, read_pairs
 from altclip.modeling.model import AltCLIPModel
-from altclip.processing.image_processing import ImageError
+from altclip.processing import decoding
+from altclip.processing.decode_pool import DecodePool, memory_budget
 from altclip.processing.processor import AltCLIPProcessor
 from altclip.train.loop import Distributed, TrainConfig, Trainer, setup_device
-from altclip.utils.files import ordered_map
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
 
@@ -74,10 +74,6 @@ def infonce(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor, 
     ) / 2
 
 
-def _read_image(source: Path | TarMember) -> bytes:
-    return source.read() if isinstance(source, TarMember) else Path(source).read_bytes()
-
-
 def contrastive(
     model_path: str,
     data: list[str],
@@ -93,11 +89,10 @@ def contrastive(
     processor = AltCLIPProcessor.from_pretrained(model_path)
     pairs, report = read_pairs(data, image_root)
 
+    preparation = processor.image_processor.preparation
+
     def prepare(source):
-        try:
-            return processor.image_processor.prepare(_read_image(source)), None
-        except (ImageError, OSError) as e:
-            return None, getattr(e, "reason", str(e))
+        return decoding.prepare_or_reason(decoding.readable(source), preparation)
 
     # Decode every image once, before training: unreadable ones are dropped (and counted), so that every process
     # sees the same usable dataset and no batch fails later. With the image tower frozen, its embeddings are kept
@@ -105,16 +100,20 @@ def contrastive(
     kept: list[tuple[Path | TarMember, str]] = []
     cache: list[torch.Tensor] = []
     pending: list[np.ndarray] = []
-    for (source, caption), (array, reason), _ in ordered_map(lambda pair: prepare(pair[0]), pairs):
-        if array is None:
-            report.skip("unreadable image", f"{source} ({reason})")
-            continue
-        kept.append((source, caption))
-        if not train_vision:
-            pending.append(array)
-            if len(pending) == 64:
-                cache.append(_embed(model, processor, pending))
-                pending = []
+    budget = memory_budget(preparation.max_pixels, decoding.MAX_FILE_BYTES)
+    with DecodePool(images=len(pairs), memory_bytes=budget) as pool:
+        sources = (decoding.readable(source) for source, _ in pairs)
+        prepared = pool.map(decoding.prepare_or_reason, sources, preparation, failed=lambda r: (None, r))
+        for (source, caption), (_, (array, reason), _) in zip(pairs, prepared):
+            if array is None:
+                report.skip("unreadable image", f"{source} ({reason})")
+                continue
+            kept.append((source, caption))
+            if not train_vision:
+                pending.append(array)
+                if len(pending) == 64:
+                    cache.append(_embed(model, processor, pending))
+                    pending = []
     if pending:
         cache.append(_embed(model, processor, pending))
     images = torch.cat(cache) if cache else None
