@@ -198,15 +198,15 @@ def test_bulk_paths_give_the_same_vectors_in_processes(checkpoint, tmp_path, cos
     assert len(threads[2]) == len(costly) and len(threads[1]) == 20
 
 
-def test_the_kind_is_chosen_by_the_machine_or_forced(monkeypatch):
+def test_the_kind_is_chosen_by_the_run_or_forced(monkeypatch):
     monkeypatch.delenv(ENVIRONMENT, raising=False)
-    assert choose_kind("auto", workers=16, images=10_000) == "processes"
-    assert choose_kind("auto", workers=2, images=10_000) == "threads"
-    assert choose_kind("auto", workers=16, images=10) == "threads"  # not worth starting processes
-    assert choose_kind("threads", workers=16, images=10_000) == "threads"
+    assert choose_kind("auto", images=10_000) == "processes"
+    assert choose_kind("auto", images=None) == "processes"
+    assert choose_kind("auto", images=10) == "threads"  # not worth starting processes
+    assert choose_kind("threads", images=10_000) == "threads"
     monkeypatch.setenv(ENVIRONMENT, "processes")
-    assert choose_kind("auto", workers=2, images=10) == "processes"
-    assert choose_kind("threads", workers=2) == "threads"
+    assert choose_kind("auto", images=10) == "processes"
+    assert choose_kind("threads") == "threads"
     monkeypatch.setenv(ENVIRONMENT, "fibers")
     with pytest.raises(ValueError, match="ALTCLIP_DECODE must be threads or processes"):
         choose_kind("auto")

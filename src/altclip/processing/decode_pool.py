@@ -16,8 +16,8 @@ run in parallel too, but the Python between those calls does not, and no budget 
 before decoding (``decoding.open_image``); a running image cannot be stopped.
 
 ``kind="auto"`` takes ``$ALTCLIP_DECODE`` (``threads`` or ``processes``) where it is set, else ``choose_kind``'s
-rule: processes where there are at least ``PROCESSES_FROM`` workers and enough images to repay starting them
-(``benchmarks/jpeg_throughput.py --pools`` measures both kinds).
+rule, from ``benchmarks/jpeg_throughput.py``, which measures both kinds on the library's own paths: processes for
+runs of at least ``MIN_IMAGES`` images, which repay the start of the workers, threads for fewer.
 """
 
 from __future__ import annotations
@@ -47,8 +47,7 @@ R = TypeVar("R")
 KINDS = ("threads", "processes")
 ENVIRONMENT = "ALTCLIP_DECODE"  # forces the kind of every "auto" pool: threads or processes
 CPU_SECONDS = 60.0  # per image, in a worker process
-PROCESSES_FROM = 4  # workers from which "auto" decodes in processes (see choose_kind)
-MIN_IMAGES = 64  # fewer images than this are decoded in threads by "auto": starting processes would cost more
+MIN_IMAGES = 64  # "auto" decodes fewer images than this in threads: starting processes would cost more
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A worker's first lines: the package's folder stands in for the package, whose __init__ (the public API, torch) is
 # not run; the decoding modules import from it as usual. Arguments: the folder, the socket's descriptor, the CPU
@@ -75,25 +74,24 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def choose_kind(kind: str = "auto", workers: int | None = None, images: int | None = None) -> str:
+def choose_kind(kind: str = "auto", images: int | None = None) -> str:
     """``threads`` or ``processes``: ``kind`` itself when it names one, else ``$ALTCLIP_DECODE`` when set, else the
-    measured rule: processes from ``PROCESSES_FROM`` workers on, and for at least ``MIN_IMAGES`` images when their
-    number is known. Threads stop scaling where the GIL-bound Python between Pillow's calls fills a core (5.7x on
-    16 cores of an H200 machine, where processes reached 10x); on 2 cores both kinds decode at the same rate and
-    threads start at once."""
+    measured rule: processes, unless fewer than ``MIN_IMAGES`` images are to be decoded.
+
+    Why: threads stop scaling where the Python between Pillow's calls, which holds the GIL, fills a core, and they
+    share that core with the thread feeding the model. On 16 cores of an H200 machine 16 processes decoded 2,380
+    JPEGs/s against 1,355 for 16 threads; on this project's 2-core machine, processes were ahead from one worker on
+    (end to end with the tiny model, 2 workers: 68 against 49 images/s). Starting the workers costs about 0.3 s,
+    which 50 to 100 images earn back. Where processes cannot run (no POSIX, no interpreter to start), threads."""
     if kind == "auto":
         kind = os.environ.get(ENVIRONMENT, "").strip().lower() or "auto"
         if kind != "auto" and kind not in KINDS:
             raise ValueError(f"{ENVIRONMENT} must be threads or processes, not {kind!r}")
     if kind not in ("auto", *KINDS):
         raise ValueError(f"Images are decoded in threads or processes (or auto), not {kind!r}")
-    if kind == "processes" and not _processes_possible():
-        return "threads"
-    if kind != "auto":
-        return kind
-    workers = workers or available_cpus()
-    enough = images is None or images >= MIN_IMAGES
-    return "processes" if workers >= PROCESSES_FROM and enough and _processes_possible() else "threads"
+    if kind == "auto":
+        kind = "threads" if images is not None and images < MIN_IMAGES else "processes"
+    return kind if kind == "threads" or _processes_possible() else "threads"
 
 
 def _processes_possible() -> bool:
@@ -114,8 +112,9 @@ class DecodePool:
         cpu_seconds: float = CPU_SECONDS,
         memory_bytes: int = 0,
     ):
-        self.workers = max(1, workers or min(8, available_cpus()))
-        self.kind = choose_kind(kind, self.workers, images)
+        self.kind = choose_kind(kind, images)
+        # Threads beyond 8 add little (the GIL); processes use every CPU.
+        self.workers = max(1, workers or (available_cpus() if self.kind == "processes" else min(8, available_cpus())))
         self.cpu_seconds, self.memory_bytes = cpu_seconds, memory_bytes
         self.closed = False
         if self.kind == "threads":
