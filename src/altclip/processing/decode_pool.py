@@ -49,11 +49,13 @@ ENVIRONMENT = "ALTCLIP_DECODE"  # forces the kind of every "auto" pool: threads 
 CPU_SECONDS = 60.0  # per image, in a worker process
 MIN_IMAGES = 64  # "auto" decodes fewer images than this in threads: starting processes would cost more
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A worker's first lines: the package's folder stands in for the package, whose __init__ (the public API, torch) is
-# not run; the decoding modules import from it as usual. Arguments: the folder, the socket's descriptor, the CPU
-# seconds per image, the memory budget in bytes.
+# A worker's first lines: the current folder leaves the import path first (it may hold the very files being decoded:
+# a numpy.py there must not be imported), then the package's folder stands in for the package, whose __init__ (the
+# public API, torch) is not run; the decoding modules import from it as usual. Arguments: the folder, the socket's
+# descriptor, the CPU seconds per image, the memory budget in bytes.
 _BOOT = (
-    "import sys, types; package = types.ModuleType('altclip'); package.__path__ = [sys.argv[1]]; "
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "import types; package = types.ModuleType('altclip'); package.__path__ = [sys.argv[1]]; "
     "sys.modules['altclip'] = package; from altclip.processing.decode_pool import serve; "
     "serve(int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]))"
 )
@@ -270,6 +272,8 @@ class _Worker:
             self.connection.send_bytes(message)
             ok, value = self.connection.recv()
         except (EOFError, OSError):
+            with self.lock:  # a late cancel must not end the process that replaces this one
+                self.current = None
             future.set_exception(ImageError(f"could not be decoded: {self._ended()}"))
             return
         if ok:

@@ -34,6 +34,7 @@ MAX_TIFF_VALUES = 2**17  # 131,072: one strip per row of the tallest image the p
 _STANDALONE = {0xC8, 0xD8, 0xD9, *range(0xD0, 0xD8), *range(0xF0, 0xFE)}
 _TIFF_UNIT = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _TIFF_BYTES = {1, 2, 7}  # BYTE, ASCII, UNDEFINED: kept as bytes; every other type becomes a tuple of numbers
+_TIFF_NAMES = {273: "strip offsets", 279: "strip byte counts", 324: "tile offsets", 325: "tile byte counts"}
 
 
 def excess(data: bytes) -> str | None:
@@ -165,7 +166,8 @@ def _tiff(data: memoryview) -> str | None:
         if unit is None:
             continue  # Pillow skips types it does not know
         if kind not in _TIFF_BYTES and count > MAX_TIFF_VALUES:
-            return f"tag {tag} has {count:,} values, over the limit of {MAX_TIFF_VALUES:,}"
+            name = f" ({_TIFF_NAMES[tag]})" if tag in _TIFF_NAMES else ""
+            return f"TIFF tag {tag}{name} has {count:,} values, over the limit of {MAX_TIFF_VALUES:,}"
         if count * unit > inline:
             total += count * unit
             if total > len(data):
