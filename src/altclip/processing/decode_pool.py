@@ -82,9 +82,9 @@ def choose_kind(kind: str = "auto", images: int | None = None) -> str:
 
     Why: threads stop scaling where the Python between Pillow's calls, which holds the GIL, fills a core, and they
     share that core with the thread feeding the model. On 16 cores of an H200 machine 16 processes decoded 2,380
-    JPEGs/s against 1,355 for 16 threads; on this project's 2-core machine, processes were ahead from one worker on
-    (end to end with the tiny model, 2 workers: 68 against 49 images/s). Starting the workers costs about 0.3 s,
-    which 50 to 100 images earn back. Where processes cannot run (no POSIX, no interpreter to start), threads."""
+    JPEGs/s against 1,355 for 16 threads; on this project's 2-core machine, processes were ahead end to end from one
+    worker on (tiny model: 67 against 46 images/s with 1 worker, 58 against 47 with 2). Starting the workers costs
+    about 0.3 s, which 50 to 80 images earn back. Where processes cannot run (no POSIX, no interpreter to start), threads."""
     if kind == "auto":
         kind = os.environ.get(ENVIRONMENT, "").strip().lower() or "auto"
         if kind != "auto" and kind not in KINDS:
