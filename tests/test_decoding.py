@@ -212,6 +212,24 @@ def test_the_kind_is_chosen_by_the_run_or_forced(monkeypatch):
         choose_kind("auto")
 
 
+def test_bytes_read_ahead_of_the_workers_are_bounded(monkeypatch):
+    """Tar members are read by the feeding thread: at most AHEAD_BYTES of them (and one more) wait for a worker."""
+    from altclip.processing import decode_pool
+
+    monkeypatch.setattr(decode_pool, "AHEAD_BYTES", 10)
+    pulled = []
+
+    def members():
+        for i in range(20):
+            pulled.append(i)
+            yield b"four"
+
+    with DecodePool(2, "threads") as pool:
+        results = pool.map(len, members(), failed=lambda r: 0)
+        assert next(results)[1] == 4 and len(pulled) == 4  # 3 of 4 bytes to reach 10, then 1 more as one goes
+        assert [r for _, r, _ in results] == [4] * 19 and len(pulled) == 20
+
+
 # --- the budget of a worker process --------------------------------------------------------------------------------
 
 

@@ -48,6 +48,8 @@ KINDS = ("threads", "processes")
 ENVIRONMENT = "ALTCLIP_DECODE"  # forces the kind of every "auto" pool: threads or processes
 CPU_SECONDS = 60.0  # per image, in a worker process
 MIN_IMAGES = 64  # "auto" decodes fewer images than this in threads: starting processes would cost more
+MAX_PROCESSES = 16  # worker processes by default: one per CPU, up to the most measured (each may hold a 512 MiB file)
+AHEAD_BYTES = 256 * 2**20  # map: bytes items (files read by the caller, tar members) submitted ahead of the results
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A worker's first lines: the current folder leaves the import path first (it may hold the very files being decoded:
 # a numpy.py there must not be imported), then the package's folder stands in for the package, whose __init__ (the
@@ -66,6 +68,10 @@ def memory_budget(max_pixels: int, max_bytes: int) -> int:
     image peaks at 16 bytes per pixel (decoded, composited onto white, converted to RGB, resized), its bytes are
     held twice (received, and opened), with a margin."""
     return 24 * max_pixels + 2 * max_bytes + 256 * 2**20
+
+
+def _size(item: Any) -> int:
+    return len(item) if isinstance(item, (bytes, bytearray, memoryview)) else 0
 
 
 def available_cpus() -> int:
@@ -115,8 +121,9 @@ class DecodePool:
         memory_bytes: int = 0,
     ):
         self.kind = choose_kind(kind, images)
-        # Threads beyond 8 add little (the GIL); processes use every CPU.
-        self.workers = max(1, workers or (available_cpus() if self.kind == "processes" else min(8, available_cpus())))
+        # Threads beyond 8 add little (the GIL); processes use every CPU, up to MAX_PROCESSES.
+        default = min(MAX_PROCESSES if self.kind == "processes" else 8, available_cpus())
+        self.workers = max(1, workers or default)
         self.cpu_seconds, self.memory_bytes = cpu_seconds, memory_bytes
         self.closed = False
         if self.kind == "threads":
@@ -167,24 +174,36 @@ class DecodePool:
         failed: Callable[[str], R],
         prefetch: int | None = None,
     ) -> Iterator[tuple[T, R, float]]:
-        """``(item, fn(item, *args), seconds waited for it)`` in input order, at most ``prefetch`` items ahead. A
-        task the pool could not finish (its process crashed or ran out of time) gives ``failed(reason)``."""
+        """``(item, fn(item, *args), seconds waited for it)`` in input order, at most ``prefetch`` items and
+        ``AHEAD_BYTES`` of bytes items (and one more) ahead. A task the pool could not finish (its process crashed or
+        ran out of time) gives ``failed(reason)``."""
         prefetch = prefetch or max(64, 4 * self.workers)
         items = iter(items)
         pending: deque[tuple[T, Future]] = deque()
+        ahead = 0  # bytes of the bytes items submitted and not yet given back
+
+        def fill() -> None:
+            nonlocal ahead
+            while len(pending) < prefetch and ahead < AHEAD_BYTES:
+                for item in itertools.islice(items, 1):
+                    pending.append((item, self.submit(fn, item, *args)))
+                    ahead += _size(item)
+                    break
+                else:
+                    return
+
         try:
-            for item in itertools.islice(items, prefetch):
-                pending.append((item, self.submit(fn, item, *args)))
+            fill()
             while pending:
                 item, future = pending.popleft()
+                ahead -= _size(item)
                 start = time.perf_counter()
                 try:
                     result = future.result()
                 except ImageError as e:
                     result = failed(e.reason)
                 waited = time.perf_counter() - start
-                for nxt in itertools.islice(items, 1):
-                    pending.append((nxt, self.submit(fn, nxt, *args)))
+                fill()
                 yield item, result, waited
         finally:
             for _, future in pending:
