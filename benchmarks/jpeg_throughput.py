@@ -7,11 +7,11 @@ Writes ``--images`` JPEGs (640x480, quality 90, crops of the example photos: COC
 library's own paths (``altclip.processing.decode_pool.DecodePool`` feeding ``Embedder.embed_readable``, what
 ``altclip embed``, ``altclip index`` and evaluation do), each pool's start and end included:
 
-- ``decode_only_images_per_s``: decoding alone (no model), in threads and in processes, for 1, 2, 4, ... up to
-  ``--workers`` workers (each rate the median of ``--repeats`` runs, the kinds taking turns): the ceiling the CPU
-  sets, and the numbers behind ``choose_kind``'s rule (``auto`` says what it picks here);
-- ``exact`` and ``exact_processes``: the transformers-equal PIL path end to end, in threads and in processes (the
-  vectors of both must be equal);
+- ``decode_only_images_per_s`` and ``end_to_end_images_per_s``: decoding alone (no model), and the
+  transformers-equal PIL path end to end, in threads and in processes, with ``--workers`` workers (and with 1, 2,
+  4, ... up to it with ``--sweep``; each rate the median of ``--repeats`` runs, the kinds taking turns): the
+  numbers behind ``choose_kind``'s rule (``auto`` says what it picks here). ``exact_processes`` says whether the
+  vectors of both kinds are equal;
 - ``draft``: JPEGs decoded at a reduced DCT scale (``CLIPImageProcessor(draft=True)``), end to end;
 - ``gpu-decode`` (CUDA with torchvision only; not a library path): nvJPEG decoding and antialiased bicubic
   resizing on the GPU, to see what the GPU decoder would add.
@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--workers", type=int, default=available_cpus())
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each decoding rate (the median is kept)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each rate (the median is kept)")
+    parser.add_argument("--sweep", action="store_true", help="also 1, 2, 4, ... workers, up to --workers")
     parser.add_argument("--output", "-o", type=Path)
     args = parser.parse_args()
 
@@ -205,15 +206,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         paths = [str(p) for p in write_jpegs(Path(tmp), args.images, args.workers)]
         embed_files(embedders["threads"], paths[: args.batch], args.workers)  # warm-up
-        counts = sorted({1, args.workers, *(2**i for i in range(1, 8) if 2**i < args.workers)})
+        counts = [args.workers]
+        if args.sweep:
+            counts = sorted({1, args.workers, *(2**i for i in range(1, 8) if 2**i < args.workers)})
         rates: dict = {"threads": {}, "processes": {}}
         end_to_end: dict = {"threads": {}, "processes": {}}
+        vectors: dict = {}  # of each kind, at --workers
         for workers in counts:
             runs: dict = {kind: ([], []) for kind in rates}
             for _ in range(args.repeats):
                 for kind in rates:  # the kinds take turns, so that a change in the machine's load hits both
                     runs[kind][0].append(decode_rate(exact, paths, kind, workers))
-                    runs[kind][1].append(embed_files(embedders[kind], paths, workers)[1])
+                    vectors[kind], rate = embed_files(embedders[kind], paths, workers)
+                    runs[kind][1].append(rate)
             for kind in rates:
                 rates[kind][str(workers)] = round(statistics.median(runs[kind][0]), 1)
                 end_to_end[kind][str(workers)] = round(statistics.median(runs[kind][1]), 1)
@@ -223,13 +228,11 @@ def main() -> None:
         report["decode_only_draft_images_per_s"] = {
             kind: round(decode_rate(draft, paths, kind, args.workers), 1) for kind in ("threads", "processes")
         }
-        exact_vectors, exact_rate = embed_files(embedders["threads"], paths, args.workers)
-        exact_pixels = first_pixels(exact, paths)
-        report["exact"] = {"images_per_s": round(exact_rate, 1)}
-        vectors, rate = embed_files(embedders["processes"], paths, args.workers)
+        exact_vectors, exact_pixels = vectors["threads"], first_pixels(exact, paths)
+        report["exact"] = {"images_per_s": end_to_end["threads"][str(args.workers)]}
         report["exact_processes"] = {
-            "images_per_s": round(rate, 1),
-            "same_vectors": bool(np.array_equal(vectors, exact_vectors)),
+            "images_per_s": end_to_end["processes"][str(args.workers)],
+            "same_vectors": bool(np.array_equal(vectors["processes"], exact_vectors)),
         }
         vectors, rate = embed_files(embedders[report["auto"] + "-draft"], paths, args.workers)
         report["draft"] = {
