@@ -229,7 +229,7 @@ def test_a_refused_request_leaves_no_work_behind(open_server):
     before = _metric(open_server, 'altclip_batch_size_sum{kind="text"}')
     for _ in range(10):
         r = httpx.post(open_server + "/v1/embeddings", json=body)
-        assert r.status_code == 400 and "not an image" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "not a readable image" in r.json()["error"]["message"]
     deadline = time.monotonic() + 60
     while _metric(open_server, 'altclip_queue_depth{kind="text"}') and time.monotonic() < deadline:
         time.sleep(0.1)
