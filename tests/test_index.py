@@ -350,7 +350,8 @@ def test_two_indexers_on_one_index_lose_nothing(tmp_path, checkpoint, embedder):
     log = tmp_path / "second.log"
     first = subprocess.Popen(
         [sys.executable, "-c", GATED_INDEXER, "index", str(d2), *args],
-        env={**os.environ, "GATE": str(gate)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "GATE": str(gate), "ALTCLIP_DECODE": "threads"},  # the gate wraps _load in threads
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     second = None
     try:
