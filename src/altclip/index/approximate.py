@@ -27,7 +27,7 @@ from altclip.index.store import IndexFileError
 
 # Below this many vectors exact search is as fast (measured: benchmarks/search_scale.py, the README's crossover), so
 # no approximate index is built.
-EXACT_BELOW = 20_000
+EXACT_BELOW = 10_000
 DEFAULT_MEMORY_BUDGET = 2**30  # bytes the approximate index may hold in memory: codes, ids and clusters
 TARGET_RECALL = 0.97  # tune aims here so that queries unlike the tuning ones still get 0.95
 MIN_ROWS = 20  # fewer vectors than this are always searched exactly (16 centroids per code part need more)
@@ -77,12 +77,13 @@ def plan(
     rows: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET, exact_below: int = EXACT_BELOW
 ) -> Plan | None:
     """The layout for ``rows`` vectors within ``memory_budget`` bytes; None below ``exact_below`` rows (exact search
-    is as fast there) and below ``MIN_ROWS``. ``nlist`` about 4 sqrt(rows) (a power of two), as faiss advises, with
-    at least 39 training vectors per cluster; codes of one 4-bit part per 8 dimensions (48 bytes at 768), fewer
+    is as fast there) and below ``MIN_ROWS``. ``nlist`` about 2 sqrt(rows) (a power of two; faiss advises 4 to 16
+    sqrt(rows): fewer clusters train and fill twice as fast, and fast-scan codes make the longer lists cheap to scan),
+    with at least 39 training vectors per cluster; codes of one 4-bit part per 8 dimensions (48 bytes at 768), fewer
     where the memory budget needs it."""
     if rows < max(exact_below, MIN_ROWS):
         return None
-    nlist = int(2 ** round(np.log2(4 * np.sqrt(rows))))
+    nlist = int(2 ** round(np.log2(2 * np.sqrt(rows))))
     nlist = max(1, min(nlist, 65_536, rows // 39))
     train_rows = min(rows, max(40 * nlist, 65_536), 262_144)
     sizes = [m for m in (dim // 8, dim // 16, dim // 32) if m >= 2 and m % 2 == 0 and dim % m == 0] or [2]

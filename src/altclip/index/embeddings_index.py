@@ -31,14 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from altclip.index import approximate
+from altclip.index.embed_files import MODEL_KEY, SHARD_KEY
 from altclip.index.image_index import Hit
 from altclip.index.matrix import Matrix, open_npy
 from altclip.index.store import IndexFileError, IndexMismatchError
 
 MANIFEST = "manifest.json"
 FORMAT = "altclip-embeddings-index"
-MODEL_KEY = b"altclip.model"  # in a shard's metadata file: the model that made its vectors
-SHARD_KEY = b"altclip.shard"  # and which shard it is: "i/n"
 PATH_COLUMNS = ("image_path", "url", "caption")  # what a result shows, the first one its metadata has
 NORM_TOLERANCE = 1e-2
 
@@ -390,6 +389,9 @@ class EmbeddingsIndex:
             return f"#{row}"
         value = self.metadata[where[0]].column(self.column)[where[1]].as_py()
         return str(value) if value is not None else f"#{row}"
+
+    def display_name(self, row: int) -> str | None:
+        return None if self._row(row) is None else self.name(row)
 
     def file_path(self, row: int) -> bytes | None:
         """The image file of a row, when its metadata names a local one (``image_path``)."""

@@ -28,8 +28,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field, ValidationInfo, WithJsonSchema, model_validator
 
-from altclip.files import display
-from altclip.index import ImageIndex
 from altclip.server import limits
 from altclip.server.errors import InvalidInput, NotFound
 from altclip.server.inputs import body
@@ -169,9 +167,10 @@ async def indices_list(service: ServiceDep) -> list[str]:
 )
 async def knn_service(request: Request, service: ServiceDep, payload: KnnBody) -> list[KnnResult]:
     _check_name(service, payload.indice_name)
-    hits = await service.on_index(ImageIndex.search, await _query(service, payload), payload.num_result_ids)
+    hits = await service.on_index(lambda index, q, k: index.search(q, k), await _query(service, payload),
+                                  payload.num_result_ids)  # fmt: skip
     if payload.deduplicate and len(hits) > 1:
-        vectors = await service.on_index(ImageIndex.vectors, [h.id for h in hits])
+        vectors = await service.on_index(lambda index, ids: index.vectors(ids), [h.id for h in hits])
         hits = [hits[i] for i in unique_positions(vectors)]
     return [
         KnnResult(id=h.id, similarity=h.score, **(_metadata(request, h.id, h.path) if rank < payload.num_images else {}))
@@ -234,9 +233,9 @@ def unique_positions(vectors: np.ndarray, threshold: float = DUPLICATE_COSINE) -
     return [i for i in range(len(vectors)) if root(i) == i]
 
 
-def _paths(index: ImageIndex, ids: list[int]) -> dict[int, str]:
-    found = {i: index.file_path(i) for i in set(ids)}
-    return {i: display(path) for i, path in found.items() if path is not None}
+def _paths(index, ids: list[int]) -> dict[int, str]:
+    found = {i: index.display_name(i) for i in set(ids)}
+    return {i: name for i, name in found.items() if name is not None}
 
 
 def _metadata(request: Request, file_id: int, path: str) -> dict[str, str]:

@@ -62,9 +62,9 @@ class Service:
         )
         self.decoder = Decoder(self.image_processor, settings)
         if settings.index:
-            from altclip.index import ImageIndex
+            from altclip.index import open_index
 
-            self.index = ImageIndex(settings.index, create=False)
+            self.index = open_index(settings.index)  # an image index, or one over embedding files
             self.index.bind(embedder.name, embedder.dim)
         self.texts = self._batcher("text", embedder.embed_texts)
         self.images = self._batcher("image", lambda arrays: embedder.embed_prepared(np.stack(arrays)))
