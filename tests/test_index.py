@@ -324,10 +324,9 @@ def test_damaged_search_files_name_the_file(tmp_path, embedder):
             index.store._set_state("synced", -1)
 
 
-def test_milvus_store(tmp_path, embedder):
+def check_milvus_store(tmp_path, embedder, store: str) -> None:
     folder = tmp_path / "photos"
     paths = make_images(folder, 6)
-    store = f"milvus://{tmp_path}/milvus.db?collection=photos"
     with ImageIndex(tmp_path / "index", store=store) as index:
         index.update([folder], embedder)
         assert index.store.count() == 6 and index.check() == []
@@ -345,6 +344,50 @@ def test_milvus_store(tmp_path, embedder):
         assert again.meta("store") == store and again.search(embedder.embed_images([str(paths[2])])[0], 1)[
             0
         ].path == str(paths[2])
+
+
+def test_milvus_store(tmp_path, embedder):
+    check_milvus_store(tmp_path, embedder, f"milvus://{tmp_path}/milvus.db?collection=photos")
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory):
+    """A real Milvus server (standalone, with its embedded etcd), started from the ``milvus`` package for these
+    tests; its port."""
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.start()
+    try:
+        yield server.listen_port
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("index", ["index=AUTOINDEX", "index=IVF_PQ&nlist=4&m=4&nprobe=4", "index=HNSW&M=8&efConstruction=32&ef=16"])
+def test_milvus_server_store(tmp_path, embedder, milvus_server, index):
+    """The same store against a Milvus server (what a cluster speaks), with its index types and search settings."""
+    from altclip.index.milvus import MilvusVectors
+
+    store = f"milvus://127.0.0.1:{milvus_server}?collection=t{abs(hash(index)) % 10**6}&{index}"
+    check_milvus_store(tmp_path, embedder, store)
+    described = MilvusVectors(store)
+    try:
+        (info,) = [i for i in described.client.list_indexes(described.collection)]
+        assert described.client.describe_index(described.collection, info)["index_type"] == index.split("&")[0][6:]
+    finally:
+        described.close()
+
+
+def test_milvus_settings_are_checked():
+    from altclip.index.milvus import milvus_index
+
+    assert milvus_index("milvus://h:1?index=ivf_pq&nlist=64&nprobe=8") == ("IVF_PQ", {"nlist": 64}, {"nprobe": 8})
+    with pytest.raises(ValueError, match="unknown Milvus setting 'nprob'"):
+        milvus_index("milvus://h:1?nprob=8")
+    with pytest.raises(ValueError, match="whole numbers"):
+        milvus_index("milvus://h:1?nlist=many")
 
 
 def _rows(index_dir: Path) -> int:
