@@ -365,7 +365,9 @@ def milvus_server(tmp_path_factory):
         server.stop()
 
 
-@pytest.mark.parametrize("index", ["index=AUTOINDEX", "index=IVF_PQ&nlist=4&m=4&nprobe=4", "index=HNSW&M=8&efConstruction=32&ef=16"])
+@pytest.mark.parametrize(
+    "index", ["index=AUTOINDEX", "index=IVF_PQ&nlist=4&m=4&nprobe=4", "index=HNSW&M=8&efConstruction=32&ef=16"]
+)
 def test_milvus_server_store(tmp_path, embedder, milvus_server, index):
     """The same store against a Milvus server (what a cluster speaks), with its index types and search settings."""
     from altclip.index.milvus import MilvusVectors

@@ -21,7 +21,6 @@ import numpy as np
 
 from altclip.index.store import IndexMismatchError
 
-
 # Every read sees every write before it: a server's default ("Bounded") may not, so the indexer's own check of what
 # it stored would miss what it just wrote (Milvus Lite is always strong).
 CONSISTENCY = "Strong"
