@@ -317,7 +317,88 @@ def phase_http(args) -> dict:
             "v1_embed_text_alone": percentiles(embed)}  # fmt: skip
 
 
-PHASES = {"truth": phase_truth, "build": phase_build, "query": phase_query, "add": phase_add,
+def _sqlite_rows(index, vectors: np.ndarray, first: int) -> None:
+    """Puts ``vectors`` into an image index as the files /photos/{row}.jpg, as `altclip index` would (one transaction
+    per 10,000: vectors, then the file rows that refer to them)."""
+    import hashlib
+
+    for start in range(0, len(vectors), 10_000):
+        chunk = vectors[start : start + 10_000]
+        rows = range(first + start, first + start + len(chunk))
+        hashes = [hashlib.blake2b(str(r).encode(), digest_size=16).hexdigest() for r in rows]
+        with index.db:
+            index.store.add(hashes, chunk)
+            index.db.executemany(
+                "INSERT INTO files (path, size, mtime_ns, hash, error, indexed_at) VALUES (?, 1, 1, ?, NULL, 0)",
+                [(f"/photos/{r}.jpg".encode(), h) for r, h in zip(rows, hashes)],
+            )
+
+
+def phase_sqlite_build(args) -> dict:
+    """The image index's own store (SQLite) with the collection's vectors, then what `altclip index` does at the end
+    of a run: build the search structures (this code: the matrix file and IVF-PQ; before: the HNSW index)."""
+    import shutil
+
+    from altclip.index import ImageIndex
+
+    folder = args.data / "sqlite-index"
+    shutil.rmtree(folder, ignore_errors=True)
+    index = ImageIndex(folder)
+    index.bind("synthetic", DIM)
+    start = time.perf_counter()
+    first = 0
+    for vectors in sorted((args.data / "img_emb").glob("*.npy"), key=str):  # clip-retrieval's order, as the truth's
+        if str(ADDED_SHARD) in vectors.name:
+            continue
+        array = np.load(vectors, mmap_mode="r")
+        _sqlite_rows(index, np.asarray(array), first)
+        first += len(array)
+    inserted = time.perf_counter() - start
+    start = time.perf_counter()
+    index.store.build_approximate(args.threshold)
+    return {"rows": first, "insert_s": round(inserted, 1), "build_s": round(time.perf_counter() - start, 1), **rss()}
+
+
+def phase_sqlite_query(args) -> dict:
+    import faiss  # noqa: F401
+    import torch  # noqa: F401
+
+    from altclip.index import ImageIndex
+
+    queries = synthetic(args.queries, QUERY_SEED)
+    truth = np.load(args.data / "truth.npy")
+    start = time.perf_counter()
+    index = ImageIndex(args.data / "sqlite-index", create=False)
+    index.search(queries[0], 10)
+    first = time.perf_counter() - start
+    after_first = rss()
+    seconds, found = [], []
+    for q in queries[: args.sqlite_queries]:
+        t = time.perf_counter()
+        hits = index.search(q, 10)
+        seconds.append(time.perf_counter() - t)
+        found.append(np.array([int(h.path.split("/")[-1].split(".")[0]) for h in hits]))
+    return {"first_query_s": round(first, 3), "after_first_query": after_first, **percentiles(seconds),
+            "recall_at_10": round(_recall(found, truth[: len(found)]), 4), "after_queries": rss()}  # fmt: skip
+
+
+def _recall(found: list[np.ndarray], truth: np.ndarray) -> float:
+    """As altclip.index.approximate.recall (repeated here: --sqlite-only also measures code from before it)."""
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / truth.shape[1] for f, t in zip(found, truth)]))
+
+
+def phase_sqlite_add(args) -> dict:
+    from altclip.index import ImageIndex
+
+    index = ImageIndex(args.data / "sqlite-index", create=False)
+    rows = index.count()
+    _sqlite_rows(index, synthetic(10_000, seed=77), rows)
+    start = time.perf_counter()
+    index.store.build_approximate(args.threshold)
+    return {"rows": rows + 10_000, "update_s": round(time.perf_counter() - start, 1), **rss()}
+
+
+PHASES = {"sqlite-build": phase_sqlite_build, "sqlite-query": phase_sqlite_query, "sqlite-add": phase_sqlite_add,"truth": phase_truth, "build": phase_build, "query": phase_query, "add": phase_add,
           "crossover": phase_crossover, "candidate": phase_candidates, "http": phase_http}  # fmt: skip
 
 
@@ -347,6 +428,10 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true", help="also measure HNSW, IVF-PQ 8-bit and usearch")
     parser.add_argument("--crossover", action="store_true", help="also measure exact vs approximate by size")
     parser.add_argument("--http", action="store_true", help="also measure through `altclip serve`")
+    parser.add_argument("--sqlite", action="store_true", help="also measure the image index's own store (SQLite)")
+    parser.add_argument("--sqlite-only", action="store_true", help="only that (e.g. on another checkout's code)")
+    parser.add_argument("--sqlite-queries", type=int, default=50)
+    parser.add_argument("--threshold", type=int, default=10_000, help="--sqlite: approximate index from this size")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--candidate", default=None, help=argparse.SUPPRESS)
@@ -365,7 +450,16 @@ def main() -> None:
     result = {"rows": args.rows, "dim": DIM, "threads": args.threads, "budget": args.budget,
               "generate_s": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d"),
               "cpu": _cpu(), "faiss_threads": args.threads}  # fmt: skip
-    result["truth"] = run_phase("truth", args, **{"exact-queries": args.exact_queries})
+    sqlite = {"sqlite-queries": args.sqlite_queries, "threshold": args.threshold}
+    if not (args.data / "truth.npy").exists() or not args.sqlite_only:
+        result["truth"] = run_phase("truth", args, **{"exact-queries": args.exact_queries})
+    if args.sqlite or args.sqlite_only:
+        result["sqlite"] = {phase: run_phase(phase, args, **sqlite) for phase in ("sqlite-build", "sqlite-query")}
+        result["sqlite"]["sqlite-add"] = run_phase("sqlite-add", args, **sqlite)
+        result["sqlite"]["sqlite-query-after-add"] = run_phase("sqlite-query", args, **sqlite)
+    if args.sqlite_only:
+        _write(args, result)
+        return
     result["build"] = run_phase("build", args)
     result["query"] = run_phase("query", args)
     result["add_10000"] = run_phase("add", args)
@@ -376,6 +470,10 @@ def main() -> None:
         result["crossover"] = run_phase("crossover", args)
     if args.candidates:
         result["candidates"] = [run_phase("candidate", args, candidate=c) for c in ("ivfpq8", "usearch", "hnsw")]
+    _write(args, result)
+
+
+def _write(args, result: dict) -> None:
     out = args.out or Path(__file__).parent / "results" / f"search_scale_{args.rows}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {out}", file=sys.stderr)
