@@ -157,14 +157,16 @@ def search(index, matrix: Matrix, query: np.ndarray, k: int, params: SearchParam
 # -- choosing nprobe and rerank by measurement ----------------------------------------------------------------------
 
 
-def tuning_queries(matrix: Matrix, count: int = 100, seed: int = 1) -> np.ndarray:
-    """Queries shaped like the collection: random rows moved by noise of the size of a typical distance between
-    neighbours, so that their nearest neighbours are other rows (a row's own is itself)."""
+def tuning_queries(matrix: Matrix, count: int = 200, seed: int = 1) -> np.ndarray:
+    """Queries shaped like the collection but further from it than a typical neighbour: random rows moved by noise
+    as large as themselves (cosine about 0.7 to the row they came from), so that their neighbours spread over
+    several clusters, as those of text queries do (a text's embedding lies further from the images it matches than
+    images lie from each other). Recall measured on them is lower than on queries near the rows."""
     base = matrix.take(sample_rows(len(matrix), count, seed))
     rng = np.random.default_rng(seed)
     noise = rng.standard_normal(base.shape).astype(np.float32)
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    queries = base + 0.6 * noise
+    queries = base + noise
     return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -188,7 +190,7 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:k].tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
 
 
-def tune(index, matrix: Matrix, target: float = TARGET_RECALL, k: int = 10, queries: int = 100) -> dict:
+def tune(index, matrix: Matrix, target: float = TARGET_RECALL, k: int = 10, queries: int = 200) -> dict:
     """The fastest (nprobe, rerank) whose recall@k against exact search reaches ``target`` on queries shaped like
     the collection, measured; the most thorough one tried when none does. Returns the chosen SearchParams with
     what was measured."""

@@ -320,7 +320,7 @@ class EmbeddingsIndex:
             if (stat.st_size, stat.st_mtime_ns) != (part.size, part.mtime_ns):
                 raise IndexFileError(f"{vectors} changed since the index at {self.path} was built from it: build it "
                                      f"again (altclip index --from-embeddings {self.source})")  # fmt: skip
-            array = open_npy(vectors, self.dim)
+            array = open_npy(vectors, self.dim, random_access=True)
             if len(array) != part.rows:
                 raise IndexFileError(f"{vectors} holds {len(array):,} vectors, the index {part.rows:,}")
             arrays.append(array)

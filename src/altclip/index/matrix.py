@@ -7,6 +7,7 @@ index's candidates reads only their rows.
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,11 @@ from altclip.index.store import IndexFileError
 CHUNK_ROWS = 65_536  # rows multiplied at once by exact search: 192 MB of float32 at 768 dimensions
 
 
-def open_npy(path: Path, dim: int | None = None) -> np.ndarray:
+def open_npy(path: Path, dim: int | None = None, random_access: bool = False) -> np.ndarray:
     """A 2-D float32 or float16 ``.npy`` file, memory-mapped; IndexFileError naming it when it is missing, is not an
-    npy file, has another shape or type, or is shorter than its header says."""
+    npy file, has another shape or type, or is shorter than its header says. ``random_access``: the kernel reads no
+    more than the pages asked for (re-ranking reads scattered rows; read-ahead would pull in megabytes around
+    each, and fill the page cache with rows no query wants)."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -33,6 +36,9 @@ def open_npy(path: Path, dim: int | None = None) -> np.ndarray:
                              "float32 or float16 vectors")  # fmt: skip
     if dim is not None and array.shape[0] and array.shape[1] != dim:
         raise IndexFileError(f"{path} holds {array.shape[1]}-dimensional vectors, the index {dim}-dimensional ones")
+    mapped = getattr(array, "_mmap", None)
+    if random_access and mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
     return array
 
 
