@@ -93,16 +93,38 @@ def percentiles(seconds: list[float]) -> dict:
 # -- phases (each in its own process) -------------------------------------------------------------------------------
 
 
+def image_name(shard: int, row: int) -> str:
+    """The image_path of a generated vector: results are compared by it, whatever order an index numbers rows in."""
+    return f"/photos/{shard:05d}/{row:06d}.jpg"
+
+
+def row_names(shards: list[Path], lengths: list[int]):
+    """A function from rows of the matrix over ``shards`` (in that order) to image names."""
+    numbers = [int(p.stem.rsplit("_", 1)[1]) for p in shards]
+    offsets = np.cumsum([0] + lengths)
+
+    def names(rows) -> list[str]:
+        parts = np.searchsorted(offsets, rows, side="right") - 1
+        return [image_name(numbers[p], int(r - offsets[p])) for p, r in zip(parts, rows)]
+
+    return names
+
+
 def phase_truth(args) -> dict:
+    """Each query's exact top 10 (by image name), over every shard there is now: truth.npy, or after the added
+    shard truth_added.npy."""
     from altclip.index.approximate import exact_neighbours
     from altclip.index.embeddings_index import find_shards
     from altclip.index.matrix import Matrix, open_npy
 
-    matrix = Matrix([open_npy(v) for v, _ in find_shards(args.data)], DIM)
+    shards = [v for v, _ in find_shards(args.data)]
+    parts = [open_npy(v) for v in shards]
+    matrix = Matrix(parts, DIM)
     queries = synthetic(args.queries, QUERY_SEED)
     start = time.perf_counter()
     truth = exact_neighbours(matrix, queries, 10)
-    np.save(args.data / "truth.npy", truth)
+    names = row_names(shards, [len(p) for p in parts])
+    np.save(args.data / args.truth, np.array([names(t) for t in truth]))
     seconds = []
     for q in queries[: args.exact_queries]:
         t = time.perf_counter()
@@ -124,10 +146,9 @@ def phase_query(args) -> dict:
     import pyarrow  # noqa: F401
 
     from altclip.index import EmbeddingsIndex
-    from altclip.index.approximate import recall
 
     queries = synthetic(args.queries, QUERY_SEED)
-    truth = np.load(args.data / "truth.npy")
+    truth = np.load(args.data / args.truth)
     imported = rss()
     start = time.perf_counter()
     index = EmbeddingsIndex(args.index)
@@ -140,14 +161,14 @@ def phase_query(args) -> dict:
         t = time.perf_counter()
         hits = index.search(q, 10)
         seconds.append(time.perf_counter() - t)
-        found.append(np.array([h.id for h in hits]))
+        found.append(np.array([h.path for h in hits]))
     return {
         "open_s": round(opened - start, 4),
         "first_query_s": round(first - start, 4),
         "after_imports": imported,
         "after_first_query": after_first,
         **percentiles(seconds),
-        "recall_at_10": round(recall(found, truth), 4),
+        "recall_at_10": round(_recall(found, truth), 4),
         "after_queries": rss(),
     }
 
@@ -198,9 +219,11 @@ def phase_candidates(args) -> dict:
     from altclip.index.embeddings_index import find_shards
     from altclip.index.matrix import Matrix, open_npy
 
-    matrix = Matrix([open_npy(v) for v, _ in find_shards(args.data)], DIM)
+    shards = [v for v, _ in find_shards(args.data)]
+    parts = [open_npy(v) for v in shards]
+    matrix, names = Matrix(parts, DIM), row_names(shards, [len(p) for p in parts])
     queries = synthetic(args.queries, QUERY_SEED)
-    truth = np.load(args.data / "truth.npy")
+    truth = np.load(args.data / args.truth)
     which = args.candidate
     work = args.data / f"candidate-{which}"
     start = time.perf_counter()
@@ -254,11 +277,11 @@ def phase_candidates(args) -> dict:
     seconds, found = [], []
     for q in queries:
         s = time.perf_counter()
-        found.append(search(q))
+        found.append(np.array(names(search(q))))
         seconds.append(time.perf_counter() - s)
     result = {"candidate": which, "build_s": round(build, 1), "file_mb": round(work.stat().st_size / 2**20, 1),
               "first_query_s": round(first, 4), "after_first_query": after_first, **percentiles(seconds),
-              "recall_at_10": round(approximate.recall(found, truth), 4)}  # fmt: skip
+              "recall_at_10": round(_recall(found, truth), 4)}  # fmt: skip
     work.unlink()
     return result
 
@@ -317,21 +340,24 @@ def phase_http(args) -> dict:
             "v1_embed_text_alone": percentiles(embed)}  # fmt: skip
 
 
-def _sqlite_rows(index, vectors: np.ndarray, first: int) -> None:
-    """Puts ``vectors`` into an image index as the files /photos/{row}.jpg, as `altclip index` would (one transaction
-    per 10,000: vectors, then the file rows that refer to them)."""
+def _sqlite_rows(index, shard: Path) -> int:
+    """Puts a shard's vectors into an image index as the files it names, as `altclip index` would (one transaction
+    per 10,000: vectors, then the file rows that refer to them); how many."""
     import hashlib
 
+    vectors = np.load(shard, mmap_mode="r")
+    number = int(shard.stem.rsplit("_", 1)[1])
     for start in range(0, len(vectors), 10_000):
-        chunk = vectors[start : start + 10_000]
-        rows = range(first + start, first + start + len(chunk))
-        hashes = [hashlib.blake2b(str(r).encode(), digest_size=16).hexdigest() for r in rows]
+        chunk = np.asarray(vectors[start : start + 10_000])
+        names = [image_name(number, r) for r in range(start, start + len(chunk))]
+        hashes = [hashlib.blake2b(n.encode(), digest_size=16).hexdigest() for n in names]
         with index.db:
             index.store.add(hashes, chunk)
             index.db.executemany(
                 "INSERT INTO files (path, size, mtime_ns, hash, error, indexed_at) VALUES (?, 1, 1, ?, NULL, 0)",
-                [(f"/photos/{r}.jpg".encode(), h) for r, h in zip(rows, hashes)],
+                [(n.encode(), h) for n, h in zip(names, hashes)],
             )
+    return len(vectors)
 
 
 def phase_sqlite_build(args) -> dict:
@@ -347,12 +373,9 @@ def phase_sqlite_build(args) -> dict:
     index.bind("synthetic", DIM)
     start = time.perf_counter()
     first = 0
-    for vectors in sorted((args.data / "img_emb").glob("*.npy"), key=str):  # clip-retrieval's order, as the truth's
-        if str(ADDED_SHARD) in vectors.name:
-            continue
-        array = np.load(vectors, mmap_mode="r")
-        _sqlite_rows(index, np.asarray(array), first)
-        first += len(array)
+    for vectors in sorted((args.data / "img_emb").glob("*.npy"), key=str):
+        if str(ADDED_SHARD) not in vectors.name:
+            first += _sqlite_rows(index, vectors)
     inserted = time.perf_counter() - start
     start = time.perf_counter()
     index.store.build_approximate(args.threshold)
@@ -366,7 +389,7 @@ def phase_sqlite_query(args) -> dict:
     from altclip.index import ImageIndex
 
     queries = synthetic(args.queries, QUERY_SEED)
-    truth = np.load(args.data / "truth.npy")
+    truth = np.load(args.data / args.truth)
     start = time.perf_counter()
     index = ImageIndex(args.data / "sqlite-index", create=False)
     index.search(queries[0], 10)
@@ -377,7 +400,7 @@ def phase_sqlite_query(args) -> dict:
         t = time.perf_counter()
         hits = index.search(q, 10)
         seconds.append(time.perf_counter() - t)
-        found.append(np.array([int(h.path.split("/")[-1].split(".")[0]) for h in hits]))
+        found.append(np.array([h.path for h in hits]))
     return {"first_query_s": round(first, 3), "after_first_query": after_first, **percentiles(seconds),
             "recall_at_10": round(_recall(found, truth[: len(found)]), 4), "after_queries": rss()}  # fmt: skip
 
@@ -391,11 +414,11 @@ def phase_sqlite_add(args) -> dict:
     from altclip.index import ImageIndex
 
     index = ImageIndex(args.data / "sqlite-index", create=False)
-    rows = index.count()
-    _sqlite_rows(index, synthetic(10_000, seed=77), rows)
+    generate(args.data, 10_000, shard_rows=10_000, first_shard=ADDED_SHARD)  # the shard the embeddings index adds
+    rows = index.count() + _sqlite_rows(index, args.data / "img_emb" / f"img_emb_{ADDED_SHARD}.npy")
     start = time.perf_counter()
     index.store.build_approximate(args.threshold)
-    return {"rows": rows + 10_000, "update_s": round(time.perf_counter() - start, 1), **rss()}
+    return {"rows": rows, "update_s": round(time.perf_counter() - start, 1), **rss()}
 
 
 PHASES = {"sqlite-build": phase_sqlite_build, "sqlite-query": phase_sqlite_query, "sqlite-add": phase_sqlite_add,"truth": phase_truth, "build": phase_build, "query": phase_query, "add": phase_add,
@@ -434,6 +457,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=int, default=10_000, help="--sqlite: approximate index from this size")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--truth", default="truth.npy", help=argparse.SUPPRESS)
     parser.add_argument("--candidate", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.data = args.data or Path(f"/tmp/altclip-search-{args.rows}")
@@ -444,33 +468,45 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     start = time.perf_counter()
-    for sub, name in (("img_emb", f"img_emb_{ADDED_SHARD}.npy"), ("metadata", f"metadata_{ADDED_SHARD}.parquet")):
-        (args.data / sub / name).unlink(missing_ok=True)
+    _remove_added(args)
     generate(args.data, args.rows)
     result = {"rows": args.rows, "dim": DIM, "threads": args.threads, "budget": args.budget,
               "generate_s": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d"),
               "cpu": _cpu(), "faiss_threads": args.threads}  # fmt: skip
     sqlite = {"sqlite-queries": args.sqlite_queries, "threshold": args.threshold}
-    if not (args.data / "truth.npy").exists() or not args.sqlite_only:
+    after = {"truth": "truth_added.npy"}
+    # --sqlite-only may measure another checkout's code (PYTHONPATH): the truth files of an earlier run serve
+    known = args.sqlite_only and (args.data / "truth.npy").exists() and (args.data / after["truth"]).exists()
+    if not known:
         result["truth"] = run_phase("truth", args, **{"exact-queries": args.exact_queries})
     if args.sqlite or args.sqlite_only:
         result["sqlite"] = {phase: run_phase(phase, args, **sqlite) for phase in ("sqlite-build", "sqlite-query")}
-        result["sqlite"]["sqlite-add"] = run_phase("sqlite-add", args, **sqlite)
-        result["sqlite"]["sqlite-query-after-add"] = run_phase("sqlite-query", args, **sqlite)
-    if args.sqlite_only:
-        _write(args, result)
-        return
-    result["build"] = run_phase("build", args)
-    result["query"] = run_phase("query", args)
-    result["add_10000"] = run_phase("add", args)
-    result["query_after_add"] = run_phase("query", args)
-    if args.http:
-        result["http"] = run_phase("http", args)
+        result["sqlite"]["sqlite-add"] = run_phase("sqlite-add", args, **sqlite)  # the shard of 10,000 below
+        if not known:
+            run_phase("truth", args, **after)
+        result["sqlite"]["sqlite-query-after-add"] = run_phase("sqlite-query", args, **sqlite, **after)
+    _remove_added(args)
+    if not args.sqlite_only:
+        result["build"] = run_phase("build", args)
+        result["query"] = run_phase("query", args)
+        result["add_10000"] = run_phase("add", args)
+        result["truth_after_add"] = run_phase("truth", args, **after)
+        result["query_after_add"] = run_phase("query", args, **after)
+        if args.http:
+            result["http"] = run_phase("http", args)
+    _remove_added(args)
     if args.crossover:
         result["crossover"] = run_phase("crossover", args)
     if args.candidates:
         result["candidates"] = [run_phase("candidate", args, candidate=c) for c in ("ivfpq8", "usearch", "hnsw")]
     _write(args, result)
+
+
+def _remove_added(args) -> None:
+    """Takes away the shard of 10,000 that the add phases put in, so that every run starts from the same vectors
+    (the embeddings index built from it then builds anew)."""
+    for sub, name in (("img_emb", f"img_emb_{ADDED_SHARD}.npy"), ("metadata", f"metadata_{ADDED_SHARD}.parquet")):
+        (args.data / sub / name).unlink(missing_ok=True)
 
 
 def _write(args, result: dict) -> None:
