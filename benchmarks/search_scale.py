@@ -454,7 +454,7 @@ def main() -> None:
     parser.add_argument("--sqlite", action="store_true", help="also measure the image index's own store (SQLite)")
     parser.add_argument("--sqlite-only", action="store_true", help="only that (e.g. on another checkout's code)")
     parser.add_argument("--sqlite-queries", type=int, default=50)
-    parser.add_argument("--threshold", type=int, default=10_000, help="--sqlite: approximate index from this size")
+    parser.add_argument("--threshold", type=int, default=5_000, help="--sqlite: approximate index from this size")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--truth", default="truth.npy", help=argparse.SUPPRESS)
