@@ -145,7 +145,10 @@ def _search_parameters(index, params: SearchParams):
         faiss.extract_index_ivf(index)
     except RuntimeError:
         return None
-    return faiss.SearchParametersIVF(nprobe=params.nprobe)
+    ivf = faiss.SearchParametersIVF(nprobe=params.nprobe)
+    if isinstance(faiss.downcast_index(index), faiss.IndexPreTransform):  # OPQ or PCA before the IVF (autofaiss's)
+        return faiss.SearchParametersPreTransform(index_params=ivf)
+    return ivf
 
 
 def search(index, matrix: Matrix, query: np.ndarray, k: int, params: SearchParams) -> tuple[np.ndarray, np.ndarray]:
