@@ -178,9 +178,9 @@ def build(
         arrays.append(array)
         stamps.append(stamp)
     found_model = check_shards(pairs, stamps)
-    if model and found_model and model != found_model:
+    if model and found_model and not same_model(model, found_model):
         raise IndexMismatchError(f"The embeddings in {source} were made with {found_model}, not {model}")
-    model = model or found_model
+    model = found_model or model
     dim = dim or 0
     old = _read_manifest(folder) if (folder / MANIFEST).exists() else None
     folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +252,13 @@ def build(
     _remove_stale(folder, manifest)
     return {"index": str(folder), "rows": rows, "shards": len(parts), "added_shards": len(added),
             "approximate": action, "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names name one model: equal, or one local checkpoint folder named by two paths."""
+    if a == b:
+        return True
+    return os.path.isdir(a) and os.path.isdir(b) and os.path.samefile(a, b)
 
 
 def approximate_growth(approx: dict) -> int:
@@ -357,7 +364,7 @@ class EmbeddingsIndex:
 
     def bind(self, model: str, dim: int) -> None:
         """Checks that queries of ``model`` (``dim`` dimensions) can search this index."""
-        if dim != self.dim or (self.model is not None and model != self.model):
+        if dim != self.dim or (self.model is not None and not same_model(model, self.model)):
             raise IndexMismatchError(
                 f"The index at {self.path} holds embeddings of {self.model or 'an unrecorded model'} ({self.dim} "
                 f"dimensions); queries of {model} ({dim} dimensions) cannot search it. Use --model {self.model}"
