@@ -1,9 +1,10 @@
 """Image search at 100k, 1M and 10M vectors: build time, memory, latency and recall of the index that
 `altclip index --from-embeddings` builds, against exact search, beside the other candidates (faiss HNSW, usearch).
 
-    python benchmarks/search_scale.py --rows 100000 --candidates --crossover --http   # the comparisons, at 100k
-    python benchmarks/search_scale.py --rows 1000000 --http                           # the targets at 1M
-    python benchmarks/search_scale.py --rows 10000000 --data /big/disk/search10m      # 10M, generated to disk
+    python benchmarks/search_scale.py --rows 100000 --candidates --crossover --sqlite # the comparisons, at 100k
+                                                     # (--candidates needs `pip install usearch`)
+    python benchmarks/search_scale.py --rows 1000000 --http --sqlite                  # the targets at 1M
+    python benchmarks/search_scale.py --rows 10000000 --budget 4294967296 --data /big/disk/search10m   # 10M
 
 The vectors are synthetic, shaped like image embeddings: points of 4,096 Gaussian clusters (spread 0.7 around
 centres drawn from N(0, 1)) in a 48-dimensional latent space, projected to 768 dimensions by a fixed random matrix,
