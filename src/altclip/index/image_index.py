@@ -193,6 +193,11 @@ class ImageIndex:
         row = self.db.execute("SELECT path FROM files WHERE id = ? AND hash IS NOT NULL", (file_id,)).fetchone()
         return None if row is None else row[0]
 
+    def display_name(self, file_id: int) -> str | None:
+        """An indexed file's path as results show it (None when no indexed file has this id)."""
+        path = self.file_path(file_id)
+        return None if path is None else display(path)
+
     def search(self, query: np.ndarray, top_k: int = 10) -> list[Hit]:
         """The ``top_k`` images closest to a unit-norm query embedding; duplicates are folded into one hit."""
         if query.shape != (self.dim,):
@@ -237,10 +242,14 @@ class ImageIndex:
         progress: Callable[[int, int], None] | None = None,
         approx_threshold: int = APPROX_THRESHOLD,
         on_wait: Callable[[], None] | None = None,
+        memory_budget: int | None = None,
     ) -> UpdateReport:
         """Brings the index in line with the image files under ``roots``: new and changed files are embedded,
         deleted ones dropped, moved and duplicate ones reuse their vector, and files whose vector is missing get it
-        again. One update runs at a time: another waits for it (``on_wait`` is called when it has to)."""
+        again. One update runs at a time: another waits for it (``on_wait`` is called when it has to). From
+        ``approx_threshold`` vectors on, search goes through an approximate index within ``memory_budget`` bytes."""
+        if memory_budget is not None and hasattr(self.store, "memory_budget"):
+            self.store.memory_budget = memory_budget
         with self.writing(on_wait):
             return self._update(roots, embedder, batch_size, workers, retry_errors, progress, approx_threshold)
 

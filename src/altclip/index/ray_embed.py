@@ -444,7 +444,8 @@ class _Writer:
             vectors = np.zeros((0, self.dim), np.float32)
         targets = shard_files(self.output, kind, index, self.text_metadata)
         column = "image_path" if kind == "image" else "caption"
-        metadata = stamped(pa.table({column: names}), self.digests[kind, index])
+        shards = sum(1 for k, _ in self.digests if k == kind)
+        metadata = stamped(pa.table({column: names}), self.digests[kind, index], shard=f"{index}/{shards}")
         write_atomically({targets[0]: vectors.astype(np.float32), targets[1]: metadata})
         self.totals[kind] += len(names)
         self.written.add(index)
