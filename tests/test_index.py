@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -347,7 +348,8 @@ def check_milvus_store(tmp_path, embedder, store: str) -> None:
 
 
 def test_milvus_store(tmp_path, embedder):
-    check_milvus_store(tmp_path, embedder, f"milvus://{tmp_path}/milvus.db?collection=photos")
+    check_milvus_store(tmp_path, embedder, f"milvus://{tmp_path}/milvus/photos.db?collection=photos")
+    assert stat.S_IMODE((tmp_path / "milvus").stat().st_mode) == 0o700  # a folder it made is private, as the index's
 
 
 @pytest.fixture(scope="module")

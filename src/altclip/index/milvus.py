@@ -66,8 +66,11 @@ class MilvusVectors:
 
         uri, self.collection = milvus_uri(url)
         self.index_type, self.build_params, self.search_params = milvus_index(url)
-        if not uri.startswith("http"):
-            os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        if not uri.startswith("http"):  # a Milvus Lite file: its folder, where we make it, private as the index
+            folder = os.path.dirname(os.path.abspath(uri))
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+                os.chmod(folder, 0o700)
         self.client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
         self.dim: int | None = None
         self._ready = False
