@@ -44,7 +44,7 @@ class ModelOutput(OrderedDict):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
     def __reduce__(self):  # pickle and copy.deepcopy through the dataclass fields, not the dict
-        return type(self), tuple(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass
