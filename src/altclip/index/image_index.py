@@ -342,12 +342,14 @@ class ImageIndex:
             if error is not None:
                 ready.append((path, None, error))
                 report.failed.append((display(path), error))
-            elif content in in_batch or self.store.existing([content]):
-                ready.append((path, content, None))
-                report.reused += 1
             else:
-                pending.append((path, content, array))
-                in_batch.add(content)
+                assert content is not None and array is not None  # _load gives both when there is no error
+                if content in in_batch or self.store.existing([content]):
+                    ready.append((path, content, None))
+                    report.reused += 1
+                else:
+                    pending.append((path, content, array))
+                    in_batch.add(content)
             done += 1
             if len(pending) >= batch_size or len(ready) >= 4 * batch_size:
                 flush()

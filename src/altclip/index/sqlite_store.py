@@ -113,8 +113,8 @@ class SQLiteVectors:
         approx = self._faiss()
         if approx is not None:
             scores, ids = approx.search(query[None].astype(np.float32), k)
-            hashes = dict(self.db.execute(f"SELECT id, hash FROM vectors WHERE id IN ({','.join(map(str, ids[0]))})"))
-            return [(hashes[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in hashes]
+            by_id = dict(self.db.execute(f"SELECT id, hash FROM vectors WHERE id IN ({','.join(map(str, ids[0]))})"))
+            return [(by_id[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if int(i) in by_id]
         import torch
 
         matrix, hashes = self.matrix()
