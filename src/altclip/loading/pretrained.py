@@ -9,7 +9,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack, overload
 
 import torch
 from torch import nn
@@ -39,6 +39,10 @@ _DTYPES = {
 }
 
 
+@overload
+def parse_dtype(dtype: None) -> None: ...
+@overload
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype | str: ...
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
     """A torch dtype, "auto", or None, from a dtype or its name ("bfloat16", "torch.float16", "fp32", ...)."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
