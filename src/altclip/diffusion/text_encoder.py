@@ -131,8 +131,7 @@ class AltDiffusionTextModel(AltCLIPTextModel):
         if config.has_pre_transformation:
             self.transformation_pre = nn.Linear(config.hidden_size, config.project_dim)
         else:
-            # diffusers' class has pre_LN only beside transformation_pre (project reads it only then)
-            self.final_norm = None  # type: ignore[assignment]
+            self.final_norm = None  # type: ignore[assignment]  # diffusers' class has pre_LN only beside transformation_pre
         self._built(initialize)
 
     def forward(  # type: ignore[override]  # diffusers' class's arguments, in its order

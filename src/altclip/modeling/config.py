@@ -31,7 +31,7 @@ CONFIG_NAME = "config.json"
 _DROPPED_KEYS = {"_commit_hash", "_attn_implementation_internal", "_experts_implementation_internal", "use_return_dict"}
 
 
-C = TypeVar("C")
+C = TypeVar("C", bound="_Config")
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ def config_dataclass(cls: type[C]) -> type[C]:
     """``@dataclass``, with an ``__init__`` that also takes keys that are not fields (see ``_Config._set_extra``)."""
     cls = dataclass(cls, eq=False)
     init = cls.__init__
-    names = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls) if f.init}
 
     @functools.wraps(init)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -52,7 +52,7 @@ def config_dataclass(cls: type[C]) -> type[C]:
         init(self, *args, **kwargs)
         self._set_extra(extra)
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__init__ = __init__  # type: ignore[method-assign]  # the dataclass's __init__, wrapped
     return cls
 
 
