@@ -5,10 +5,11 @@ PYTHON ?= python3
 # The CPU build of PyTorch. On a machine with a GPU, install the torch build you want instead (TORCH=torch).
 TORCH ?= torch==2.13.0
 PIP_FLAGS ?= -q --disable-pip-version-check
-# Installed without their dependencies (they pin another torch and bring their training stacks): the tests run
-# clip-retrieval's ClipClient and CLIP_benchmark's metric functions, its build command and its WebDataset writer and
-# reader, which need only what the dev extra installs (tests/clip_benchmark_code.py).
-PROTOCOL_CLIENTS ?= clip-retrieval==2.45.0 clip-benchmark==1.6.2
+# Installed without their dependencies (they pin another torch and bring their training stacks, or pin numpy<2): the
+# tests run clip-retrieval's ClipClient and back end (KnnService), CLIP_benchmark's metric functions, its build
+# command and its WebDataset writer and reader (tests/clip_benchmark_code.py), and autofaiss's build_index, which
+# need only what the dev extra installs.
+PROTOCOL_CLIENTS ?= clip-retrieval==2.45.0 clip-benchmark==1.6.2 autofaiss==2.18.0 embedding-reader==1.8.1
 
 .PHONY: demo test test-fast check clean
 

@@ -1,12 +1,17 @@
-"""JPEG files on disk -> embeddings: images/s end to end, and how far the fast preprocessing is from the exact one.
+"""JPEG files on disk -> embeddings: images/s end to end, decoding in threads against decoding in processes, and how
+far the fast preprocessing is from the exact one.
 
     python benchmarks/jpeg_throughput.py --device cuda --shape BAAI/AltCLIP --images 4096 --workers 16
 
-Writes ``--images`` JPEGs (640x480, quality 90, crops of the example photos: COCO-like sizes), then measures, with a
-pool of decoding threads feeding the model in batches (what ``altclip embed`` and ``altclip index`` do):
+Writes ``--images`` JPEGs (640x480, quality 90, crops of the example photos: COCO-like sizes), then measures the
+library's own paths (``altclip.processing.decode_pool.DecodePool`` feeding ``Embedder.embed_readable``, what
+``altclip embed``, ``altclip index`` and evaluation do), each pool's start and end included:
 
-- ``decode`` rates alone (no model), exact and draft: the ceiling the CPU sets;
-- ``exact``: the transformers-equal PIL path, end to end;
+- ``decode_only_images_per_s`` and ``end_to_end_images_per_s``: decoding alone (no model), and the
+  transformers-equal PIL path end to end, in threads and in processes, with ``--workers`` workers (and with 1, 2,
+  4, ... up to it with ``--sweep``; each rate the median of ``--repeats`` runs, the kinds taking turns): the
+  numbers behind ``choose_kind``'s rule (``auto`` says what it picks here). ``exact_processes`` says whether the
+  vectors of both kinds are equal;
 - ``draft``: JPEGs decoded at a reduced DCT scale (``CLIPImageProcessor(draft=True)``), end to end;
 - ``gpu-decode`` (CUDA with torchvision only; not a library path): nvJPEG decoding and antialiased bicubic
   resizing on the GPU, to see what the GPU decoder would add.
@@ -20,10 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from altclip.processing.decode_pool import available_cpus, choose_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ROOT / "examples" / "photos"
@@ -58,49 +66,45 @@ def write_jpegs(folder: Path, count: int, workers: int) -> list[Path]:
         return list(pool.map(write, jobs))
 
 
-def decode_rate(processor, paths: list[Path], workers: int, processes: bool = False) -> float:
-    """Images/s of ``prepare`` alone, in a pool of threads (what the library uses) or of processes."""
+def decode_rate(preparation, paths: list[str], kind: str, workers: int) -> float:
+    """Images/s of the library's decoding alone, in a ``DecodePool`` of ``workers`` threads or processes (started
+    and closed within the measurement, as a run pays them)."""
+    from altclip.processing import decoding
+    from altclip.processing.decode_pool import DecodePool
+
     start = time.perf_counter()
-    with (ProcessPoolExecutor if processes else ThreadPoolExecutor)(workers) as pool:
-        for _ in pool.map(processor.prepare, paths, chunksize=16):
-            pass
+    with DecodePool(workers, kind) as pool:
+        for path, (_, reason), _ in pool.map(
+            decoding.prepare_or_reason, paths, preparation, failed=lambda r: (None, r)
+        ):
+            assert reason == "", (path, reason)
     return len(paths) / (time.perf_counter() - start)
 
 
-def embed_files_processes(embedder, processor, paths: list[Path], workers: int, batch: int) -> float:
-    """Images/s end to end with decoding in worker processes instead of threads."""
+def pool_start(kind: str, workers: int) -> float:
+    """Seconds from creating a pool to the first result of a trivial task on each worker (the cost of starting it,
+    which a run of few images does not earn back)."""
+    from altclip.processing.decode_pool import DecodePool
+
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers) as pool:
-        arrays = []
-        for array in pool.map(processor.prepare, paths, chunksize=16):
-            arrays.append(array)
-            if len(arrays) == batch:
-                embedder.embed_prepared(np.stack(arrays))
-                arrays = []
-        if arrays:
-            embedder.embed_prepared(np.stack(arrays))
-    return len(paths) / (time.perf_counter() - start)
+    with DecodePool(workers, kind) as pool:
+        for future in [pool.submit(os.getpid) for _ in range(workers)]:
+            future.result()
+        return time.perf_counter() - start
 
 
-def embed_files(
-    embedder, processor, paths: list[Path], workers: int, batch: int
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """(embeddings, uint8 pixels of the first 64 images, images/s): decoding threads run ahead of the model."""
-    from altclip.utils.files import ordered_map
-
-    arrays, out, keep = [], [], []
+def embed_files(embedder, paths: list[str], workers: int) -> tuple[np.ndarray, float]:
+    """(embeddings, images/s) through ``Embedder.embed_readable``: a decoding pool runs ahead of the model."""
     start = time.perf_counter()
-    for _, array, _ in ordered_map(processor.prepare, paths, workers=workers, prefetch=2 * batch):
-        arrays.append(array)
-        if len(keep) < 64:
-            keep.append(array)
-        if len(arrays) == batch:
-            out.append(embedder.embed_prepared(np.stack(arrays)))
-            arrays = []
-    if arrays:
-        out.append(embedder.embed_prepared(np.stack(arrays)))
-    rate = len(paths) / (time.perf_counter() - start)
-    return np.concatenate(out), np.stack(keep), rate
+    vectors, kept, _ = embedder.embed_readable(paths, workers=workers)
+    assert len(kept) == len(paths)
+    return vectors, len(paths) / (time.perf_counter() - start)
+
+
+def first_pixels(preparation, paths: list[str]) -> np.ndarray:
+    from altclip.processing import decoding
+
+    return np.stack([decoding.prepare(path, preparation) for path in paths[:64]])
 
 
 def gpu_decode_embed(embedder, processor, paths: list[Path], batch: int, workers: int):
@@ -111,7 +115,7 @@ def gpu_decode_embed(embedder, processor, paths: list[Path], batch: int, workers
     device = embedder.model.device
 
     def read(path: Path) -> torch.Tensor:
-        return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
 
     def prepare(images: list[torch.Tensor]) -> torch.Tensor:
         out = []
@@ -158,7 +162,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=available_cpus())
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each rate (the median is kept)")
+    parser.add_argument("--sweep", action="store_true", help="also 1, 2, 4, ... workers, up to --workers")
     parser.add_argument("--output", "-o", type=Path)
     args = parser.parse_args()
 
@@ -176,10 +182,16 @@ def main() -> None:
     size = model.config.vision_config.image_size
     exact_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     draft_processor = CLIPImageProcessor(**{**exact_processor.__dict__, "draft": True})
-    embedder = Embedder(model, SimpleNamespace(image_processor=exact_processor), "random", batch_size=args.batch)
+    embedders = {
+        kind + suffix: Embedder(model, SimpleNamespace(image_processor=processor), "random", args.batch, decode=kind)
+        for kind in ("threads", "processes")
+        for suffix, processor in (("", exact_processor), ("-draft", draft_processor))
+    }
+    embedder = embedders["threads"]
 
     report: dict = {
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{os.cpu_count()} CPUs",
+        "cpus": available_cpus(),
         "model": args.model or f"random {args.shape}",
         "dtype": args.dtype,
         "images": args.images,
@@ -188,29 +200,46 @@ def main() -> None:
         "workers": args.workers,
         "versions": {"torch": torch.__version__, "pillow": Image.__version__, "python": sys.version.split()[0]},
         "date": time.strftime("%Y-%m-%d"),
+        "auto": choose_kind("auto", args.images),
     }
+    exact, draft = exact_processor.preparation, draft_processor.preparation
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_jpegs(Path(tmp), args.images, args.workers)
-        embed_files(embedder, exact_processor, paths[: args.batch], args.workers, args.batch)  # warm-up
-        report["decode_only_images_per_s"] = {
-            "exact": round(decode_rate(exact_processor, paths, args.workers), 1),
-            "draft": round(decode_rate(draft_processor, paths, args.workers), 1),
-            "exact_processes": round(decode_rate(exact_processor, paths, args.workers, processes=True), 1),
-            "draft_processes": round(decode_rate(draft_processor, paths, args.workers, processes=True), 1),
-            "exact_1_thread": round(decode_rate(exact_processor, paths[:256], 1), 1),
+        paths = [str(p) for p in write_jpegs(Path(tmp), args.images, args.workers)]
+        embed_files(embedders["threads"], paths[: args.batch], args.workers)  # warm-up
+        counts = [args.workers]
+        if args.sweep:
+            counts = sorted({1, args.workers, *(2**i for i in range(1, 8) if 2**i < args.workers)})
+        rates: dict = {"threads": {}, "processes": {}}
+        end_to_end: dict = {"threads": {}, "processes": {}}
+        vectors: dict = {}  # of each kind, at --workers
+        for workers in counts:
+            runs: dict = {kind: ([], []) for kind in rates}
+            for _ in range(args.repeats):
+                for kind in rates:  # the kinds take turns, so that a change in the machine's load hits both
+                    runs[kind][0].append(decode_rate(exact, paths, kind, workers))
+                    vectors[kind], rate = embed_files(embedders[kind], paths, workers)
+                    runs[kind][1].append(rate)
+            for kind in rates:
+                rates[kind][str(workers)] = round(statistics.median(runs[kind][0]), 1)
+                end_to_end[kind][str(workers)] = round(statistics.median(runs[kind][1]), 1)
+        report["decode_only_images_per_s"] = rates
+        report["end_to_end_images_per_s"] = end_to_end
+        report["pool_start_s"] = {kind: round(pool_start(kind, args.workers), 3) for kind in rates}
+        report["decode_only_draft_images_per_s"] = {
+            kind: round(decode_rate(draft, paths, kind, args.workers), 1) for kind in ("threads", "processes")
         }
+        exact_vectors, exact_pixels = vectors["threads"], first_pixels(exact, paths)
+        report["exact"] = {"images_per_s": end_to_end["threads"][str(args.workers)]}
         report["exact_processes"] = {
-            "images_per_s": round(embed_files_processes(embedder, exact_processor, paths, args.workers, args.batch), 1)
+            "images_per_s": end_to_end["processes"][str(args.workers)],
+            "same_vectors": bool(np.array_equal(vectors["processes"], exact_vectors)),
         }
-        report["draft_processes"] = {
-            "images_per_s": round(embed_files_processes(embedder, draft_processor, paths, args.workers, args.batch), 1)
+        vectors, rate = embed_files(embedders[report["auto"] + "-draft"], paths, args.workers)
+        report["draft"] = {
+            "images_per_s": round(rate, 1),
+            "decoded_in": report["auto"],
+            **distance(first_pixels(draft, paths), exact_pixels, vectors[:64], exact_vectors[:64]),
         }
-        exact_vectors, exact_pixels, exact_rate = embed_files(
-            embedder, exact_processor, paths, args.workers, args.batch
-        )
-        report["exact"] = {"images_per_s": round(exact_rate, 1)}
-        vectors, pixels, rate = embed_files(embedder, draft_processor, paths, args.workers, args.batch)
-        report["draft"] = {"images_per_s": round(rate, 1), **distance(pixels, exact_pixels, vectors, exact_vectors)}
         if args.device.startswith("cuda"):
             try:
                 vectors, pixels, rate = gpu_decode_embed(embedder, exact_processor, paths, args.batch, args.workers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -107,3 +108,46 @@ def mutated(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     names = sorted(valid)
     rng = random.Random(seed)
     return [(name, mutate(valid[name], rng)) for name in (rng.choice(names) for _ in range(count))]
+
+
+def padded(kind: str, pieces: int) -> bytes:
+    """A valid small image whose header holds ``pieces`` empty pieces of structure that Pillow parses one at a time
+    before any pixel is decoded (issue 21's files, at any scale):
+
+    - ``tiff``: a 6000x6000 header (under the pixel limits) whose strip offsets and byte counts have ``pieces``
+      entries (6000, one per row, is the honest count; the pixels are not there);
+    - ``jpeg``: an 8x8 JPEG with ``pieces`` empty comment segments before its frame header;
+    - ``png``: an 8x8 PNG with ``pieces`` empty private ancillary chunks before its image data;
+    - ``gif``: an 8x8 GIF with ``pieces`` empty comment extensions before its image.
+    """
+    if kind == "tiff":
+        entries = [  # (tag, type, count, value or offset); SHORT = 3, LONG = 4; 8-bit grey, uncompressed
+            (256, 4, 1, 6000), (257, 4, 1, 6000), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, pieces, 200), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, pieces, 200 + 4 * pieces),
+        ]  # fmt: skip
+        ifd = struct.pack("<H", len(entries))
+        for tag, typ, n, value in entries:
+            ifd += struct.pack("<HHII", tag, typ, n, value)
+        head = b"II*\x00" + struct.pack("<I", 8) + ifd + b"\0\0\0\0"
+        return head.ljust(200, b"\0") + struct.pack("<I", 4096) * pieces + struct.pack("<I", 6000) * pieces
+    if kind == "jpeg":
+        small = _saved(Image.new("RGB", (8, 8), (200, 10, 10)), "JPEG")
+        return small[:2] + b"\xff\xfe\x00\x02" * pieces + small[2:]
+    if kind == "png":
+        small = _saved(Image.new("RGB", (8, 8), (10, 200, 10)), "PNG")
+        empty = struct.pack(">I", 0) + b"zzZz" + struct.pack(">I", zlib.crc32(b"zzZz"))
+        return small[:33] + empty * pieces + small[33:]  # after the signature and IHDR
+    if kind == "gif":
+        small = _saved(Image.new("P", (8, 8), 1), "GIF")
+        start = 13 + (3 * 2 ** ((small[10] & 7) + 1) if small[10] & 0x80 else 0)  # after the global colour table
+        return small[:start] + b"\x21\xfe\x00" * pieces + small[start:]
+    raise ValueError(kind)
+
+
+PIECE_BYTES = {"tiff": 8, "jpeg": 4, "png": 12, "gif": 3}
+
+
+def costly_headers(size: int = 19 * 2**20) -> dict[str, bytes]:
+    """Issue 21's files: ``padded`` files of about ``size`` bytes (19 MB: 2.5 million strips, 5 million JPEG
+    segments, 1.6 million PNG chunks, 6.6 million GIF blocks)."""
+    return {kind: padded(kind, size // piece) for kind, piece in PIECE_BYTES.items()}

@@ -96,6 +96,7 @@ def test_random_teacher_is_a_clip_checkpoint(tmp_path):
         assert (ours - getattr(theirs, "pooler_output", theirs)).abs().max() < 1e-5
 
 
+@pytest.mark.slow
 def test_distillation_offline_with_shapes(tmp_path):
     """The README's offline path: a random CLIP teacher and a student shape, which brings its own tokenizer."""
     import subprocess

@@ -87,6 +87,7 @@ def test_missing_torchao_scheme_is_a_clear_error(small, monkeypatch):
         AltCLIPModel.from_pretrained(small, quantization_config="int8_weight_only")
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(small, tmp_path):
     manifest = export_onnx(small, tmp_path, fp16=True, int8=True, log=lambda m: None)
     assert manifest["parity"]["fp32"]["text_max_abs"] <= 1e-4 and manifest["parity"]["fp32"]["image_max_abs"] <= 1e-4
@@ -126,6 +127,7 @@ def test_onnx_export_matches_pytorch(small, tmp_path):
         assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_quantize_and_export_commands(small, tmp_path, capfd):
     runner = CliRunner()
     result = runner.invoke(build(), ["quantize", "--model", str(small), "--output", str(tmp_path / "q"), "--json"])
@@ -146,6 +148,7 @@ def test_quantize_and_export_commands(small, tmp_path, capfd):
     assert "torchvision is not installed" not in logged + result.stderr
 
 
+@pytest.mark.slow
 def test_torchao_checkpoint_loads_in_a_fresh_process(small, tmp_path):
     """torchao's tensor types are registered as loadable only once torchao is imported: loading must do that."""
     import subprocess

@@ -104,6 +104,8 @@ BAD_CONFIGS = {
     "dropout 2": (lambda c: c["text_config"].update(hidden_dropout_prob=2), "must be a probability"),
     "pad id past vocab": (lambda c: c["text_config"].update(pad_token_id=10**6), "pad_token_id must be a token id"),
     "text_config a list": (lambda c: c.update(text_config=[1, 2]), "is not a valid AltCLIPConfig"),
+    # Layer counts match the weights, but a tensor of these sizes has more bytes than PyTorch can address.
+    "hidden_size 2**31": (lambda c: c["text_config"].update(hidden_size=2**31), "describes a model no tensor can hold"),
 }
 
 

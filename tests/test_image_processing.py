@@ -240,7 +240,7 @@ def test_eps_content_is_never_handed_to_ghostscript(tmp_path, monkeypatch):
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: calls.append(args))
     path = tmp_path / "photo.jpg"
     path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n")
-    with pytest.raises(ImageError, match=r"not a readable image \(unknown or unsupported format\)"):
+    with pytest.raises(ImageError, match=r"not a readable image \(unknown or unsupported format: altclip reads JPEG"):
         CLIPImageProcessor()(path)
     assert calls == []
 
@@ -248,7 +248,7 @@ def test_eps_content_is_never_handed_to_ghostscript(tmp_path, monkeypatch):
 def test_error_text_shows_no_memory_address():
     with pytest.raises(ImageError) as e:
         CLIPImageProcessor()(b"not an image at all")
-    assert e.value.reason == "not a readable image (unknown or unsupported format)"
+    assert e.value.reason.startswith("not a readable image (unknown or unsupported format: altclip reads JPEG, PNG")
     assert "0x" not in str(e.value)
 
 

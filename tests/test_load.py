@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent.parent / "benchmarks" / "load_test.py"
 
 
+@pytest.mark.slow
 def test_bounded_load(tmp_path):
     out = tmp_path / "load.json"
     command = [sys.executable, str(SCRIPT), "--seconds", "3", "--clients", "4", "--overload-clients", "40",

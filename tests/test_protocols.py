@@ -186,7 +186,10 @@ def test_refusals_through_the_sdk(client, token_server):
         client.embeddings.create(model="m", input=["a", "  "])
     with pytest.raises(openai.BadRequestError, match=r"Too many inputs: 2049 \(limit 2048\)"):  # OpenAI's limit
         client.embeddings.create(model="m", input=["a"] * 2049)
-    with pytest.raises(openai.BadRequestError, match="Image 0: not an image in a format the service reads"):
+    with pytest.raises(
+        openai.BadRequestError,
+        match=r"Image 0: not a readable image \(unknown or unsupported format: altclip reads JPEG",
+    ):
         client.embeddings.create(
             model="m", input=[base64.b64encode(b"no image").decode()], extra_body={"modality": "image"}
         )
@@ -225,7 +228,7 @@ def test_a_refused_request_leaves_no_work_behind(open_server):
     before = _metric(open_server, 'altclip_batch_size_sum{kind="text"}')
     for _ in range(10):
         r = httpx.post(open_server + "/v1/embeddings", json=body)
-        assert r.status_code == 400 and "not an image" in r.json()["error"]["message"]
+        assert r.status_code == 400 and "not a readable image" in r.json()["error"]["message"]
     deadline = time.monotonic() + 60
     while _metric(open_server, 'altclip_queue_depth{kind="text"}') and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -337,7 +340,7 @@ def _json(data) -> bytes:
         (
             {"image": base64.b64encode(b"not an image").decode()},
             422,
-            "Image 0: not an image in a format the service reads",
+            "Image 0: not a readable image (unknown or unsupported format: altclip reads JPEG",
         ),
     ],
 )

@@ -20,6 +20,9 @@ from test_index import make_images
 ray = pytest.importorskip("ray")
 pq = pytest.importorskip("pyarrow.parquet")
 
+# Each test starts or joins a local Ray cluster (seconds of start-up, processes of its own): end to end.
+pytestmark = pytest.mark.slow
+
 CAPTIONS = "一只猫\na red square\n\nкошка\nune tasse de café\n宇宙の銀河\nzwei Hunde im Schnee\nun perro\n"
 
 

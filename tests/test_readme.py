@@ -121,6 +121,7 @@ def sandbox(tmp: Path) -> Path:
     return work
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not shutil.which("make") or not shutil.which("curl"), reason="needs make and curl")
 def test_every_readme_command_runs(tmp_path):
     extras = optional_dependencies((ROOT / "pyproject.toml").read_text())

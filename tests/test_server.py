@@ -210,7 +210,7 @@ def test_page_is_served(client):
             "/v1/embed/image",
             {"json": {"images": [b64(b"not an image")]}},
             422,
-            "Image 0: not an image in a format the service reads",
+            "Image 0: not a readable image (unknown or unsupported format: altclip reads JPEG",
         ),
         ("post", "/v1/embed/image", {"json": {"images": [b64(CAT[: len(CAT) // 2])]}}, 422, "Image 0"),
         ("post", "/v1/embed/image", {"files": {"images": ("x.jpg", CAT)}, "data": {}}, 200, ""),

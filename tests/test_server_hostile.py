@@ -16,14 +16,11 @@ import stat
 import struct
 import subprocess
 import sys
-import threading
 import time
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -401,53 +398,8 @@ def test_9_large_jpegs_count_the_pixels_they_decode(embedder):
         assert r.status_code == 422 and "9,000,000 pixels to decode" in r.json()["detail"]
 
 
-def test_9_reduced_decoding_stays_close_to_the_exact_path(embedder):
-    """Pixels from the reduced path (JPEG draft; PNG box-reduce) against the library's exact path, on a photo
-    enlarged to 2400x1600: the mean difference is within 2 levels of 255."""
-    from altclip.server.decoding import Decoder
-
-    processor = embedder.processor.image_processor
-    settings = SimpleNamespace(max_request_pixels=10**9, draft=True, decode_workers=1)
-    decoder = Decoder(processor, settings)
-    photo = Image.open(io.BytesIO(CAT)).convert("RGB").resize((2400, 1600), Image.Resampling.BICUBIC)
-    for fmt in ("JPEG", "PNG"):
-        out = io.BytesIO()
-        photo.save(out, fmt)
-        data = out.getvalue()
-        opened = decoder.open(data)
-        assert opened.image.size == ((1200, 800) if fmt == "JPEG" else (2400, 1600))  # DCT scaling by 2 (to >= 448)
-        reduced = decoder.decode(opened).astype(np.float64)
-        exact = processor.prepare(data).astype(np.float64)
-        assert reduced.shape == exact.shape and np.abs(reduced - exact).mean() < 2.0
-    decoder.close()
-
-
-def test_9_decoding_holds_at_most_decode_workers_images_at_once(embedder):
-    from altclip.server.decoding import Decoder
-
-    processor = embedder.processor.image_processor
-    decoder = Decoder(processor, SimpleNamespace(max_request_pixels=10**9, draft=True, decode_workers=2))
-    busy, most, lock = 0, 0, threading.Lock()
-
-    def slow_decode(image, index=0):
-        nonlocal busy, most
-        with lock:
-            busy += 1
-            most = max(most, busy)
-        time.sleep(0.05)
-        with lock:
-            busy -= 1
-        return np.zeros((224, 224, 3), np.uint8)
-
-    decoder.decode = slow_decode
-    png = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(png, "PNG")
-
-    async def many_requests():
-        return await asyncio.gather(*(decoder.prepare([png.getvalue()] * 4) for _ in range(4)))
-
-    assert len(asyncio.run(many_requests())) == 4 and most == 2
-    decoder.close()
+# The reduced decoding's distance from the exact path, and decode_workers bounding the images decoded at once, are in
+# tests/test_decoding.py (with the rest of decoding).
 
 
 # --- 10: the smaller ones -----------------------------------------------------------------------------------------

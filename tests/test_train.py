@@ -91,6 +91,7 @@ def contrastive_args(model: Path, task: Path, output: Path, *extra: str) -> list
             "--lr", "1e-3", "--warmup-steps", "20", "--log-every", "1", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_distillation_brings_the_student_to_the_teacher(task, teacher, tmp_path):
     out = tmp_path / "distill"
     run([*ALTCLIP, *distill_args(teacher, task, out, "--steps", "300", "--dropout", "0", "--save-every", "300")])
@@ -119,6 +120,7 @@ def test_distillation_brings_the_student_to_the_teacher(task, teacher, tmp_path)
     assert (out / "metrics.png").exists() and json.loads((out / "final" / "data_report.json").read_text())["used"] == 48
 
 
+@pytest.mark.slow
 def test_contrastive_learning_lifts_zero_shot_and_retrieval(task, tmp_path):
     out = tmp_path / "contrastive"
     run(
@@ -149,6 +151,7 @@ def test_contrastive_learning_lifts_zero_shot_and_retrieval(task, tmp_path):
     assert results[("after", "en")] > results[("before", "en")] + 0.2
 
 
+@pytest.mark.slow
 def test_the_recipe_chains(task, teacher, tmp_path):
     """distill -> contrastive -> eval, through the command line, with the files each stage writes."""
     run([*ALTCLIP, *distill_args(teacher, task, tmp_path / "d", "--steps", "5")])
@@ -187,6 +190,7 @@ def test_the_recipe_chains(task, teacher, tmp_path):
     assert "image_retrieval_recall@10" in json.loads(retrieval.read_text())["metrics"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["distill", "contrastive", "contrastive-fsdp"])
 def test_two_processes_follow_the_single_process_loss_curve(task, teacher, tmp_path, stage):
     """torchrun with 2 CPU processes (gloo) and half the per-process batch equals 1 process with the full batch."""
@@ -207,6 +211,7 @@ def test_two_processes_follow_the_single_process_loss_curve(task, teacher, tmp_p
     assert altclip.AutoModel.from_pretrained(tmp_path / "two" / "final").num_parameters() > 0
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(task, teacher, tmp_path):
     """SIGKILL mid-run, then run again: it resumes from the last checkpoint (weights, optimizer, random state,
     data position) and ends exactly where an uninterrupted run ends. Dropout stays on: the random state matters."""
@@ -230,6 +235,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(task, teacher, tmp_pat
     assert all(torch.allclose(x[k], y[k], atol=1e-6) for k in x)
 
 
+@pytest.mark.slow
 def test_bad_data_is_counted_and_skipped(task, teacher, tmp_path):
     corpus = tmp_path / "corpus.tsv"
     lines = (task / "parallel.tsv").read_bytes().splitlines()
@@ -279,6 +285,7 @@ def test_bad_data_is_counted_and_skipped(task, teacher, tmp_path):
     assert report["skipped"] == {"missing image": 1, "unreadable image": 2, "empty caption": 1}
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(task, teacher, tmp_path):
     out = tmp_path / "d"
     result = subprocess.run([*ALTCLIP, *distill_args(teacher, task, out, "--steps", "50", "--save-every", "1", "--lr", "1e30", "--warmup-steps", "1")],

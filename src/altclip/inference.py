@@ -17,8 +17,10 @@ import torch.nn.functional as F
 from altclip import zeroshot
 from altclip.modeling.compiled import CompiledImageFeatures, should_compile
 from altclip.modeling.model import AltCLIPModel
+from altclip.processing import decoding
+from altclip.processing.decode_pool import DecodePool, memory_budget
+from altclip.processing.decoding import Preparation
 from altclip.processing.processor import AltCLIPProcessor
-from altclip.utils.files import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +146,8 @@ class Embedder:
     ``altclip.modeling.cuda_graphs``), and in half precision large image batches run through ``torch.compile``
     (``compile_images``, see ``altclip.modeling.compiled``); float32 on any device is the exact, eager path. A batch that
     runs out of GPU memory is split in halves, and later batches stay at the size that fitted (logged), so no
-    image or text is lost to it.
+    image or text is lost to it. Image files are decoded in a ``DecodePool`` of threads or processes: ``decode`` is its kind (``"auto"``: see
+    ``altclip.processing.decode_pool.choose_kind``).
     """
 
     def __init__(
@@ -156,8 +159,10 @@ class Embedder:
         *,
         cuda_graphs: bool | None = None,
         compile_images: bool | None = None,
+        decode: str = "auto",
     ):
         self.model = model.eval()
+        self.decode = decode
         self.processor = processor
         self.name = name
         self.dim = model.config.projection_dim
@@ -167,6 +172,17 @@ class Embedder:
     def prepare(self, image: Any) -> np.ndarray:
         """Decode, resize and crop one image to (H, W, 3) uint8; thread-safe, for decoding workers."""
         return self.processor.image_processor.prepare(image)
+
+    @property
+    def preparation(self) -> Preparation:
+        """How image files become pixels for this model, as decoding processes take it."""
+        return self.processor.image_processor.preparation
+
+    def decode_pool(self, workers: int | None = None, images: int | None = None) -> DecodePool:
+        """A pool to decode ``images`` image files in (``decode`` picks threads or processes), each worker process
+        within the memory the largest admitted image needs."""
+        budget = memory_budget(self.preparation.max_pixels, decoding.MAX_FILE_BYTES)
+        return DecodePool(workers, self.decode, images=images, memory_bytes=budget)
 
     def embed_prepared(self, arrays: np.ndarray) -> np.ndarray:
         """Unit-norm embeddings of (B, H, W, 3) uint8 images from ``prepare``; normalised on the model's device."""
@@ -197,29 +213,26 @@ class Embedder:
         return embed_images(self.features, self.processor, images, batch_size=self.batch_size).cpu().numpy()
 
     def embed_readable(
-        self, sources: Sequence[Any], progress=None
+        self, sources: Sequence[Any], progress=None, workers: int | None = None
     ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-        """Embeddings of the images among ``sources`` (paths, or objects with ``read()``) that can be read, decoded in
-        worker threads and embedded in batches; the indices of those images; and (index, reason) for the others."""
-
-        def prepare(source):
-            try:
-                return self.prepare(source.read() if hasattr(source, "read") else source), None
-            except (ValueError, OSError) as e:  # ImageError is a ValueError
-                return None, getattr(e, "reason", str(e))
-
+        """Embeddings of the images among ``sources`` (paths, URLs, bytes, or objects with ``read()``, which are read
+        in this thread) that can be read, decoded in a ``decode_pool`` and embedded in batches; the indices of those
+        images; and (index, reason) for the others."""
         out, batch, kept, failed = [], [], [], []
-        for index, (_, (array, reason), _) in enumerate(ordered_map(prepare, sources)):
-            if array is None:
-                failed.append((index, reason))
-            else:
-                kept.append(index)
-                batch.append(array)
-                if len(batch) == self.batch_size:
-                    out.append(self.embed_prepared(np.stack(batch)))
-                    batch = []
-            if progress:
-                progress(index + 1, len(sources))
+        with self.decode_pool(workers, len(sources)) as pool:
+            readable = (decoding.readable(source) for source in sources)
+            results = pool.map(decoding.prepare_or_reason, readable, self.preparation, failed=lambda r: (None, r))
+            for index, (_, (array, reason), _) in enumerate(results):
+                if array is None:
+                    failed.append((index, reason))
+                else:
+                    kept.append(index)
+                    batch.append(array)
+                    if len(batch) == self.batch_size:
+                        out.append(self.embed_prepared(np.stack(batch)))
+                        batch = []
+                if progress:
+                    progress(index + 1, len(sources))
         if batch:
             out.append(self.embed_prepared(np.stack(batch)))
         return (np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)), kept, failed

@@ -51,6 +51,49 @@ StoreOpt = Annotated[
 ]
 
 
+def parse_size(text: str) -> int:
+    """Bytes from ``512M``, ``1G``, ``1.5GB`` or a plain number."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = value[-1:] if value[-1:] in units and value[-1:] else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a size (like 512M or 2G)") from None
+    if not number > 0:
+        raise typer.BadParameter(f"{text!r}: the budget must be positive")
+    return int(number * units[unit])
+
+
+MemoryBudgetOpt = Annotated[
+    str,
+    typer.Option(
+        "--memory-budget",
+        metavar="SIZE",
+        help="Memory the approximate index may hold (its codes, ids and clusters): sizes its codes",
+    ),
+]
+
+
+def _open_for_search(index: Path | None):
+    """The index at ``index`` (an image index or one built from embedding files), or a clear exit."""
+    from altclip.index import IndexFileError, default_index_path, open_index
+
+    path = index or default_index_path()
+    try:
+        return open_index(path)
+    except FileNotFoundError as e:
+        fail(str(e), EXIT_INDEX)
+    except IndexFileError as e:
+        fail(f"The index at {path} cannot be used: {e}", EXIT_INDEX)
+    except ImportError as e:
+        fail(f"{e}. Searching this index needs: pip install 'altclip[index]'", EXIT_USAGE)
+    except sqlite3.DatabaseError as e:
+        fail(f"{path} holds no usable index ({e}); move it away, or pass another --index", EXIT_INDEX)
+    except OSError as e:
+        fail(f"The index at {path} could not be opened: {e.strerror or e}", EXIT_INDEX)
+
+
 def _open_index(index: Path | None, create: bool, store: str | None = None) -> ImageIndex:
     from altclip.index import ImageIndex, default_index_path
 
@@ -110,9 +153,30 @@ def _report(report: UpdateReport, index: ImageIndex, as_json: bool) -> None:
 
 @app.command("index")
 def index_command(
-    folders: Annotated[list[Path], typer.Argument(metavar="FOLDER", help="Folders (or image files) to index")],
+    folders: Annotated[
+        list[Path] | None, typer.Argument(metavar="FOLDER", help="Folders (or image files) to index")
+    ] = None,
     index: IndexOpt = None,
     store: StoreOpt = None,
+    from_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-embeddings",
+            metavar="DIR",
+            help="Index the embedding files of `altclip embed --output DIR` (img_emb/*.npy, metadata/*.parquet) "
+            "without embedding again; --index defaults to DIR/index [default: none, index FOLDERs]",
+        ),
+    ] = None,
+    faiss_index: Annotated[
+        Path | None,
+        typer.Option(
+            "--faiss-index",
+            metavar="FILE",
+            help="With --from-embeddings: search this faiss index (autofaiss build_index over DIR/img_emb) instead "
+            "of building one [default: none, build one]",
+        ),
+    ] = None,
+    memory_budget: MemoryBudgetOpt = "1G",
     workers: Annotated[int | None, typer.Option(min=1, help="Decoding threads [default: CPU count, at most 8]")] = None,
     retry_errors: Annotated[bool, typer.Option(help="Try again files that failed before, even unchanged")] = False,
     model: ModelOpt = None,
@@ -121,9 +185,20 @@ def index_command(
     batch_size: BatchOpt = 32,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index the images under FOLDERS for search. Re-runs are incremental and a killed run resumes."""
+    """Index the images under FOLDERS for search, or the embedding files of `altclip embed` (--from-embeddings).
+    Re-runs are incremental and a killed run resumes."""
     from altclip.index import IndexMismatchError
 
+    budget = parse_size(memory_budget)
+    if from_embeddings is not None:
+        if folders:
+            fail("Give FOLDERs to index, or --from-embeddings DIR, not both", EXIT_USAGE)
+        _index_embeddings(from_embeddings, index, faiss_index, budget, model, as_json)
+        return
+    if faiss_index is not None:
+        fail("--faiss-index goes with --from-embeddings", EXIT_USAGE)
+    if not folders:
+        fail("Give the FOLDERs to index (or --from-embeddings DIR)", EXIT_USAGE)
     require_paths(folders)
     with _open_index(index, create=True, store=store) as idx:
         embedder = load_embedder(model or idx.model, device, dtype, batch_size)
@@ -136,12 +211,15 @@ def index_command(
                     workers=workers,
                     retry_errors=retry_errors,
                     progress=progress,
+                    memory_budget=budget,
                     on_wait=lambda: err.print(
                         f"Another altclip index is updating {idx.path}; waiting for it to finish...", highlight=False
                     ),
                 )
         except IndexMismatchError as e:
             fail(str(e), EXIT_INDEX)
+        except ValueError as e:  # a memory budget too small for the collection
+            fail(str(e), EXIT_USAGE)
         except KeyboardInterrupt:
             _interrupted(idx)
         if report.found == 0 and not report.failed:
@@ -161,6 +239,39 @@ def _interrupted(idx: ImageIndex) -> NoReturn:
         highlight=False,
     )
     raise typer.Exit(130)
+
+
+def _index_embeddings(source: Path, index: Path | None, faiss_index: Path | None, budget: int, model, as_json) -> None:
+    """``altclip index --from-embeddings``: the one build function, its errors as exit codes."""
+    from altclip.index import IndexMismatchError
+    from altclip.index.embeddings_index import build
+    from altclip.index.image_index import DB_NAME
+
+    require_paths([source] + ([faiss_index] if faiss_index else []))
+    target = index or source / "index"
+    if (target / DB_NAME).exists():
+        fail(f"{target} holds an image index (altclip index FOLDER); give another --index", EXIT_USAGE)
+    try:
+        with Progress("Indexing embeddings", enabled=not as_json) as progress:
+            report = build(source, target, memory_budget=budget, faiss_index=faiss_index, model=model,
+                           progress=progress)  # fmt: skip
+    except IndexMismatchError as e:  # IndexFileError too: a file named, nothing written over the old index
+        fail(str(e), EXIT_INDEX)
+    except ValueError as e:
+        fail(str(e), EXIT_USAGE)
+    except ImportError as e:
+        fail(f"{e}. Indexing embedding files needs: pip install 'altclip[index]'", EXIT_USAGE)
+    except OSError as e:
+        fail(f"The index at {target} could not be written: {e.strerror or e}", EXIT_INDEX)
+    if as_json:
+        emit_json({**report, "seconds": round(report["seconds"], 3)})
+        return
+    err.print(
+        f"{report['rows']:,} images from {report['shards']} shards of {source} in {report['index']} "
+        f"({report['added_shards']} shards new; approximate index: {report['approximate']}) in "
+        f"{report['seconds']:.1f} s",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -186,14 +297,14 @@ def search(
 ) -> None:
     """Search the index by text (any language) or by image."""
     from altclip import ImageError
-    from altclip.index import IndexMismatchError
+    from altclip.index import ImageIndex, IndexMismatchError
 
     if (query is None) == (image is None):
         fail("Give a text QUERY or --image PATH (one of them)", EXIT_USAGE)
     if query is not None and not query.strip():
         fail("The query is empty", EXIT_USAGE)
-    with _open_index(index, create=False) as idx:
-        if idx.model is None:
+    with _open_for_search(index) as idx:
+        if isinstance(idx, ImageIndex) and idx.model is None:
             fail(f"The index at {idx.path} is empty; run `altclip index DIR` first", EXIT_INDEX)
         embedder = load_embedder(model or idx.model, device, dtype)
         try:

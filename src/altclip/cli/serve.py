@@ -81,7 +81,7 @@ def serve(
 ) -> None:  # the signature typer reads is set below
     """Serve embeddings, zero-shot classification, similarity and index search over HTTP, with a search page at /.
     Settings come from flags, ALTCLIP_* environment variables, or --config, in that order."""
-    from altclip.index import ImageIndex
+    from altclip.index import IndexFileError, open_index
 
     try:
         if MISSING is not None:
@@ -109,11 +109,14 @@ def serve(
         fail(f"Cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", EXIT_USAGE)
     if settings.index:
         try:
-            with ImageIndex(settings.index, create=False) as idx:
+            with open_index(settings.index) as idx:
                 stored = idx.model
-        except FileNotFoundError as e:
+        except (FileNotFoundError, IndexFileError) as e:
             sock.close()
             fail(str(e), EXIT_INDEX)
+        except ImportError as e:
+            sock.close()
+            fail(f"{e}. Serving this index needs: pip install 'altclip[index]'", EXIT_USAGE)
         if flags.get("model") is None and stored and "ALTCLIP_MODEL" not in os.environ:
             settings.model = stored
     embedder = load_embedder(settings.model, settings.device, settings.dtype, settings.max_batch_size)

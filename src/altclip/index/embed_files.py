@@ -101,6 +101,8 @@ def shard_files(output: Path, kind: str, index: int, text_metadata: str = "metad
 
 
 INPUTS_KEY = b"altclip.inputs"  # in a shard's metadata file: the digest of the inputs the shard was made from
+MODEL_KEY = b"altclip.modeling.model"  # the model that made its vectors (altclip index --from-embeddings records it)
+SHARD_KEY = b"altclip.shard"  # which shard it is, "i/n" (a missing shard is noticed)
 
 
 def inputs_digest(items: Sequence[str]) -> str:
@@ -112,9 +114,15 @@ def inputs_digest(items: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def stamped(table, digest: str):
-    """``table`` (pyarrow) carrying the digest of the inputs it was made from, for ``finished``."""
-    return table.replace_schema_metadata({**(table.schema.metadata or {}), INPUTS_KEY: digest.encode()})
+def stamped(table, digest: str, *, model: str | None = None, shard: str | None = None):
+    """``table`` (pyarrow) carrying the digest of the inputs it was made from (for ``finished``), and where known
+    the model that made the vectors and the shard ("i/n") it is."""
+    stamps = {INPUTS_KEY: digest.encode()}
+    if model is not None:
+        stamps[MODEL_KEY] = model.encode("utf-8", "surrogateescape")
+    if shard is not None:
+        stamps[SHARD_KEY] = shard.encode()
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **stamps})
 
 
 def finished(files: Sequence[Path], digest: str) -> bool:
@@ -200,7 +208,9 @@ def embed_shard(
     outputs: dict[Path, object] = {}
     if images and not unreadable:
         outputs[targets[0]] = matrix.astype(np.float32)
-        outputs[targets[1]] = stamped(pa.table({"image_path": kept}), image_digest)
+        outputs[targets[1]] = stamped(
+            pa.table({"image_path": kept}), image_digest, model=embedder.name, shard=f"{index}/{count}"
+        )
     if texts:
         text_matrix = embedder.embed_texts(captions) if captions else np.zeros((0, embedder.dim), np.float32)
         outputs[targets[-2]] = text_matrix.astype(np.float32)

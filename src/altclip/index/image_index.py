@@ -11,7 +11,7 @@ with the reason and reported, never fatal.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import os
 import sqlite3
 import time
@@ -25,15 +25,17 @@ from filelock import FileLock, Timeout
 
 from altclip.index.sqlite_store import APPROX_THRESHOLD, SQLiteVectors
 from altclip.index.store import IndexMismatchError, VectorStore
-from altclip.processing.image_processing import ImageError
-from altclip.utils.files import display, ordered_map, read_regular_file, scan, stat_failure
+from altclip.processing import decoding
+from altclip.processing.decode_pool import DecodePool
+from altclip.processing.decoding import Preparation
+from altclip.utils.files import display, scan
 
 DB_NAME = "index.sqlite3"
 LOCK_NAME = "index.lock"  # held by the one process that writes the index
 SCHEMA_VERSION = "1"
 # Each decoding worker holds one whole file (to hash and decode the same bytes): larger files are recorded as
 # failures unread. Images within the pixel limit are far smaller, even uncompressed.
-MAX_FILE_BYTES = 512 * 2**20
+MAX_FILE_BYTES = decoding.MAX_FILE_BYTES
 
 
 class Embedder(Protocol):
@@ -42,7 +44,9 @@ class Embedder(Protocol):
     name: str
     dim: int
 
-    def prepare(self, data: bytes) -> np.ndarray: ...
+    preparation: Preparation  # how its image files become pixels
+
+    def decode_pool(self, workers: int | None, images: int | None) -> DecodePool: ...
 
     def embed_prepared(self, arrays: np.ndarray) -> np.ndarray: ...
 
@@ -189,6 +193,11 @@ class ImageIndex:
         row = self.db.execute("SELECT path FROM files WHERE id = ? AND hash IS NOT NULL", (file_id,)).fetchone()
         return None if row is None else row[0]
 
+    def display_name(self, file_id: int) -> str | None:
+        """An indexed file's path as results show it (None when no indexed file has this id)."""
+        path = self.file_path(file_id)
+        return None if path is None else display(path)
+
     def search(self, query: np.ndarray, top_k: int = 10) -> list[Hit]:
         """The ``top_k`` images closest to a unit-norm query embedding; duplicates are folded into one hit."""
         if query.shape != (self.dim,):
@@ -233,10 +242,14 @@ class ImageIndex:
         progress: Callable[[int, int], None] | None = None,
         approx_threshold: int = APPROX_THRESHOLD,
         on_wait: Callable[[], None] | None = None,
+        memory_budget: int | None = None,
     ) -> UpdateReport:
         """Brings the index in line with the image files under ``roots``: new and changed files are embedded,
         deleted ones dropped, moved and duplicate ones reuse their vector, and files whose vector is missing get it
-        again. One update runs at a time: another waits for it (``on_wait`` is called when it has to)."""
+        again. One update runs at a time: another waits for it (``on_wait`` is called when it has to). From
+        ``approx_threshold`` vectors on, search goes through an approximate index within ``memory_budget`` bytes."""
+        if memory_budget is not None and hasattr(self.store, "memory_budget"):
+            self.store.memory_budget = memory_budget
         with self.writing(on_wait):
             return self._update(roots, embedder, batch_size, workers, retry_errors, progress, approx_threshold)
 
@@ -336,25 +349,26 @@ class ImageIndex:
             pending, ready = [], []
             in_batch.clear()
 
-        for path, (content, array, error, seconds), waited in ordered_map(lambda p: _load(p, embedder), todo, workers):
-            report.wait_seconds += waited
-            report.decode_seconds += seconds
-            if error is not None:
-                ready.append((path, None, error))
-                report.failed.append((display(path), error))
-            else:
-                assert content is not None and array is not None  # _load gives both when there is no error
-                if content in in_batch or self.store.existing([content]):
+        with embedder.decode_pool(workers, len(todo)) as pool:
+            preparation = dataclasses.replace(embedder.preparation, max_bytes=MAX_FILE_BYTES)
+            loaded = pool.map(_load, todo, preparation, failed=lambda r: (None, None, r, 0.0))
+            for path, (content, array, error, seconds), waited in loaded:
+                report.wait_seconds += waited
+                report.decode_seconds += seconds
+                if array is None:
+                    ready.append((path, None, error))
+                    report.failed.append((display(path), error))
+                elif content in in_batch or self.store.existing([content]):
                     ready.append((path, content, None))
                     report.reused += 1
                 else:
                     pending.append((path, content, array))
                     in_batch.add(content)
-            done += 1
-            if len(pending) >= batch_size or len(ready) >= 4 * batch_size:
-                flush()
-            if progress:
-                progress(done, len(todo))
+                done += 1
+                if len(pending) >= batch_size or len(ready) >= 4 * batch_size:
+                    flush()
+                if progress:
+                    progress(done, len(todo))
         flush()
 
     def _put_rows(self, rows: list[tuple[bytes, str | None, str | None]], stats: dict[bytes, tuple[int, int]]) -> None:
@@ -402,21 +416,9 @@ class ImageIndex:
         return problems
 
 
-def _load(path: bytes, embedder: Embedder) -> tuple[str | None, np.ndarray | None, str | None, float]:
-    """Worker: read, hash, decode and resize one file. Returns (hash, pixels, error, seconds)."""
-    start = time.perf_counter()
-    try:
-        data = read_regular_file(path, MAX_FILE_BYTES)
-    except OSError as e:
-        return None, None, stat_failure(path, e), time.perf_counter() - start
-    except ValueError as e:  # not a regular file any more, or too large
-        return None, None, str(e), time.perf_counter() - start
-    content = hashlib.blake2b(data, digest_size=16).hexdigest()
-    try:
-        array = embedder.prepare(data)
-    except ImageError as e:
-        return None, None, e.reason, time.perf_counter() - start
-    return content, array, None, time.perf_counter() - start
+# Worker: read, hash, decode and resize one file -> (hash, pixels, "", seconds) or (None, None, reason, seconds).
+# A module attribute, so that a test can wrap it (in threads).
+_load = decoding.prepare_file
 
 
 def default_index_path() -> Path:

@@ -2,7 +2,11 @@
 
 ``--store milvus:///path/photos.db`` keeps them in a Milvus Lite file (embedded, no server); ``--store
 milvus://HOST:19530`` (``milvus+https://`` for TLS) in a Milvus server or cluster, which speaks the same client
-API. ``?collection=NAME`` picks the collection (default ``altclip``); ``$MILVUS_TOKEN`` authenticates. File
+API. ``?collection=NAME`` picks the collection (default ``altclip``); ``&index=TYPE`` its index type (``AUTOINDEX``
+by default; on a server also ``IVF_FLAT``, ``IVF_PQ``, ``HNSW``, ``DISKANN``), with its build parameters (``nlist``,
+``m``, ``nbits``, ``M``, ``efConstruction``) and search parameters (``nprobe``, ``ef``, ``search_list``) as further
+query keys, e.g. ``milvus://host:19530?collection=photos&index=IVF_PQ&nlist=4096&m=96&nprobe=64``, all applied
+when the collection is created (search parameters on every search). ``$MILVUS_TOKEN`` authenticates. File
 metadata stays in the local SQLite index; vectors are keyed by content hash, written before the file rows that
 refer to them, and removed when no file refers to them any more.
 """
@@ -16,6 +20,26 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from altclip.index.store import IndexMismatchError
+
+# Every read sees every write before it: a server's default ("Bounded") may not, so the indexer's own check of what
+# it stored would miss what it just wrote (Milvus Lite is always strong).
+CONSISTENCY = "Strong"
+BUILD_KEYS = {"nlist": int, "m": int, "nbits": int, "M": int, "efConstruction": int}
+SEARCH_KEYS = {"nprobe": int, "ef": int, "search_list": int}
+
+
+def milvus_index(url: str) -> tuple[str, dict, dict]:
+    """(index type, build parameters, search parameters) from a ``milvus://`` URL's query keys."""
+    query = {k: v[0] for k, v in parse_qs(urlparse(url).query).items()}
+    unknown = set(query) - {"collection", "index"} - set(BUILD_KEYS) - set(SEARCH_KEYS)
+    if unknown:
+        raise ValueError(f"{url}: unknown Milvus setting {sorted(unknown)[0]!r}")
+    try:
+        build = {k: t(query[k]) for k, t in BUILD_KEYS.items() if k in query}
+        search = {k: t(query[k]) for k, t in SEARCH_KEYS.items() if k in query}
+    except ValueError:
+        raise ValueError(f"{url}: Milvus index settings are whole numbers") from None
+    return query.get("index", "AUTOINDEX").upper(), build, search
 
 
 def milvus_uri(url: str) -> tuple[str, str]:
@@ -41,8 +65,12 @@ class MilvusVectors:
         from pymilvus import MilvusClient
 
         uri, self.collection = milvus_uri(url)
-        if not uri.startswith("http"):
-            os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+        self.index_type, self.build_params, self.search_params = milvus_index(url)
+        if not uri.startswith("http"):  # a Milvus Lite file: its folder, where we make it, private as the index
+            folder = os.path.dirname(os.path.abspath(uri))
+            if not os.path.isdir(folder):
+                os.makedirs(folder)
+                os.chmod(folder, 0o700)
         self.client = MilvusClient(uri, token=os.environ.get("MILVUS_TOKEN", ""))
         self.dim: int | None = None
         self._ready = False
@@ -77,8 +105,12 @@ class MilvusVectors:
             schema.add_field("hash", DataType.VARCHAR, is_primary=True, max_length=64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             params = self.client.prepare_index_params()
-            params.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="IP")
-            self.client.create_collection(self.collection, schema=schema, index_params=params)
+            params.add_index(
+                field_name="vector", index_type=self.index_type, metric_type="IP", params=self.build_params
+            )
+            self.client.create_collection(
+                self.collection, schema=schema, index_params=params, consistency_level=CONSISTENCY
+            )
         self._ready = True
         return True
 
@@ -86,7 +118,10 @@ class MilvusVectors:
         if not hashes or not self._ensure():
             return set()
         rows = self.client.query(
-            self.collection, filter=f"hash in {list(hashes)!r}".replace("'", '"'), output_fields=["hash"]
+            self.collection,
+            filter=f"hash in {list(hashes)!r}".replace("'", '"'),
+            output_fields=["hash"],
+            consistency_level=CONSISTENCY,
         )
         return {r["hash"] for r in rows}
 
@@ -113,14 +148,18 @@ class MilvusVectors:
         if not hashes or not self._ensure():
             return {}
         rows = self.client.query(
-            self.collection, filter=f"hash in {list(hashes)!r}".replace("'", '"'), output_fields=["hash", "vector"]
+            self.collection,
+            filter=f"hash in {list(hashes)!r}".replace("'", '"'),
+            output_fields=["hash", "vector"],
+            consistency_level=CONSISTENCY,
         )
         return {r["hash"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def count(self) -> int:
         if not self._ensure():
             return 0
-        return int(self.client.query(self.collection, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level=CONSISTENCY)
+        return int(rows[0]["count(*)"])
 
     def build_approximate(self, threshold: int) -> bool:
         """Nothing to build: Milvus indexes its collection itself."""
@@ -133,6 +172,11 @@ class MilvusVectors:
         if not self._ensure():
             return []
         result = self.client.search(
-            self.collection, [query.astype(np.float32).tolist()], limit=k, output_fields=["hash"]
+            self.collection,
+            [query.astype(np.float32).tolist()],
+            limit=k,
+            output_fields=["hash"],
+            search_params={"metric_type": "IP", "params": self.search_params},
+            consistency_level=CONSISTENCY,
         )
         return [(hit["entity"]["hash"], float(hit["distance"])) for hit in result[0]]

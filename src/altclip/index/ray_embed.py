@@ -8,8 +8,9 @@ What runs where:
   its rows are back, atomically (temporary names, then renames), so a crash or a re-run redoes only unfinished
   shards. Only vectors travel to it, never pixels.
 - **CPU tasks** read the images (files, or the members of WebDataset ``.tar`` shards, one task per tar) and decode,
-  resize and crop them with the checkpoint's image processor, the ``Embedder.prepare`` step. An image that cannot be
-  read or decoded becomes a failure row with its reason, never an error of the run.
+  resize and crop them as ``altclip embed`` does (``altclip.processing.decoding``, in a decoding process of the
+  task's own, within a worker's budget). An image that cannot be read or decoded becomes a failure row with its
+  reason, never an error of the run.
 - **An actor pool** embeds: each actor loads the model once (``altclip.load``), with one GPU per actor where the
   cluster has GPUs and CPU threads otherwise, and turns batches of prepared pixels (``Embedder.embed_prepared``) or
   of texts (``Embedder.embed_texts``) into unit-norm vectors.
@@ -48,6 +49,7 @@ from altclip.index.embed_files import (
     webdataset_inputs,
     write_atomically,
 )
+from altclip.processing import decoding
 
 ROWS_PER_SHARD = 100_000  # vectors per output file when the number of shards is not given (300 MB at 768 dims)
 MAX_PIECE_ROWS = 1000  # inputs per decoding task; fewer on small inputs so that every CPU gets work
@@ -260,20 +262,34 @@ def _text_rows(batch: dict) -> dict:
 # Reading and decoding (CPU tasks)
 
 
-def _prepare(processor, source) -> tuple[np.ndarray | None, str]:
-    """(H, W, 3) uint8 pixels, or the reason there are none: the rule of ``Embedder.embed_readable``."""
-    try:
-        return processor.prepare(source.read() if hasattr(source, "read") else source), ""
-    except (ValueError, OSError) as e:  # ImageError is a ValueError
-        return None, getattr(e, "reason", str(e))
+_POOL = None  # this Ray worker process's decoding pool, kept for the tasks that follow
+
+
+def _pool(processor):
+    """A decoding process for this task's CPU (as ``altclip embed`` decodes: each image within a worker's budget,
+    so that a file that crashes or exhausts a decoder is that file's failure, not the task's); threads where
+    ``$ALTCLIP_DECODE`` says so."""
+    import os
+
+    from altclip.processing.decode_pool import ENVIRONMENT, DecodePool, memory_budget
+
+    global _POOL
+    if _POOL is None:
+        budget = memory_budget(processor.max_pixels, decoding.MAX_FILE_BYTES)
+        _POOL = DecodePool(1, os.environ.get(ENVIRONMENT) or "processes", memory_bytes=budget)
+    return _POOL
 
 
 def _decoded(processor, shard, rows, count, paths: list[str], sources: list) -> dict:
-    """A batch of decoded rows; an image that failed has zero pixels and its reason in ``error``."""
+    """A batch of decoded rows; an image that failed has zero pixels and its reason in ``error`` (the rule of
+    ``Embedder.embed_readable``: ``decoding.prepare_or_reason``)."""
     pixels = np.zeros((len(sources), processor.crop_size["height"], processor.crop_size["width"], 3), np.uint8)
     errors = []
-    for i, source in enumerate(sources):
-        array, reason = _prepare(processor, source)
+    readable = (decoding.readable(source) for source in sources)
+    prepared = _pool(processor).map(
+        decoding.prepare_or_reason, readable, processor.preparation, failed=lambda r: (None, r)
+    )
+    for i, (_, (array, reason), _) in enumerate(prepared):
         if array is not None:
             pixels[i] = array
         errors.append(reason)
@@ -430,7 +446,8 @@ class _Writer:
             vectors = np.zeros((0, self.dim), np.float32)
         targets = shard_files(self.output, kind, index, self.text_metadata)
         column = "image_path" if kind == "image" else "caption"
-        metadata = stamped(pa.table({column: names}), self.digests[kind, index])
+        shards = sum(1 for k, _ in self.digests if k == kind)
+        metadata = stamped(pa.table({column: names}), self.digests[kind, index], shard=f"{index}/{shards}")
         write_atomically({targets[0]: vectors.astype(np.float32), targets[1]: metadata})
         self.totals[kind] += len(names)
         self.written.add(index)

@@ -10,7 +10,13 @@ import numpy as np
 
 
 class IndexMismatchError(ValueError):
-    """The index was built with another model or embedding size than the one asked for."""
+    """The index cannot be used as asked: it was built with another model or embedding size (and, as
+    ``IndexFileError``, one of its files cannot be used)."""
+
+
+class IndexFileError(IndexMismatchError):
+    """A file of an index, or one it was built from, is missing, damaged, foreign, or does not match the others (a
+    count or dimension mismatch); the message names the file. Nothing is served from such an index."""
 
 
 class VectorStore(Protocol):

@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 from altclip.compat.modeling import ATTN_IMPLEMENTATIONS, TransformersModelMixin
 from altclip.loading import checkpoint as ckpt
 from altclip.loading.hub import HubOptions, resolve_file, resolve_first
-from altclip.modeling.config import CONFIG_NAME, AltCLIPConfig, _Config, read_config_file
+from altclip.modeling.config import CONFIG_NAME, AltCLIPConfig, ConfigError, _Config, read_config_file
 from altclip.modeling.layers import Attention
 from altclip.utils.devices import check_device
 
@@ -242,8 +242,7 @@ class PreTrainedModel(TransformersModelMixin):
         ):
             prefix = cls.checkpoint_prefix
         cls._check_depth(config, ckpt.layer_counts(files.keys(), cls.weight_map, prefix), f"Checkpoint {name}")
-        with empty_weights():
-            model = cls(config, initialize=False)  # type: ignore[call-arg]  # each model class takes initialize=
+        model = cls._skeleton(config, f"Checkpoint {name}")
         ckpt.load_weights(
             model,
             files,
@@ -257,6 +256,16 @@ class PreTrainedModel(TransformersModelMixin):
         return model
 
     @classmethod
+    def _skeleton(cls: type[M], config: _Config, source: str) -> M:
+        """The model built without weights (on the meta device) for a checkpoint to fill. A config whose sizes no
+        tensor can have (``hidden_size = 2**31``: more bytes than a tensor can address) is a ``ConfigError``."""
+        try:
+            with empty_weights():
+                return cls(config, initialize=False)  # type: ignore[call-arg]  # each model class takes initialize=
+        except RuntimeError as e:
+            raise ConfigError(f"{source}: {CONFIG_NAME} describes a model no tensor can hold ({str(e)[:200]})") from None
+
+    @classmethod
     def _check_depth(cls, config: _Config, found: dict[str, int], source: str) -> None:
         """The config's layer counts (``layer_stacks``) against the weights', before the model is built."""
         config.validate()
@@ -268,8 +277,7 @@ class PreTrainedModel(TransformersModelMixin):
 
     @classmethod
     def _from_state_dict(cls: type[M], config: _Config, state_dict: dict[str, torch.Tensor], *, device) -> M:
-        with empty_weights():
-            model = cls(copy.deepcopy(config), initialize=False)  # type: ignore[call-arg]  # as in _from_checkpoint
+        model = cls._skeleton(copy.deepcopy(config), "The config")
         model.load_state_dict(state_dict, strict=True, assign=True)
         return model.to(device) if device is not None else model
 
@@ -297,8 +305,7 @@ class PreTrainedModel(TransformersModelMixin):
             warnings.simplefilter("ignore", UserWarning)
             state = ckpt.load_pickle(path, map_location=device or "cpu", mmap=False, tensors_only=False)
         cls._check_depth(config, ckpt.layer_counts(state, None), f"Checkpoint {name_or_path}")
-        with empty_weights():
-            model = cls(config, initialize=False)  # type: ignore[call-arg]  # as in _from_checkpoint
+        model = cls._skeleton(config, f"Checkpoint {name_or_path}")
         prepare_for_quantized_state(model, qconfig)
         model.load_state_dict(state, strict=True, assign=True)
         model.quantization_config, model.quantization_backend = qconfig, qconfig.backend

@@ -8,39 +8,35 @@ absurd aspect ratios) are refused with an error naming the image, before they ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
-import io
 import json
 import os
-import stat
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from altclip.loading.hub import HUB_KEYWORDS
+from altclip.processing import decoding
 from altclip.processing.batch import BatchFeature
-from altclip.utils.files import stat_failure
+from altclip.processing.decoding import (  # noqa: F401  (convert_rgb and center_crop: part of this module's API)
+    BICUBIC,
+    ImageError,
+    Preparation,
+    center_crop,
+    convert_rgb,
+)
 from altclip.utils.jsonsafe import read_json
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"  # transformers 5 saves the image processor's settings nested in it
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-BICUBIC = 3  # PIL.Image.Resampling.BICUBIC
-
-
-class ImageError(ValueError):
-    """An input image could not be used. ``reason`` says why; the message also names which image."""
-
-    def __init__(self, reason: str, index: int | None = None, source: str = ""):
-        self.reason, self.index, self.source = reason, index, source
-        super().__init__(reason if index is None else f"Image {index}{_describe(source)}: {reason}")
 
 
 ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | np.ndarray | torch.Tensor
@@ -144,24 +140,35 @@ class CLIPImageProcessor:
 
     def prepare(self, image: ImageInput, index: int = 0) -> np.ndarray:
         """The geometric half of preprocessing: load, RGB, resize, crop -> (H, W, 3) uint8. Cheap to send between
-        processes (a quarter of the float32 pixels); ``normalize`` finishes the job for a whole batch."""
+        processes (a quarter of the float32 pixels); ``normalize`` finishes the job for a whole batch. Files, bytes
+        and URLs go through ``altclip.processing.decoding.prepare``, the path every entry point takes."""
+        if _is_file(image):
+            with _naming(index, image):
+                return decoding.prepare(image, self.preparation)
         pil = self.load(image, index=index)
         try:
             return self.resize_and_crop(pil)
-        except Exception as e:  # a truncated or malformed file fails only when its pixels are decoded
-            raise ImageError(f"could not be decoded: {_failure(e)}", index, _source(image)) from None
+        except Exception as e:  # a lazily decoded image fails only when its pixels are decoded
+            raise ImageError(f"could not be decoded: {decoding.failure(e)}", index, _source(image)) from None
+
+    @property
+    def preparation(self) -> Preparation:
+        """This processor's geometry and limits, as the decoding functions (and decoding processes) take them."""
+        return Preparation(
+            size=self.size,
+            crop_size=self.crop_size,
+            resample=self.resample,
+            do_resize=self.do_resize,
+            do_center_crop=self.do_center_crop,
+            do_convert_rgb=self.do_convert_rgb,
+            max_pixels=self.max_pixels,
+            max_aspect_ratio=self.max_aspect_ratio,
+            allow_urls=self.allow_urls,
+            draft=self.draft,
+        )
 
     def resize_and_crop(self, image: Image.Image) -> np.ndarray:
-        if self.do_convert_rgb:
-            image = convert_rgb(image)
-        if self.do_resize:
-            image = image.resize(self.output_size(image.size), resample=self.resample)
-        array = np.asarray(image)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if self.do_center_crop:
-            array = center_crop(array, self.crop_size["height"], self.crop_size["width"])
-        return array
+        return decoding.resize_and_crop(image, self.preparation)
 
     def normalize(self, arrays: np.ndarray) -> np.ndarray:
         """(B, H, W, C) uint8 -> (B, C, H, W) float32: rescaled to [0, 1] and normalised."""
@@ -185,90 +192,27 @@ class CLIPImageProcessor:
     def load(self, image: ImageInput, index: int = 0) -> Image.Image:
         """Opens any supported input as a PIL image, checked against the size limits before it is decoded.
 
-        EXIF orientation is applied to files, bytes and URLs, which we decode ourselves; a PIL image is taken as
-        the caller decoded it.
+        EXIF orientation is applied to files, bytes and URLs, which we decode ourselves
+        (``altclip.processing.decoding.open_upright``); a PIL image is taken as the caller decoded it.
         """
-        try:
-            if isinstance(image, Image.Image):
-                pil = image
-            elif isinstance(image, (np.ndarray, torch.Tensor)):
-                pil = array_to_pil(image)
-            else:
-                pil = self._open(image)
-            self.check_size(pil.size)
-            if not isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
-                if self.draft and pil.format == "JPEG":
-                    need = max(self.size.values())  # both sides at least this, whatever the EXIF rotation
-                    pil.draft(pil.mode, (need, need))
-                pil = _exif_transpose(pil)
-        except ImageError as e:
-            raise ImageError(e.reason, index, _source(image)) from None
-        except PermissionError as e:
-            raise ImageError(f"could not be read: {e.strerror}", index, _source(image)) from None
-        except Exception as e:
-            raise ImageError(f"not a readable image ({_failure(e)})", index, _source(image)) from None
-        return pil
-
-    def _open(self, image: Any) -> Image.Image:
-        """Opens a file, bytes or URL lazily: the header is read, the pixels are not decoded yet."""
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(image)), formats=readable_formats())
-        if isinstance(image, str) and image.startswith(("http://", "https://")):
-            if not self.allow_urls:
-                raise ImageError("URLs are not accepted here")
-            return Image.open(io.BytesIO(_fetch(image)), formats=readable_formats())
-        if isinstance(image, (str, os.PathLike)):
-            path = Path(image)
+        with _naming(index, image):
+            if _is_file(image):
+                return decoding.open_upright(image, self.preparation)
             try:
-                regular = stat.S_ISREG(path.stat().st_mode)
-            except OSError as e:
-                raise ImageError(stat_failure(path, e)) from None
-            if not regular:
-                raise ImageError("not a regular file")
-            return Image.open(path, formats=readable_formats())
-        raise ImageError(f"unsupported input type {type(image).__name__}")
+                pil = image if isinstance(image, Image.Image) else array_to_pil(image)
+            except ImageError:
+                raise
+            except Exception as e:
+                raise ImageError(f"not a readable image ({decoding.failure(e)})") from None
+            self.check_size(pil.size)
+            return pil
 
     def check_size(self, size: tuple[int, int]) -> None:
-        width, height = size
-        if width < 1 or height < 1:
-            raise ImageError(f"empty image ({width}x{height})")
-        if width * height > self.max_pixels:
-            raise ImageError(f"{width}x{height} is {width * height:,} pixels, over the limit of {self.max_pixels:,}")
-        if max(width, height) / min(width, height) > self.max_aspect_ratio:
-            raise ImageError(f"aspect ratio of {width}x{height} is over the limit of {self.max_aspect_ratio:g}:1")
+        self.preparation.check_size(size)
 
     def output_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """(width, height) after the resize: shortest edge to ``size['shortest_edge']``, or a fixed size."""
-        width, height = size
-        if "shortest_edge" not in self.size:
-            return self.size["width"], self.size["height"]
-        target = self.size["shortest_edge"]
-        if width <= height:
-            return target, int(target * height / width)
-        return int(target * width / height), target
-
-
-def convert_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with any transparency composited onto white (as transformers does)."""
-    if image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def center_crop(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(H, W, C) centre crop; an image smaller than the crop is padded with zeros around it."""
-    h, w = array.shape[:2]
-    top, left = (h - height) // 2, (w - width) // 2
-    if top >= 0 and left >= 0:
-        return array[top : top + height, left : left + width]
-    out = np.zeros((max(h, height), max(w, width), array.shape[2]), dtype=array.dtype)
-    pad_top, pad_left = -(-(out.shape[0] - h) // 2), -(-(out.shape[1] - w) // 2)
-    out[pad_top : pad_top + h, pad_left : pad_left + w] = array
-    top, left = (out.shape[0] - height) // 2, (out.shape[1] - width) // 2
-    return out[top : top + height, left : left + width]
+        return self.preparation.output_size(size)
 
 
 def array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
@@ -293,58 +237,23 @@ def array_to_pil(image: np.ndarray | torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-# Pillow decodes EPS by running Ghostscript, an external interpreter with a long history of exploits, on the file;
-# whatever a file is named, its content picks the decoder, so EPS is never opened.
-UNSAFE_FORMATS = frozenset({"EPS"})
+def _is_file(image: Any) -> bool:
+    """Whether ``image`` is a file to decode (a path, bytes or a URL) rather than pixels the caller has."""
+    return not isinstance(image, (Image.Image, np.ndarray, torch.Tensor))
 
 
-@functools.cache
-def readable_formats() -> tuple[str, ...]:
-    """The formats ``Image.open`` may pick: every one Pillow reads, except ``UNSAFE_FORMATS``."""
-    Image.init()
-    return tuple(f for f in Image.OPEN if f not in UNSAFE_FORMATS)
-
-
-def _failure(error: Exception) -> str:
-    """Why Pillow could not open or decode an image, in a few words. Its format plugins signal malformed data with
-    whatever their parsing hits (OSError, SyntaxError, ValueError, KeyError, IndexError, struct.error, ...), so any
-    exception from one image is that image's failure. The text never shows an object's memory address."""
-    if isinstance(error, UnidentifiedImageError):
-        return "unknown or unsupported format"
-    if isinstance(error, MemoryError):
-        return "decoding it needs more memory than there is"
-    text = str(error) if isinstance(error, (OSError, SyntaxError, ValueError)) else ""
-    text = text or f"{type(error).__name__}: {error}".removesuffix(": ")
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _exif_transpose(image: Image.Image) -> Image.Image:
+@contextlib.contextmanager
+def _naming(index: int, image: Any) -> Iterator[None]:
+    """Gives an ImageError raised inside the number and the path or URL of the image it is about."""
     try:
-        return ImageOps.exif_transpose(image) or image
-    except Exception:  # a malformed EXIF block should not lose the image
-        return image
+        yield
+    except ImageError as e:
+        raise ImageError(e.reason, index, _source(image)) from None
 
 
 def _source(image: Any) -> str:
     """A path or URL input as text, for error messages; "" for other inputs."""
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
-
-
-def _describe(source: str) -> str:
-    return f" ({source})" if source else ""
-
-
-MAX_DOWNLOAD_BYTES = 50 * 2**20
-
-
-def _fetch(url: str, timeout: float = 20.0) -> bytes:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        data = response.read(MAX_DOWNLOAD_BYTES + 1)
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageError(f"download is larger than {MAX_DOWNLOAD_BYTES // 2**20} MiB")
-    return data
 
 
 def load_image(image: ImageInput) -> Image.Image:

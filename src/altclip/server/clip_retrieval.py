@@ -29,12 +29,10 @@ import numpy as np
 from fastapi import APIRouter
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, FiniteFloat, WithJsonSchema, model_validator
 
-from altclip.index import ImageIndex
 from altclip.server import body
 from altclip.server.errors import NotFound, documented
 from altclip.server.schemas import NON_BLANK, Fields, Says, decode_base64, refuse, strip
 from altclip.server.service import Service, ServiceDep
-from altclip.utils.files import display
 
 DUPLICATE_COSINE = 0.94  # clip-retrieval's threshold for near duplicates
 MOST_RESULTS = 1000  # as top_k of /v1/search
@@ -149,9 +147,10 @@ def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
 
     async def knn_service(service: ServiceDep, payload: knn) -> list[KnnResult]:
         _check_name(service, payload.indice_name)
-        hits = await service.on_index(ImageIndex.search, await _query(service, payload), payload.num_result_ids)
+        hits = await service.on_index(lambda index, q, k: index.search(q, k), await _query(service, payload),
+                                      payload.num_result_ids)  # fmt: skip
         if payload.deduplicate and len(hits) > 1:
-            vectors = await service.on_index(ImageIndex.vectors, [h.id for h in hits])
+            vectors = await service.on_index(lambda index, ids: index.vectors(ids), [h.id for h in hits])
             hits = [hits[i] for i in unique_positions(vectors)]
         thumbnails = Thumbnails(router, service)
         return [KnnResult(id=h.id, similarity=h.score, **(thumbnails.metadata(h.id, h.path) if rank < payload.num_images else {}))
@@ -216,9 +215,9 @@ def unique_positions(vectors: np.ndarray, threshold: float = DUPLICATE_COSINE) -
     return [i for i in range(len(vectors)) if root(i) == i]
 
 
-def _paths(index: ImageIndex, ids: list[int]) -> dict[int, str]:
-    found = {i: index.file_path(i) for i in set(ids)}
-    return {i: display(path) for i, path in found.items() if path is not None}
+def _paths(index, ids: list[int]) -> dict[int, str]:
+    found = {i: index.display_name(i) for i in set(ids)}
+    return {i: name for i, name in found.items() if name is not None}
 
 
 class Thumbnails:

@@ -71,9 +71,9 @@ class Service:
         self.decoder = Decoder(self.image_processor, settings)
         self.index = None  # without an index, search answers 404
         if settings.index:
-            from altclip.index import ImageIndex
+            from altclip.index import open_index
 
-            self.index = ImageIndex(settings.index, create=False)
+            self.index = open_index(settings.index)  # an image index, or one over embedding files
             self.index.bind(embedder.name, embedder.dim)
         self.index_lock = threading.Lock()  # SQLite connections are not for concurrent use
         self.metrics = Metrics()

@@ -22,11 +22,13 @@ from torch.utils.data import Dataset
 
 from altclip.data.readers import TarMember, read_pairs
 from altclip.modeling.model import AltCLIPModel
-from altclip.processing.image_processing import CLIPImageProcessor, ImageError
+from altclip.processing import decoding
+from altclip.processing.decode_pool import DecodePool, memory_budget
+from altclip.processing.decoding import Preparation
+from altclip.processing.image_processing import CLIPImageProcessor
 from altclip.processing.processor import AltCLIPProcessor
 from altclip.processing.tokenizer import XLMRobertaTokenizer
 from altclip.train.loop import Distributed, TrainConfig, TrainData, Trainer, TrainingError, setup_device
-from altclip.utils.files import ordered_map
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100), CLIP's cap on the temperature
 
@@ -72,16 +74,9 @@ def infonce(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor, 
     ) / 2
 
 
-def _read_image(source: Path | TarMember) -> bytes:
-    return source.read() if isinstance(source, TarMember) else Path(source).read_bytes()
-
-
-def _prepare(image_processor: CLIPImageProcessor, source: Path | TarMember) -> tuple[np.ndarray | None, str | None]:
+def _prepare(preparation: Preparation, source: Path | TarMember) -> tuple[np.ndarray | None, str]:
     """The image's (H, W, 3) uint8 pixels, or None and why it cannot be used."""
-    try:
-        return image_processor.prepare(_read_image(source)), None
-    except (ImageError, OSError) as e:
-        return None, getattr(e, "reason", str(e))
+    return decoding.prepare_or_reason(decoding.readable(source), preparation)
 
 
 class Pairs(Dataset):
@@ -137,7 +132,7 @@ def contrastive(
     model = AltCLIPModel.from_pretrained(model_path, device=device)
     processor = AltCLIPProcessor.from_pretrained(model_path)
     pairs, report = read_pairs(data, image_root)
-    prepare = functools.partial(_prepare, processor.image_processor)
+    preparation = processor.image_processor.preparation
 
     # Decode every image once, before training: unreadable ones are dropped (and counted), so that every process
     # sees the same usable dataset and no batch fails later. With the image tower frozen, its embeddings are kept
@@ -145,16 +140,20 @@ def contrastive(
     kept: list[tuple[Path | TarMember, str]] = []
     cache: list[torch.Tensor] = []
     pending: list[np.ndarray] = []
-    for (source, caption), (array, reason), _ in ordered_map(lambda pair: prepare(pair[0]), pairs):
-        if array is None:
-            report.skip("unreadable image", f"{source} ({reason})")
-            continue
-        kept.append((source, caption))
-        if not train_vision:
-            pending.append(array)
-            if len(pending) == 64:
-                cache.append(_embed(model, processor, pending))
-                pending = []
+    budget = memory_budget(preparation.max_pixels, decoding.MAX_FILE_BYTES)
+    with DecodePool(images=len(pairs), memory_bytes=budget) as pool:
+        sources = (decoding.readable(source) for source, _ in pairs)
+        prepared = pool.map(decoding.prepare_or_reason, sources, preparation, failed=lambda r: (None, r))
+        for (source, caption), (_, (array, reason), _) in zip(pairs, prepared):
+            if array is None:
+                report.skip("unreadable image", f"{source} ({reason})")
+                continue
+            kept.append((source, caption))
+            if not train_vision:
+                pending.append(array)
+                if len(pending) == 64:
+                    cache.append(_embed(model, processor, pending))
+                    pending = []
     if pending:
         cache.append(_embed(model, processor, pending))
     images = torch.cat(cache) if cache else None
@@ -168,7 +167,7 @@ def contrastive(
         return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
     train_data = TrainData(
-        dataset=Pairs(kept, prepare if train_vision else None),
+        dataset=Pairs(kept, functools.partial(_prepare, preparation) if train_vision else None),
         collate=PairBatch(processor.tokenizer, max_length, processor.image_processor if train_vision else None),
         to_device=to_device,
         decodes=train_vision,

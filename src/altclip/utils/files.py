@@ -1,6 +1,7 @@
-"""Image files on disk: which names are images, walking folders for them, and reading them in a pool of threads.
+"""Image files on disk: which names are images, walking folders for them, and reading them within bounds.
 
-The index, sharded embedding, training and evaluation all find and read images through this module.
+The index, sharded embedding, training and evaluation all find and read images through this module (and decode
+them in ``altclip.processing.decode_pool``).
 """
 
 from __future__ import annotations
@@ -8,18 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import TypeVar
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-T = TypeVar("T")
-R = TypeVar("R")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif")
 
 
 def is_image_name(name: str | bytes) -> bool:
@@ -99,33 +92,18 @@ def read_regular_file(path: str | bytes | os.PathLike, max_bytes: int) -> bytes:
     block or never end) and a file over the limit are refused with a ValueError saying so, before anything is
     read; the system's errors are OSErrors."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as f:
+    try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file")
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):  # (a directory, which os.fdopen would refuse with a system error)
+        os.close(fd)
+        raise ValueError("not a regular file")
+    with os.fdopen(fd, "rb") as f:
         if info.st_size > max_bytes:
             raise ValueError(f"{info.st_size:,} bytes, over the limit of {max_bytes:,} for an image file")
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew while we read it
         raise ValueError(f"over the limit of {max_bytes:,} bytes for an image file")
     return data
-
-
-def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, prefetch: int = 128
-) -> Iterator[tuple[T, R, float]]:
-    """``(item, fn(item), seconds waited)`` in input order, computed by a pool of threads at most ``prefetch``
-    items ahead. Decoding and resizing in Pillow release the GIL, so threads run them in parallel with the
-    model, without copying pixels between processes."""
-    workers = workers or min(8, os.cpu_count() or 1)
-    items = iter(items)
-    with ThreadPoolExecutor(workers) as pool:
-        queue: deque[tuple[T, Future]] = deque((item, pool.submit(fn, item)) for item in islice(items, prefetch))
-        while queue:
-            item, future = queue.popleft()
-            start = time.perf_counter()
-            result = future.result()
-            waited = time.perf_counter() - start
-            for nxt in islice(items, 1):
-                queue.append((nxt, pool.submit(fn, nxt)))
-            yield item, result, waited
