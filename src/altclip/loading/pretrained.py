@@ -263,7 +263,9 @@ class PreTrainedModel(TransformersModelMixin):
             with empty_weights():
                 return cls(config, initialize=False)  # type: ignore[call-arg]  # each model class takes initialize=
         except RuntimeError as e:
-            raise ConfigError(f"{source}: {CONFIG_NAME} describes a model no tensor can hold ({str(e)[:200]})") from None
+            raise ConfigError(
+                f"{source}: {CONFIG_NAME} describes a model no tensor can hold ({str(e)[:200]})"
+            ) from None
 
     @classmethod
     def _check_depth(cls, config: _Config, found: dict[str, int], source: str) -> None:
