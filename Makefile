@@ -11,7 +11,7 @@ PIP_FLAGS ?= -q --disable-pip-version-check
 # need only what the dev extra installs.
 PROTOCOL_CLIENTS ?= clip-retrieval==2.45.0 clip-benchmark==1.6.2 autofaiss==2.18.0 embedding-reader==1.8.1
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast check clean
 
 # The demo environment has what the README's commands use beyond the core: the service (serve) and writing
 # embedding files (index: pyarrow, faiss). Other extras are installed where the README shows them.
@@ -39,6 +39,16 @@ demo: .venv/.installed
 
 test: .venv-test/.installed
 	.venv-test/bin/python -m pytest
+
+# The inner loop: every test but the end-to-end and full-size ones marked slow (`make test` runs those too).
+test-fast: .venv-test/.installed
+	.venv-test/bin/python -m pytest -m "not slow"
+
+# What CI checks before the tests: lint, formatting and types (settings in pyproject.toml).
+check: .venv-test/.installed
+	.venv-test/bin/ruff check .
+	.venv-test/bin/ruff format --check .
+	.venv-test/bin/mypy
 
 clean:
 	rm -rf .venv .venv-test

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -56,6 +56,26 @@ class ZeroShotImageClassificationPipeline:
         embeds = embed_texts(self.model, self.processor, [p for ps in prompts for p in ps], batch_size=64)
         return self._classifiers.put(prompts, zeroshot.classifier_from_prompts(embeds, prompts))
 
+    @overload
+    def __call__(
+        self,
+        images: list[Any] | tuple[Any, ...],
+        candidate_labels: Sequence[str] | None = None,
+        *,
+        hypothesis_template: str = zeroshot.HYPOTHESIS_TEMPLATE,
+        templates: zeroshot.Templates = None,
+        top_k: int | None = None,
+    ) -> list[list[dict[str, Any]]]: ...
+    @overload
+    def __call__(
+        self,
+        images: Any,
+        candidate_labels: Sequence[str] | None = None,
+        *,
+        hypothesis_template: str = zeroshot.HYPOTHESIS_TEMPLATE,
+        templates: zeroshot.Templates = None,
+        top_k: int | None = None,
+    ) -> list[dict[str, Any]]: ...
     def __call__(
         self,
         images: Any,
@@ -65,6 +85,7 @@ class ZeroShotImageClassificationPipeline:
         templates: zeroshot.Templates = None,
         top_k: int | None = None,
     ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        """Ranked labels of an image (``[{"score": ..., "label": ...}, ...]``), or of each image of a list."""
         if candidate_labels is None:
             raise ValueError("candidate_labels is required: the labels to score the image against")
         labels = zeroshot.check_labels(candidate_labels)

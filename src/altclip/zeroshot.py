@@ -28,7 +28,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ def templates_per_label(
         return [templates_for(templates)] * len(labels)
     templates = list(templates)
     if templates and all(isinstance(t, str) for t in templates):
-        return [templates] * len(labels)
+        return [cast(list[str], templates)] * len(labels)  # all strings, as just checked
     if templates and all(isinstance(t, (list, tuple)) and t for t in templates) and len(templates) == len(labels):
         return templates
     raise ValueError(
@@ -170,5 +170,6 @@ def scores(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: f
 
 def ranked(labels: Sequence[str], probs: Sequence[float], top_k: int | None = None) -> list[dict[str, Any]]:
     """``[{"score": ..., "label": ...}, ...]``, highest score first (ties keep the labels' order)."""
-    rows = sorted(({"score": float(p), "label": label} for label, p in zip(labels, probs)), key=lambda r: -r["score"])
+    rows: list[dict[str, Any]] = [{"score": float(p), "label": label} for label, p in zip(labels, probs)]
+    rows.sort(key=lambda r: -r["score"])
     return rows[:top_k] if top_k else rows

@@ -129,7 +129,7 @@ def run_engine(engine: str, checkpoint: str, device: str, w: Workload, probe_out
 
         model = (
             transformers.AltCLIPModel.from_pretrained(checkpoint, dtype=dtype, attn_implementation="sdpa")
-            .to(device)
+            .to(device)  # type: ignore[arg-type]  # transformers wraps Module.to with functools.wraps
             .eval()
         )
     load_s = time.perf_counter() - start
@@ -209,7 +209,8 @@ def benchmark(
         if checkpoint is None:
             log(f"Writing a random {shape} checkpoint...")
             checkpoint = str(write_random_checkpoint(shape, Path(tmp) / "ckpt"))
-        results, probes = [], {}
+        results: list[dict[str, Any]] = []
+        probes: dict[str, dict[str, np.ndarray]] = {}
         for engine in engines:
             log(f"Measuring {engine}...")
             probe = str(Path(tmp) / f"{engine}.npz")

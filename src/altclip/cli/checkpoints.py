@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,7 +52,7 @@ def random_checkpoint(
         torch_dtype = parse_dtype(dtype)
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
-    if torch_dtype == "auto":
+    if isinstance(torch_dtype, str):  # "auto"
         fail("--dtype auto means the dtype a checkpoint was saved in; name one to write", EXIT_USAGE)
     path = write_random_checkpoint(shape, output, seed=seed, dtype=torch_dtype)
     kind = "CLIP teacher" if shape in KNOWN_TEACHERS else "AltCLIP"
@@ -66,7 +66,7 @@ def models(as_json: JsonOpt = False) -> None:
     random-checkpoint --shape`, the pipelines in their tiny shape)."""
     from altclip.loading import registry
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": m.name, "released": m.released, "languages": list(m.languages), "description": m.description}
         for m in registry.KNOWN_MODELS.values()
     ] + [

@@ -19,15 +19,18 @@ import sys
 import unicodedata
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import click
 import typer
 from rich.console import Console
 from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
+
+if TYPE_CHECKING:
+    # The click typer runs on: its own copy (typer._click) since typer dropped its dependency on click.
+    from typer._click import Context
 from typer.exceptions import TyperException
 
 from altclip.loading.registry import DEFAULT_MODEL
@@ -122,7 +125,7 @@ class TranslatedErrors(TyperGroup):
     """The ``altclip`` group: any error a command did not handle becomes a message and its exit code (``explain``),
     never a traceback (unless ALTCLIP_DEBUG is set)."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
@@ -250,7 +253,7 @@ def load_embedder(model: str | None, device: str | None, dtype: str | None, batc
         loaded, processor = load(name, device=device, dtype=parsed_dtype)
     except CheckpointNotFoundError as e:
         fail(f"{e}\n{_try_offline()}", EXIT_MODEL)
-    except (*model_errors(), ValueError, OSError) as e:
+    except model_errors() + (ValueError, OSError) as e:
         fail(f"Could not load {name}: {e}", EXIT_MODEL)
     return Embedder(loaded, processor, name, batch_size=batch_size)
 
@@ -335,7 +338,7 @@ def several_values(*options: str) -> type[TyperCommand]:
     kept for old command lines, and reads every word up to the next option as a value."""
 
     class Command(TyperCommand):
-        def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
             return super().parse_args(ctx, _repeat_options(args, set(options)))
 
     return Command

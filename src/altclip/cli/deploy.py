@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -70,7 +70,7 @@ def quantize(
         if source.is_dir()
         else None
     )
-    report = {
+    report: dict[str, Any] = {
         "output": str(output),
         "method": method,
         "include_embeddings": include_embeddings,

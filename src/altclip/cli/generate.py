@@ -105,7 +105,7 @@ def generate(
         device, parsed_dtype = resolve_device(device), parse_dtype(dtype)
     except (DeviceError, ValueError) as e:
         fail(str(e), EXIT_USAGE)
-    if parsed_dtype == "auto":
+    if isinstance(parsed_dtype, str):  # "auto"
         fail("--dtype auto is not offered here; name float32, bfloat16 or float16", EXIT_USAGE)
     name = str(Path(model).resolve()) if Path(model).exists() else model
     if not Path(model).exists():
@@ -114,7 +114,7 @@ def generate(
         pipe = diffusion.load_pipeline(name, dtype=parsed_dtype, device=device, safety_checker=safety_checker)
     except ImportError as e:
         fail(f"{e}. {INSTALL_HINT}", EXIT_USAGE)
-    except (*model_errors(), OSError, ValueError) as e:
+    except model_errors() + (OSError, ValueError) as e:
         fail(f"Could not load the pipeline {model}: {e}", EXIT_MODEL)
     pipe.set_progress_bar_config(disable=True)
     if seed is None:

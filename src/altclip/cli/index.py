@@ -325,7 +325,7 @@ def search(
 @app.command()
 def embed(
     inputs: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             metavar="INPUT",
             help="Image folders, image files, .txt lists of image paths, or WebDataset .tar shards (one output shard "

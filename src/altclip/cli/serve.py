@@ -18,12 +18,11 @@ import typer
 
 from altclip.cli.common import EXIT_INDEX, EXIT_USAGE, err, fail, load_embedder, warn
 
+MISSING: ImportError | None = None
 try:
     from altclip.server.settings import ServerSettings
 except ImportError as e:  # the service's extra is not installed: `serve` says what to install
-    ServerSettings, MISSING = None, e
-else:
-    MISSING = None
+    MISSING = e
 
 app = typer.Typer()
 
@@ -148,6 +147,8 @@ COMMON = [
         annotation=Annotated[str | None, typer.Option(hidden=True)],
     ),
 ]
-serve.__signature__ = inspect.Signature(COMMON + (setting_options() if ServerSettings is not None else []))
-serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}
+# typer reads the options off the signature: the common ones, then one per setting.
+signature = inspect.Signature(COMMON + (setting_options() if MISSING is None else []))
+serve.__signature__ = signature  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
 app.command()(serve)

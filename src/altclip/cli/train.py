@@ -84,7 +84,7 @@ def training_command(name: str, **defaults: Any) -> Callable[[Callable], Callabl
             config.output = str(config.output)
             stage(**values, config=config)
 
-        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]  # typer reads it
         train_app.command(name)(command)
         return stage
 

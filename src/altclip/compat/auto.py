@@ -20,7 +20,7 @@ def _model_classes() -> dict[str, type[PreTrainedModel]]:
 
 def _model_type(name_or_path: str | os.PathLike, kwargs: dict[str, Any]) -> str:
     hub = {k: kwargs[k] for k in HUB_KEYWORDS if k in kwargs}
-    data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, **hub))  # type: ignore[arg-type]
+    data = read_config_file(resolve_file(name_or_path, CONFIG_NAME, **hub))
     model_type = data.get("model_type")
     if model_type not in CONFIG_CLASSES:
         raise ValueError(

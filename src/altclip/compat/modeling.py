@@ -5,10 +5,14 @@ towers themselves hold only modelling code."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+if TYPE_CHECKING:
+    from altclip.modeling.config import AltCLIPTextConfig, _Config
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
@@ -26,6 +30,9 @@ class TransformersModelMixin(nn.Module):
     _keep_in_fp32_modules: ClassVar[set[str]] = set()  # no module needs float32 under a lower dtype
     _keep_in_fp32_modules_strict: ClassVar[set[str]] = set()
     is_encoder_decoder: ClassVar[bool] = False
+
+    config: _Config
+    gradient_checkpointing: bool
 
     @property
     def base_model(self) -> nn.Module:
@@ -82,15 +89,16 @@ class TransformersModelMixin(nn.Module):
             dtype=old.weight.dtype,
         )  # fmt: skip
         kept = min(old.num_embeddings, new_num_tokens)
+        text_config = cast("AltCLIPTextConfig", self.config.get_text_config())  # token embeddings: a text tower's
         with torch.no_grad():
             if mean_resizing:
                 new.weight[:] = old.weight.mean(0)
             else:
-                new.weight.normal_(std=self.config.get_text_config().initializer_range)
+                new.weight.normal_(std=text_config.initializer_range)
             new.weight[:kept] = old.weight[:kept]
         new.weight.requires_grad_(old.weight.requires_grad)
         self.set_input_embeddings(new)
-        self.config.get_text_config().vocab_size = new_num_tokens
+        text_config.vocab_size = new_num_tokens
         return new
 
     def set_attn_implementation(self, attn_implementation: str) -> None:
@@ -150,4 +158,4 @@ class TransformersModelMixin(nn.Module):
     def disable_input_require_grads(self) -> None:
         for hook in getattr(self, "_require_grads_hooks", []):
             hook.remove()
-        self._require_grads_hooks: list = []
+        self._require_grads_hooks: list[RemovableHandle] = []

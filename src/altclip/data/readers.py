@@ -75,7 +75,8 @@ def _lines(path: Path, report: DataReport) -> list[tuple[int, str]]:
 
 def read_parallel(sources: list[str]) -> tuple[list[tuple[str, str | None]], DataReport]:
     """(english, translation or None) pairs."""
-    report, pairs = DataReport(), []
+    report = DataReport()
+    pairs: list[tuple[str, str | None]] = []
     for source in sources:
         if "::" in source:
             english, other = (Path(p) for p in source.split("::", 1))
@@ -98,9 +99,9 @@ def read_parallel(sources: list[str]) -> tuple[list[tuple[str, str | None]], Dat
                     report.read += 1
                     report.skip(row, where)
                     continue
-                en = row.get("en", row.get("source"))
-                xx = row.get("translation", row.get("target", row.get("text")))
-                _add_pair(pairs, report, en, xx, where)
+                english_text = row.get("en", row.get("source"))
+                translation = row.get("translation", row.get("target", row.get("text")))
+                _add_pair(pairs, report, english_text, translation, where)
             else:
                 columns = line.split("\t")
                 if len(columns) > 2:
@@ -194,7 +195,8 @@ def read_pairs(
 ) -> tuple[list[tuple[Path | TarMember, str]], DataReport]:
     """(image, caption) pairs; images that do not exist are skipped and counted (undecodable ones are found when
     they are read)."""
-    report, pairs = DataReport(), []
+    report = DataReport()
+    pairs: list[tuple[Path | TarMember, str]] = []
     root = Path(image_root) if image_root else None
     for source in sources:
         path = Path(source)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from altclip.inference import NonFiniteError
 from altclip.loading.checkpoint import CheckpointError
 from altclip.loading.hub import CheckpointNotFoundError, resolve_file
 from altclip.modeling.config import read_config_file
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 PIPELINE_INDEX = "model_index.json"
 TEXT_ENCODER_CLASSES = (DIFFUSERS_CLASS, AltDiffusionTextEncoder.__name__)
@@ -63,7 +66,7 @@ def read_pipeline_index(name_or_path: str | os.PathLike, **hub: Any) -> dict[str
             f"{name_or_path} is not a diffusion pipeline: it has no {PIPELINE_INDEX}{what}"
         ) from None
     try:
-        index = read_config_file(path)  # type: ignore[arg-type]
+        index = read_config_file(path)
     except (ValueError, OSError) as e:
         raise NotAPipelineError(f"{name_or_path} is not a diffusion pipeline: {e}") from None
     missing = [part for part in PARTS if not _component(index, part)[1]]
@@ -91,7 +94,7 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     safety_checker: bool = True,
-    pipeline_class: type | None = None,
+    pipeline_class: type[DiffusionPipeline] | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
@@ -114,7 +117,7 @@ def load_pipeline(
     cls = pipeline_class or StableDiffusionPipeline
     # The text encoder is passed as None, so that diffusers neither loads it nor resolves the library
     # model_index.json names for it; then ours takes its place.
-    pipe = cls.from_pretrained(str(name_or_path), text_encoder=None, dtype=dtype or torch.float32, **options, **hub)  # type: ignore[union-attr]
+    pipe = cls.from_pretrained(str(name_or_path), text_encoder=None, dtype=dtype or torch.float32, **options, **hub)
     pipe.register_modules(text_encoder=encoder)
     return pipe.to(device) if device is not None else pipe
 
@@ -275,7 +278,7 @@ def generate(
             on_step(done)
         return callback_kwargs
 
-    results = []
+    results: list[GeneratedImage] = []
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         out = pipe(

@@ -85,7 +85,7 @@ class AltDiffusionTextConfig(AltCLIPTextConfig):
                 f"({DIFFUSERS_CLASS}) is 'xlm-roberta'"
             )
         try:
-            return cls.from_dict(data)  # type: ignore[return-value]
+            return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
         except (TypeError, ValueError, AttributeError) as e:  # a value of the wrong shape
@@ -118,6 +118,7 @@ class AltDiffusionTextModel(AltCLIPTextModel):
     77 tokens run on packed tokens (``encode_all_positions``): each prompt costs its own tokens plus one.
     """
 
+    config: AltDiffusionTextConfig
     config_class = AltDiffusionTextConfig
     weight_map = WEIGHTS
     checkpoint_prefix = ""
@@ -130,10 +131,10 @@ class AltDiffusionTextModel(AltCLIPTextModel):
         if config.has_pre_transformation:
             self.transformation_pre = nn.Linear(config.hidden_size, config.project_dim)
         else:
-            self.final_norm = None  # diffusers' class has pre_LN only beside transformation_pre
+            self.final_norm = None  # type: ignore[assignment]  # diffusers' class has pre_LN only beside transformation_pre
         self._built(initialize)
 
-    def forward(
+    def forward(  # type: ignore[override]  # diffusers' class's arguments, in its order
         self,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -161,7 +162,11 @@ class AltDiffusionTextModel(AltCLIPTextModel):
                 input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                 output_attentions=output_attentions, output_hidden_states=keep_hidden,
             )  # fmt: skip
-        projection = self.project(hidden_states[-2] if config.has_pre_transformation else h)
+        if config.has_pre_transformation:
+            assert hidden_states is not None  # keep_hidden asked for them
+            projection = self.project(hidden_states[-2])
+        else:
+            projection = self.project(h)
         out = TransformationModelOutput(
             projection_state=projection, last_hidden_state=h, hidden_states=hidden_states, attentions=attentions
         )
@@ -175,7 +180,9 @@ class AltDiffusionTextModel(AltCLIPTextModel):
 
     def conditioning_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, project_dim) the states the UNet cross-attends to: ``projection_state``."""
-        return self.forward(input_ids, attention_mask, return_dict=True).projection_state
+        out = self.forward(input_ids, attention_mask, return_dict=True)
+        assert isinstance(out, TransformationModelOutput) and out.projection_state is not None  # forward sets it
+        return out.projection_state
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError(

@@ -46,6 +46,7 @@ def zero_shot_classification(
     class names), or a CLIP_benchmark WebDataset folder (``data.readers.WebDatasetFolder``, its ``split``).
     ``classnames`` renames classes. Raises ``ValueError`` for a dataset without classes or usable images."""
     webdataset = WebDatasetFolder.find(dataset, split)
+    images: Sequence[Path | TarMember]
     if webdataset is not None:
         images, labels, classes, skipped = _webdataset_classes(webdataset)
     else:

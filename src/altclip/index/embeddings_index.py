@@ -217,17 +217,17 @@ def build(
         tuned = approximate.tune(index, matrix)
         approx = {"file": str(Path(faiss_index).resolve()), "trained": rows, **asdict(tuned["params"])}
         action = "adopted"
-    elif approximate.plan(rows, dim, memory_budget, exact_below) is not None:
+    elif (plan := approximate.plan(rows, dim, memory_budget, exact_below)) is not None:
         index, trained = None, rows
         old_approx = (old or {}).get("approximate")
-        if kept and old_approx and len(kept) == len(old["parts"]) and rows <= approximate_growth(old_approx):
+        if kept and old and old_approx and len(kept) == len(old["parts"]) and rows <= approximate_growth(old_approx):
             index = approximate.read(folder / old_approx["file"], dim=dim, rows=sum(p.rows for p in kept), mmap=False)
             if added:
                 approximate.extend(index, matrix, index.ntotal, progress)
                 action = "extended"
             trained = old_approx["trained"]
         if index is None:
-            index = approximate.build(matrix, approximate.plan(rows, dim, memory_budget, exact_below), progress)
+            index = approximate.build(matrix, plan, progress)
             action = "built"
         if action == "none":  # nothing new: keep the file and its tuning
             approx = old_approx
@@ -378,6 +378,7 @@ class EmbeddingsIndex:
             raise IndexMismatchError(f"Query has {query.shape[-1]} dimensions, the index {self.dim}")
         query = np.ascontiguousarray(query, dtype=np.float32)
         if self.ann is not None:
+            assert self.params is not None  # read with the approximate index
             scores, rows = approximate.search(self.ann, self.matrix, query, top_k, self.params)
         else:
             scores, rows = self.matrix.search(query, top_k)

@@ -358,12 +358,14 @@ class ImageIndex:
                 if array is None:
                     ready.append((path, None, error))
                     report.failed.append((display(path), error))
-                elif content in in_batch or self.store.existing([content]):
-                    ready.append((path, content, None))
-                    report.reused += 1
                 else:
-                    pending.append((path, content, array))
-                    in_batch.add(content)
+                    assert content is not None  # prepare_file hashes what it prepares
+                    if content in in_batch or self.store.existing([content]):
+                        ready.append((path, content, None))
+                        report.reused += 1
+                    else:
+                        pending.append((path, content, array))
+                        in_batch.add(content)
                 done += 1
                 if len(pending) >= batch_size or len(ready) >= 4 * batch_size:
                     flush()

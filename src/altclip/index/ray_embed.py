@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -248,7 +249,7 @@ def _pieces(ray, parts: list[tuple[int, list[str]]], cpus: int):
 
 def _text_rows(batch: dict) -> dict:
     """Pieces of text shards as rows (shard, row, count, text)."""
-    columns = {"shard": [], "row": [], "count": [], "text": []}
+    columns: dict[str, list[Any]] = {"shard": [], "row": [], "count": [], "text": []}
     for shard, start, count, texts in zip(batch["shard"], batch["start"], batch["count"], batch["values"]):
         columns["shard"] += [shard] * len(texts)
         columns["row"] += range(start, start + len(texts))
@@ -434,8 +435,9 @@ class _Writer:
 
     def _write_shard(self, kind: str, index: int, shard: _Shard) -> None:
         kept = [row for row, error in enumerate(shard.errors) if not error]
-        self.failed += [(index, row, shard.names[row], error) for row, error in enumerate(shard.errors) if error]
-        self.write(kind, index, [shard.names[row] for row in kept], shard.vectors[kept])
+        names = cast(list[str], shard.names)  # every row has arrived
+        self.failed += [(index, row, names[row], error) for row, error in enumerate(shard.errors) if error]
+        self.write(kind, index, [names[row] for row in kept], shard.vectors[kept])
 
     def write(self, kind: str, index: int, names: list[str], vectors: np.ndarray | None = None) -> None:
         import pyarrow as pa

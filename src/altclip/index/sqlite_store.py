@@ -21,6 +21,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class SQLiteVectors:
             db.executescript(_SCHEMA)
         self._open: dict | None = None  # the search files as last opened: {"state", "matrix", "keys", "dead", "ann"}
         self._delta: tuple[int, np.ndarray, list[str]] | None = None  # (version, vectors, hashes) not yet in files
-        self._on_device = None
+        self._on_device: tuple[tuple, Any] | None = None  # (the files' key, their matrix on self.device)
 
     def bind(self, dim: int) -> None:
         self.dim = dim
@@ -112,7 +113,7 @@ class SQLiteVectors:
         return {r[0] for r in self.db.execute("SELECT hash FROM vectors")}
 
     def vectors(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        found = {}
+        found: dict[str, np.ndarray] = {}
         for start in range(0, len(hashes), 500):
             chunk = list(hashes[start : start + 500])
             marks = ",".join("?" * len(chunk))
@@ -289,6 +290,7 @@ class SQLiteVectors:
         """Writes the vectors of ``new`` hashes after row ``rows`` of the files of ``gen``; how many."""
         if not new:
             return 0
+        assert self.dim is not None  # build_approximate returns before, without one
         row_bytes = 4 * self.dim
         written = 0
         with (
@@ -313,6 +315,7 @@ class SQLiteVectors:
 
     def _blobs(self, wanted: set[str], batch: int = 4096):
         """(hashes, blobs) of the wanted vectors, ``batch`` at a time, in table order."""
+        assert self.dim is not None  # build_approximate returns before, without one
         size = 4 * self.dim
         hashes, blobs = [], []
         for content, blob in self.db.execute("SELECT hash, embedding FROM vectors ORDER BY id"):
@@ -328,6 +331,7 @@ class SQLiteVectors:
     def _approximate(self, state: dict, gen: int, rows: int) -> dict[str, int]:
         """The approximate index over ``rows`` rows of ``gen``'s matrix: the current one extended when it covers a
         prefix of these rows and the collection has not outgrown it, else built anew; tuned by measurement."""
+        assert self.dim is not None  # build_approximate returns before, without one
         matrix = Matrix([np.memmap(self.file(gen, "f32"), np.float32, "r", shape=(rows, self.dim))], self.dim)
         index = None
         old_rows, trained = state.get("ann_rows", 0), state.get("trained", 0)
@@ -338,6 +342,7 @@ class SQLiteVectors:
                 index = None
         if index is None:
             plan = approximate.plan(rows, self.dim, self.memory_budget, exact_below=0)
+            assert plan is not None  # needs_ann: at least approximate.MIN_ROWS rows
             index, trained = approximate.build(matrix, plan), rows
         else:
             approximate.extend(index, matrix, old_rows)

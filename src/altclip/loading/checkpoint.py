@@ -13,12 +13,15 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from altclip.utils.jsonsafe import read_json
+
+if TYPE_CHECKING:
+    from safetensors import safe_open
 
 # Checkpoint name -> our name, relative to each tower. "{}" stands for a layer index. A target (name, i) is the
 # i-th of the three row blocks (q, k, v) of a fused projection.
@@ -125,7 +128,7 @@ class TensorFiles:
     """
 
     def __init__(self, paths: Iterable[str | os.PathLike]):
-        self._safe: dict[str, object] = {}  # key -> safe_open handle
+        self._safe: dict[str, safe_open] = {}  # key -> safe_open handle
         self._loaded: dict[str, torch.Tensor] = {}  # key -> tensor of a pickle file
         self._paths: dict[str, Path] = {}  # key -> the file holding it, for error messages
         for path in map(Path, paths):
@@ -151,14 +154,14 @@ class TensorFiles:
         if key in self._loaded:
             return self._loaded[key]
         try:
-            return self._safe[key].get_tensor(key)  # type: ignore[attr-defined]
+            return self._safe[key].get_tensor(key)
         except Exception as e:  # the file changed or shrank since its header was read
             raise CheckpointError(f"{self._paths[key]}: tensor {key} could not be read: {_first_line(e)}") from None
 
     def shape(self, key: str) -> tuple[int, ...]:
         if key in self._loaded:
             return tuple(self._loaded[key].shape)
-        return tuple(self._safe[key].get_slice(key).get_shape())  # type: ignore[attr-defined]
+        return tuple(self._safe[key].get_slice(key).get_shape())
 
     def dtype(self, key: str) -> torch.dtype | None:
         """The tensor's dtype; None for one torch has no name for here (float8 and other exotic safetensors types)."""
@@ -171,7 +174,7 @@ class TensorFiles:
     def dtype_name(self, key: str) -> str:
         if key in self._loaded:
             return str(self._loaded[key].dtype).removeprefix("torch.")
-        return self._safe[key].get_slice(key).get_dtype()  # type: ignore[attr-defined]
+        return self._safe[key].get_slice(key).get_dtype()
 
     def float_dtype(self) -> torch.dtype | None:
         """The dtype of the first floating-point tensor: what the weights were saved in."""
@@ -294,7 +297,7 @@ def check_depth(found: dict[str, int], expected: dict[str, tuple[str, int]], sou
 
 def load_weights(
     model: nn.Module,
-    files: TensorFiles,
+    files: TensorFiles | RenamedTensors,
     weight_map: WeightMap,
     *,
     prefix: str = "",

@@ -6,10 +6,21 @@ import functools
 import os
 import socket
 from pathlib import Path
+from typing import Literal, TypedDict, Unpack, overload
 from urllib.parse import urlparse
 
 HUB_KEYWORDS = ("revision", "subfolder", "cache_dir", "local_files_only", "token")
 """The keywords of ``resolve_file`` that say where a checkpoint's files are, shared by every ``from_pretrained``."""
+
+
+class HubOptions(TypedDict, total=False):
+    """``HUB_KEYWORDS`` with their types, as a ``from_pretrained`` passes them on to ``resolve_file``."""
+
+    revision: str | None
+    subfolder: str
+    cache_dir: str | os.PathLike | None
+    local_files_only: bool
+    token: str | bool | None
 
 
 class CheckpointNotFoundError(OSError):
@@ -33,6 +44,34 @@ def _download_help(repo_id: str) -> str:
         f"{repo_id.split('/')[-1]}`). A folder needs config.json and model.safetensors or pytorch_model.bin; "
         f"for text it also needs tokenizer.json or sentencepiece.bpe.model."
     )
+
+
+@overload
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    required: Literal[True] = True,
+    subfolder: str = "",
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path: ...
+
+
+@overload
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    required: bool,
+    subfolder: str = "",
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path | None: ...
 
 
 def resolve_file(
@@ -134,7 +173,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def resolve_first(name_or_path: str | os.PathLike, filenames: list[str], *, what: str = "files", **hub) -> Path:
+def resolve_first(
+    name_or_path: str | os.PathLike, filenames: list[str], *, what: str = "files", **hub: Unpack[HubOptions]
+) -> Path:
     """The first of ``filenames`` the checkpoint has; an error naming them all when it has none. ``hub``: the
     keywords of ``resolve_file`` (revision, subfolder, ...)."""
     for name in filenames:

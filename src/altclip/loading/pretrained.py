@@ -7,9 +7,9 @@ import copy
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack, overload
 
 import torch
 from torch import nn
@@ -17,10 +17,13 @@ from torch.overrides import TorchFunctionMode
 
 from altclip.compat.modeling import ATTN_IMPLEMENTATIONS, TransformersModelMixin
 from altclip.loading import checkpoint as ckpt
-from altclip.loading.hub import resolve_file, resolve_first
+from altclip.loading.hub import HubOptions, resolve_file, resolve_first
 from altclip.modeling.config import CONFIG_NAME, AltCLIPConfig, ConfigError, _Config, read_config_file
 from altclip.modeling.layers import Attention
 from altclip.utils.devices import check_device
+
+if TYPE_CHECKING:
+    from altclip.modeling.quantize import QuantizationConfig
 
 M = TypeVar("M", bound="PreTrainedModel")
 
@@ -36,6 +39,10 @@ _DTYPES = {
 }
 
 
+@overload
+def parse_dtype(dtype: None) -> None: ...
+@overload
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype | str: ...
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
     """A torch dtype, "auto", or None, from a dtype or its name ("bfloat16", "torch.float16", "fp32", ...)."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
@@ -62,6 +69,9 @@ class PreTrainedModel(TransformersModelMixin):
     layer_stacks: ClassVar[dict[str, str]] = {}
     # Checkpoint keys of tensors this model never uses (a head it does not have), skipped when loading.
     ignored_weights: ClassVar[re.Pattern | None] = None
+    # Set on a quantized model (``altclip.modeling.quantize``); a model that was never quantized has neither.
+    quantization_config: QuantizationConfig
+    quantization_backend: str
 
     def __init__(self, config: _Config):
         super().__init__()
@@ -76,6 +86,10 @@ class PreTrainedModel(TransformersModelMixin):
     def init_weights(self) -> None:
         """Random initialisation, as transformers does it for this architecture: the last step of building a model,
         which ``initialize=False`` (loading) skips."""
+        raise NotImplementedError
+
+    def encoder_layers(self) -> Iterable[nn.Module]:
+        """The transformer layers, in order: what quantization and FSDP work on one at a time."""
         raise NotImplementedError
 
     def _built(self, initialize: bool) -> None:
@@ -116,7 +130,7 @@ class PreTrainedModel(TransformersModelMixin):
         config: _Config | None = None,
         dtype: torch.dtype | str | None = None,
         torch_dtype: torch.dtype | str | None = None,
-        device: torch.device | str | None = None,
+        device: torch.device | str | int | None = None,
         device_map: torch.device | str | int | None = None,
         attn_implementation: str | None = None,
         revision: str | None = None,
@@ -170,7 +184,7 @@ class PreTrainedModel(TransformersModelMixin):
                 f'Specified `attn_implementation="{attn_implementation}"` is not supported; use one of '
                 f"{', '.join(ATTN_IMPLEMENTATIONS)}"
             )
-        hub = dict(
+        hub = HubOptions(
             revision=revision, subfolder=subfolder, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
         name = pretrained_model_name_or_path
@@ -202,12 +216,18 @@ class PreTrainedModel(TransformersModelMixin):
             from altclip.modeling.quantize import quantize
 
             quantize(model, quantization_config)
-        if output_loading_info:
-            return model, {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+        if output_loading_info:  # transformers' (model, info): the one return that is not the model
+            info: dict[str, Any] = {
+                "missing_keys": set(),
+                "unexpected_keys": set(),
+                "mismatched_keys": set(),
+                "error_msgs": [],
+            }
+            return model, info  # type: ignore[return-value]
         return model
 
     @classmethod
-    def _from_checkpoint(cls: type[M], name, config: _Config, raw: dict, *, dtype, device, hub: dict) -> M:
+    def _from_checkpoint(cls: type[M], name, config: _Config, raw: dict, *, dtype, device, hub: HubOptions) -> M:
         files = ckpt.TensorFiles(checkpoint_files(name, **hub))
         dtype = parse_dtype(dtype)
         if dtype == "auto":
@@ -241,9 +261,11 @@ class PreTrainedModel(TransformersModelMixin):
         tensor can have (``hidden_size = 2**31``: more bytes than a tensor can address) is a ``ConfigError``."""
         try:
             with empty_weights():
-                return cls(config, initialize=False)  # type: ignore[call-arg]
+                return cls(config, initialize=False)  # type: ignore[call-arg]  # each model class takes initialize=
         except RuntimeError as e:
-            raise ConfigError(f"{source}: {CONFIG_NAME} describes a model no tensor can hold ({str(e)[:200]})") from None
+            raise ConfigError(
+                f"{source}: {CONFIG_NAME} describes a model no tensor can hold ({str(e)[:200]})"
+            ) from None
 
     @classmethod
     def _check_depth(cls, config: _Config, found: dict[str, int], source: str) -> None:
@@ -266,14 +288,14 @@ class PreTrainedModel(TransformersModelMixin):
         cls: type[M], config: _Config, *, dtype: torch.dtype | str | None = None, attn_implementation: str | None = None
     ) -> M:
         """A randomly initialised model from a config (transformers' ``_from_config``, used by auto classes)."""
-        model = cls(copy.deepcopy(config))  # type: ignore[arg-type]
+        model = cls(copy.deepcopy(config))
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         dtype = parse_dtype(dtype)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
 
     @classmethod
-    def _from_quantized(cls: type[M], name_or_path, config: _Config, settings: dict, *, device, hub: dict) -> M:
+    def _from_quantized(cls: type[M], name_or_path, config: _Config, settings: dict, *, device, hub: HubOptions) -> M:
         """A checkpoint written by ``save_pretrained`` of a quantized model: loads without re-quantizing."""
         from altclip.modeling.quantize import QUANTIZED_WEIGHTS, QuantizationConfig, prepare_for_quantized_state
 
@@ -343,13 +365,10 @@ class _SkipInitialisers(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def checkpoint_files(name_or_path: str | os.PathLike, **hub: Any) -> list[Path]:
+def checkpoint_files(name_or_path: str | os.PathLike, **hub: Unpack[HubOptions]) -> list[Path]:
     """The weight files of a checkpoint: safetensors first, then legacy pickles; shards through their index.
     ``hub``: the keywords of ``resolve_file`` (revision, subfolder, ...)."""
     found = resolve_first(name_or_path, ckpt.WEIGHT_FILES, what="model weights", **hub)
     if not found.name.endswith(".index.json"):
         return [found]
-    return [
-        resolve_file(name_or_path, shard.name, **hub)  # type: ignore[misc]
-        for shard in ckpt.shard_files(found)
-    ]
+    return [resolve_file(name_or_path, shard.name, **hub) for shard in ckpt.shard_files(found)]

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from altclip.loading.registry import KNOWN_TEACHERS, RANDOM_MARKER, known_model
 from altclip.modeling.config import AltCLIPConfig
 
+if TYPE_CHECKING:
+    from altclip.modeling.model import AltCLIPModel
+    from altclip.processing.tokenizer import XLMRobertaTokenizer
 
-def random_model(shape: str | AltCLIPConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+
+def random_model(shape: str | AltCLIPConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> AltCLIPModel:
     """An ``AltCLIPModel`` with random weights of a registered shape (or of a config), initialised as transformers
     initialises it, reproducibly from ``seed``."""
     from altclip.modeling.model import AltCLIPModel
@@ -122,7 +127,7 @@ def _mark_random(path: Path) -> None:
     )
 
 
-def random_tokenizer(vocab_size: int):
+def random_tokenizer(vocab_size: int) -> XLMRobertaTokenizer:
     """The tokenizer of random checkpoints: trained on the package's multilingual captions, with at most
     ``vocab_size`` (and at most 4,000) tokens, so that every id fits the model's vocabulary."""
     from altclip.processing.tokenizer import caption_corpus, train_tokenizer

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
@@ -24,6 +24,10 @@ from altclip.loading.hub import resolve_file, resolve_first
 from altclip.loading.pretrained import checkpoint_files, empty_weights
 from altclip.modeling.config import AltCLIPConfig, AltCLIPTextConfig, AltCLIPVisionConfig, ConfigError, read_config_file
 from altclip.modeling.layers import PreNormLayer, run_layers
+
+if TYPE_CHECKING:
+    from altclip.modeling.model import AltCLIPModel
+    from altclip.modeling.text import AltCLIPTextModel
 
 
 @dataclass
@@ -124,7 +128,7 @@ class CLIPTextTower(nn.Module):
     def from_pretrained(
         cls, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None
     ) -> CLIPTextTower:
-        raw = read_config_file(resolve_file(name_or_path, "config.json"))  # type: ignore[arg-type]
+        raw = read_config_file(resolve_file(name_or_path, "config.json"))
         config = CLIPTextConfig.from_hf(raw)
         files = ckpt.TensorFiles(checkpoint_files(name_or_path))
         keys = files.keys()
@@ -185,9 +189,10 @@ class CLIPTokenizer:
         else:
             vocab = json.loads(found.read_text(encoding="utf-8"))
             merges_path = resolve_file(name_or_path, "merges.txt")
-            lines = merges_path.read_text(encoding="utf-8").splitlines()  # type: ignore[union-attr]
+            lines = merges_path.read_text(encoding="utf-8").splitlines()
             merges = [line for line in lines if line and not line.startswith("#version")]
-        return cls(vocab, [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges])
+        pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+        return cls(vocab, cast(list[tuple[str, str]], pairs))  # each merge is two tokens; BPE checks them
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask), padded to the longest text (at most 77 tokens)."""
@@ -232,10 +237,10 @@ def train_clip_tokenizer(texts: list[str], vocab_size: int, directory: str | os.
     return CLIPTokenizer.from_pretrained(path)
 
 
-def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
+def assemble_altclip(student: AltCLIPTextModel, clip_path: str | os.PathLike) -> AltCLIPModel:
     """A complete AltCLIP model: the trained ``student`` text tower with the CLIP checkpoint's image tower,
     ``visual_projection``, ``text_projection`` and ``logit_scale``, as AltCLIP was built."""
-    raw = read_config_file(resolve_file(clip_path, "config.json"))  # type: ignore[arg-type]
+    raw = read_config_file(resolve_file(clip_path, "config.json"))
     if raw.get("model_type") != "clip":
         raise ValueError(
             f"{clip_path} is not a full CLIP checkpoint (model_type {raw.get('model_type')!r}): its image tower is needed"
@@ -255,7 +260,7 @@ def assemble_altclip(student: nn.Module, clip_path: str | os.PathLike):
     return model.to(next(student.parameters()).device)
 
 
-def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig):
+def _clip_image_side(clip_path: str | os.PathLike, config: AltCLIPConfig) -> AltCLIPModel:
     """An AltCLIP model with the CLIP checkpoint's image tower, projections and ``logit_scale`` loaded, and its
     text tower still empty (on the meta device), for a trained student to fill."""
     from altclip.modeling.model import AltCLIPModel

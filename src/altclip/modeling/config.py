@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from typing_extensions import dataclass_transform
 
@@ -31,7 +31,7 @@ CONFIG_NAME = "config.json"
 _DROPPED_KEYS = {"_commit_hash", "_attn_implementation_internal", "_experts_implementation_internal", "use_return_dict"}
 
 
-C = TypeVar("C")
+C = TypeVar("C", bound="_Config")
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ def config_dataclass(cls: type[C]) -> type[C]:
     """``@dataclass``, with an ``__init__`` that also takes keys that are not fields (see ``_Config._set_extra``)."""
     cls = dataclass(cls, eq=False)
     init = cls.__init__
-    names = {f.name for f in fields(cls) if f.init}  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls) if f.init}
 
     @functools.wraps(init)
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -52,7 +52,7 @@ def config_dataclass(cls: type[C]) -> type[C]:
         init(self, *args, **kwargs)
         self._set_extra(extra)
 
-    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.__init__ = __init__  # type: ignore[method-assign]  # the dataclass's __init__, wrapped
     return cls
 
 
@@ -181,14 +181,14 @@ class _Config:
 
     def _keys(self) -> list[str]:
         """The fields, then the extra keys, in the order ``to_dict`` writes them (``model_type`` aside)."""
-        names = [f.name for f in fields(self)]  # type: ignore[arg-type]
+        names = [f.name for f in fields(self)]
         return names + [k for k in self.__dict__ if not k.startswith("_") and k not in names]
 
     def __iter__(self):
         return iter(self._keys())
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+        return isinstance(other, _Config) and type(other) is type(self) and self.to_dict() == other.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model_type": getattr(self, "model_type", "")}
@@ -230,12 +230,12 @@ class _Config:
     # Reading
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> _Config:
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Self:
         """A config from a dict; ``kwargs`` override its values."""
         return cls(**{k: copy.deepcopy(v) for k, v in {**data, **kwargs}.items()})
 
     @classmethod
-    def from_json_file(cls, json_file: str | os.PathLike) -> _Config:
+    def from_json_file(cls, json_file: str | os.PathLike) -> Self:
         return cls.from_hf_dict(read_config_file(json_file), source=str(json_file))
 
     @classmethod
@@ -249,15 +249,15 @@ class _Config:
         local_files_only: bool = False,
         token: str | bool | None = None,
         **kwargs: Any,
-    ) -> _Config:
+    ) -> Self:
         """Reads ``config.json`` from a local folder, a file, or a Hugging Face Hub model id.
 
         Other keywords override the file's values; a dict for a nested config (``text_config={"vocab_size": 20}``)
         overrides only the keys it names.
         """
-        from altclip.loading.hub import resolve_file
+        from altclip.loading.hub import HubOptions, resolve_file
 
-        hub = dict(
+        hub = HubOptions(
             revision=revision, subfolder=subfolder, cache_dir=cache_dir, local_files_only=local_files_only, token=token
         )
         path = resolve_file(pretrained_model_name_or_path, CONFIG_NAME, **hub)
@@ -270,14 +270,14 @@ class _Config:
             nested = getattr(self, key, None)
             if isinstance(nested, _Config) and isinstance(value, dict):
                 nested._set_overrides(value)
-            elif key in {f.name for f in fields(self)}:  # type: ignore[arg-type]
+            elif key in {f.name for f in fields(self)}:
                 setattr(self, key, value)
             else:
                 self._set_extra({key: value})
         self.validate()
 
     @classmethod
-    def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> _Config:
+    def from_hf_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Self:
         """Builds this config from a Hugging Face config dict, taking its part out of a full AltCLIP config."""
         model_type = data.get("model_type", cls.model_type)
         try:
@@ -419,7 +419,7 @@ class AltCLIPConfig(_Config):
         return cls(text_config=copy.deepcopy(text_config), vision_config=copy.deepcopy(vision_config), **kwargs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> AltCLIPConfig:
+    def from_dict(cls, data: dict[str, Any], **kwargs: Any) -> Self:
         data = {**data, **kwargs}
         # Configs written by transformers < 4.27 (BAAI/AltCLIP among them) carry `*_config_dict` entries whose values
         # override those of `*_config`; transformers applies them the same way.
@@ -427,7 +427,7 @@ class AltCLIPConfig(_Config):
             merged = dict(data.get(name) or {})
             merged.update(data.pop(f"{name}_dict", None) or {})
             data[name] = merged
-        return super().from_dict(data)  # type: ignore[return-value]
+        return super().from_dict(data)
 
 
 def _check_heads(config: AltCLIPTextConfig | AltCLIPVisionConfig) -> None:

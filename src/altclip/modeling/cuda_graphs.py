@@ -43,7 +43,8 @@ class GraphedFeatures:
         self.config = model.config
         self.max_batch, self.max_graphs, self.text_multiple = max_batch, max_graphs, text_multiple
         self._graphs: dict[tuple, _Graph] = {}
-        self._pool = None  # one memory pool shared by all graphs: they never run at the same time
+        # One memory pool shared by all graphs: they never run at the same time.
+        self._pool: torch.cuda._POOL_HANDLE | None = None
         self._lock = threading.Lock()
 
     @property

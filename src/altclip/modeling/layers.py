@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import functools
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -215,7 +215,10 @@ def varlen_attention(
     ``cu_seqlens[i]:cu_seqlens[i + 1]`` (of k and v: ``key_cu_seqlens``, when they hold other rows); returns
     (N, nh, hs)."""
     keys = cu_seqlens if key_cu_seqlens is None else key_cu_seqlens
-    return varlen_kernel()(q, k, v, cu_seqlens, keys, max_length, max_length)
+    kernel = varlen_kernel()
+    if kernel is None:  # callers check varlen_supported first
+        raise RuntimeError("Attention over packed sequences needs PyTorch 2.10 or later (torch.nn.attention.varlen)")
+    return kernel(q, k, v, cu_seqlens, keys, max_length, max_length)
 
 
 class MLP(nn.Module):
@@ -280,7 +283,7 @@ def expand_head_mask(head_mask: torch.Tensor | None, num_layers: int, num_heads:
 
 
 def run_layers(
-    layers: Sequence[nn.Module],
+    layers: Iterable[nn.Module],
     x: torch.Tensor,
     mask: torch.Tensor | None,
     head_masks: Sequence[torch.Tensor | None],

@@ -25,6 +25,7 @@ class AltCLIPModel(PreTrainedModel):
     initialises it (``init_weights``); ``initialize=False`` leaves the weights for a checkpoint to fill, as
     ``from_pretrained`` does."""
 
+    config: AltCLIPConfig
     config_class = AltCLIPConfig
     weight_map = ckpt.MODEL_WEIGHTS
     layer_stacks = {
@@ -71,11 +72,11 @@ class AltCLIPModel(PreTrainedModel):
             part.requires_grad_(False)
         return self
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Module:
         """The text tower's token embeddings (what peft and ``resize_token_embeddings`` work on)."""
         return self.text_model.get_input_embeddings()
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Module) -> None:
         self.text_model.set_input_embeddings(value)
 
     def get_text_features(
@@ -95,8 +96,8 @@ class AltCLIPModel(PreTrainedModel):
         4.x, where that argument only shaped the tower's internal output; it is accepted so that callers written
         for that signature run unchanged.
         """
-        simple = position_ids is None and token_type_ids is None and input_ids is not None
-        if simple and not (output_attentions or output_hidden_states):
+        simple = position_ids is None and token_type_ids is None
+        if simple and input_ids is not None and not (output_attentions or output_hidden_states):
             return self.text_projection(self.text_model.pooled(input_ids, attention_mask))
         out = self.text_model(
             input_ids=input_ids,

@@ -10,8 +10,8 @@ work as transformers' users expect. The classes are registered with ``torch.expo
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import Field, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 
@@ -19,15 +19,17 @@ import torch
 class ModelOutput(OrderedDict):
     """Base of the output dataclasses: the mapping holds the fields that are not None, kept in step with them."""
 
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # each subclass is a dataclass
+
     def __post_init__(self) -> None:
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
                 super().__setitem__(f.name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
-        if value is not None and name in self.__dataclass_fields__:  # type: ignore[attr-defined]
+        if value is not None and name in self.__dataclass_fields__:
             super().__setitem__(name, value)
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -44,7 +46,7 @@ class ModelOutput(OrderedDict):
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
     def __reduce__(self):  # pickle and copy.deepcopy through the dataclass fields, not the dict
-        return type(self), tuple(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+        return type(self), tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass

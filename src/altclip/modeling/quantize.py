@@ -21,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -80,7 +81,25 @@ class QuantizationConfig:
         return asdict(self)
 
 
-def quantize(model: nn.Module, config: QuantizationConfig | Any) -> nn.Module:
+class Quantizable(Protocol):
+    """What quantization uses of a model beyond its layers' modules: ``loading.pretrained.PreTrainedModel`` (the
+    towers and the whole model) has all of it."""
+
+    config: Any
+    quantization_config: QuantizationConfig  # set by quantize, read by save_quantized
+    quantization_backend: str
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def encoder_layers(self) -> Iterable[nn.Module]: ...
+    def get_input_embeddings(self) -> nn.Module: ...
+    def set_input_embeddings(self, value: nn.Module) -> None: ...
+
+
+Q = TypeVar("Q", bound=Quantizable)
+
+
+def quantize(model: Q, config: QuantizationConfig | Any) -> Q:
     """Quantizes ``model``'s linear layers in place, as ``config`` says; returns the model."""
     config = QuantizationConfig.coerce(config)
     device = next(model.parameters()).device
@@ -119,7 +138,7 @@ def resolve_backend(config: QuantizationConfig, device: torch.device) -> str:
 QUANTIZED_WEIGHTS = "quantized_model.pt"
 
 
-def save_quantized(model: nn.Module, directory: Path) -> None:
+def save_quantized(model: Quantizable, directory: Path) -> None:
     """A quantized model's own format: config.json with ``quantization_config``, and its state dict (packed int8
     weights and scales, or torchao tensors) in ``quantized_model.pt``, loaded again without re-quantizing."""
     config = model.config.to_dict()
@@ -128,7 +147,7 @@ def save_quantized(model: nn.Module, directory: Path) -> None:
     torch.save(model.state_dict(), directory / QUANTIZED_WEIGHTS)
 
 
-def prepare_for_quantized_state(model: nn.Module, config: QuantizationConfig) -> None:
+def prepare_for_quantized_state(model: Quantizable, config: QuantizationConfig) -> None:
     """Gives a freshly built model the module structure of a quantized one (empty quantized layers), so that a
     saved quantized state dict loads into it. torchao's quantized tensors need no structure: they are assigned."""
     if config.backend == "torch":
@@ -147,13 +166,14 @@ def prepare_for_quantized_state(model: nn.Module, config: QuantizationConfig) ->
 
         text = _text_tower(model)
         token = text.get_input_embeddings()
+        assert isinstance(token, nn.Embedding)  # a model just built: the float table, replaced here
         with _quiet_deprecation(), torch.device("cpu"):
             text.set_input_embeddings(
                 nnq.Embedding(token.num_embeddings, token.embedding_dim, padding_idx=token.padding_idx)
             )
 
 
-def _text_tower(model: nn.Module) -> nn.Module:
+def _text_tower(model: Quantizable) -> Quantizable:
     return getattr(model, "text_model", model)
 
 
@@ -161,7 +181,7 @@ def _is_linear(module: nn.Module, name: str) -> bool:
     return isinstance(module, nn.Linear)
 
 
-def _torch_dynamic(layers: list[nn.Module]) -> None:
+def _torch_dynamic(layers: Iterable[nn.Module]) -> None:
     from torch.ao.quantization import quantize_dynamic
 
     if "x86" in torch.backends.quantized.supported_engines:
@@ -203,7 +223,7 @@ def _torchao_config(config: QuantizationConfig):
     return getattr(ao, name)()
 
 
-def _quantize_embeddings(model: nn.Module) -> None:
+def _quantize_embeddings(model: Quantizable) -> None:
     """The word-embedding table in int8 with a scale per row (PyTorch's weight-only embedding quantization)."""
     from torch.ao.quantization import float_qparams_weight_only_qconfig, quantize_dynamic
 
@@ -212,4 +232,4 @@ def _quantize_embeddings(model: nn.Module) -> None:
     holder.token = text.get_input_embeddings()
     with _quiet_deprecation():
         quantize_dynamic(holder, {nn.Embedding: float_qparams_weight_only_qconfig}, inplace=True)
-    text.set_input_embeddings(holder.token)
+    text.set_input_embeddings(holder.get_submodule("token"))

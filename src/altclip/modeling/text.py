@@ -34,7 +34,8 @@ class TextEmbeddings(nn.Module):
     def __init__(self, config: AltCLIPTextConfig):
         super().__init__()
         self.pad = config.pad_token_id
-        self.token = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # An nn.Embedding; quantization (include_embeddings) puts its int8 embedding module here instead.
+        self.token: nn.Module = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position = nn.Embedding(
             config.max_position_embeddings, config.hidden_size, padding_idx=config.pad_token_id
         )
@@ -96,6 +97,7 @@ class AltCLIPTextModel(PreTrainedModel):
     for a checkpoint to fill, as ``from_pretrained`` does.
     """
 
+    config: AltCLIPTextConfig
     config_class = AltCLIPTextConfig
     weight_map = ckpt.TEXT_WEIGHTS
     checkpoint_prefix = "text_model."
@@ -140,7 +142,7 @@ class AltCLIPTextModel(PreTrainedModel):
         from altclip.loading.pretrained import checkpoint_files
         from altclip.modeling.config import ConfigError, read_config_file
 
-        raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))  # type: ignore[arg-type]
+        raw = read_config_file(resolve_file(name_or_path, "config.json", revision=revision))
         if raw.get("model_type") not in ("xlm-roberta", "roberta"):
             raise ConfigError(f"{name_or_path} is not an XLM-RoBERTa checkpoint (model_type {raw.get('model_type')!r})")
         config = AltCLIPTextConfig.from_hf_dict({**raw, "model_type": cls.config_class.model_type,
@@ -156,7 +158,7 @@ class AltCLIPTextModel(PreTrainedModel):
         )  # fmt: skip
         return model.eval()
 
-    def get_input_embeddings(self) -> nn.Embedding:
+    def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.token
 
     def set_input_embeddings(self, value: nn.Module) -> None:
@@ -246,12 +248,11 @@ class AltCLIPTextModel(PreTrainedModel):
         equals ``forward(...).pooler_output`` up to float round-off. A graph being recorded (CUDA graphs, export)
         takes the padded path, whose shapes do not depend on the mask's values.
         """
-        shaped = (
-            attention_mask is not None and attention_mask.shape == input_ids.shape and not graph_mode()
-        )  # else encode says what is wrong
-        lengths = attention_mask.sum(1) if shaped else None
-        packed = shaped and int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths)
-        packing = Packing(attention_mask) if packed else None
+        packing = None
+        if attention_mask is not None and attention_mask.shape == input_ids.shape and not graph_mode():
+            lengths = attention_mask.sum(1)  # else encode says what is wrong
+            if int(lengths.min()) < input_ids.shape[1] and _right_padded(attention_mask, lengths):
+                packing = Packing(attention_mask)
         h, _, _ = self.encode(input_ids, attention_mask, packing=packing)
         cls = h[packing.first] if packing is not None else h[:, 0]
         return self.transformation(self.final_norm(cls))
@@ -264,7 +265,11 @@ class AltCLIPTextModel(PreTrainedModel):
         return self.transformation(h)
 
     def encode_all_positions(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *, output_hidden_states: bool = False
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         """``encode`` for every position of a right-padded batch, padding included, computing each sequence's
         padding once: the last layer's output (B, T, hidden) and, if asked, the hidden states (each (B, T, hidden)).
@@ -277,24 +282,28 @@ class AltCLIPTextModel(PreTrainedModel):
         77. Without a mask, with padding elsewhere than on the right or that is not the padding token, or while a
         graph is recorded, this is ``encode`` on the padded batch, which gives the same values.
         """
-        packable = (
+        if (
             input_ids is not None
             and attention_mask is not None
             and input_ids.dim() == 2
             and attention_mask.shape == input_ids.shape
             and not graph_mode()
-        )  # else encode says what is wrong, or computes what was asked on the padded batch
-        if packable:
+        ):  # else encode says what is wrong, or computes what was asked on the padded batch
             lengths = attention_mask.sum(1)
             padding = attention_mask == 0
-            packable = (
+            if (
                 0 < int(lengths.min()) < input_ids.shape[1]
                 and _right_padded(attention_mask, lengths)
                 and bool((input_ids[padding] == self.config.pad_token_id).all())
-            )
-        if not packable:
-            h, hidden_states, _ = self.encode(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-            return h, hidden_states
+            ):
+                return self._encode_all_positions_packed(input_ids, attention_mask, lengths, output_hidden_states)
+        h, hidden_states, _ = self.encode(input_ids, attention_mask, output_hidden_states=output_hidden_states)
+        return h, hidden_states
+
+    def _encode_all_positions_packed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """``encode_all_positions`` of a right-padded batch whose padding is the padding token."""
         B, T = input_ids.shape
         positions = torch.arange(T, device=input_ids.device)
         rows = positions[None] <= lengths[:, None]  # (B, T) the real tokens and the first padding position
@@ -330,12 +339,13 @@ class AltCLIPTextModel(PreTrainedModel):
                 raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
             shape = tuple(input_ids.shape)
         else:
-            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:  # type: ignore[union-attr]
+            assert inputs_embeds is not None  # exactly one of the two, checked above
+            if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
                 raise ValueError(
                     f"inputs_embeds must have shape (batch, sequence, {config.hidden_size}), "
-                    f"got {tuple(inputs_embeds.shape)}"  # type: ignore[union-attr]
+                    f"got {tuple(inputs_embeds.shape)}"
                 )
-            shape = tuple(inputs_embeds.shape[:2])  # type: ignore[union-attr]
+            shape = tuple(inputs_embeds.shape[:2])
         if shape[0] == 0 or shape[1] == 0:
             raise ValueError(f"Empty batch: input of shape {shape}")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):

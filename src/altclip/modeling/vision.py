@@ -6,6 +6,9 @@ class token's final state layer-normed as the pooled output.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,6 +58,7 @@ class AltCLIPVisionModel(PreTrainedModel):
     weights for a checkpoint to fill, as ``from_pretrained`` does.
     """
 
+    config: AltCLIPVisionConfig
     config_class = AltCLIPVisionConfig
     weight_map = ckpt.VISION_WEIGHTS
     checkpoint_prefix = "vision_model."
@@ -89,7 +93,7 @@ class AltCLIPVisionModel(PreTrainedModel):
         nn.init.normal_(self.embeddings.class_embedding, std=width**-0.5 * factor)
         nn.init.normal_(self.embeddings.patch.weight, std=c.initializer_range * factor)
         nn.init.normal_(self.embeddings.position.weight, std=c.initializer_range * factor)
-        for layer in self.layers:
+        for layer in cast(Iterable[PreNormLayer], self.layers):
             init_linear(layer.attn.qkv, attn_std)
             init_linear(layer.attn.out, width**-0.5 * factor)
             init_linear(layer.mlp.fc1, (2 * width) ** -0.5 * factor)
@@ -101,7 +105,7 @@ class AltCLIPVisionModel(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Conv2d:
         return self.embeddings.patch
 
-    def set_input_embeddings(self, value: nn.Conv2d) -> None:
+    def set_input_embeddings(self, value: nn.Conv2d) -> None:  # type: ignore[override]  # the patch convolution
         self.embeddings.patch = value
 
     def encoder_layers(self) -> nn.ModuleList:
@@ -121,7 +125,7 @@ class AltCLIPVisionModel(PreTrainedModel):
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
         self._check_pixels(pixel_values, interpolate_pos_encoding)
-        x = self.pre_norm(self.embeddings(pixel_values, interpolate_pos_encoding))  # type: ignore[arg-type]
+        x = self.pre_norm(self.embeddings(pixel_values, interpolate_pos_encoding))
         x, hidden_states, attentions = run_layers(
             self.layers,
             x,

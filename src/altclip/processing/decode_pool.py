@@ -303,6 +303,7 @@ class _Worker:
     def _ended(self) -> str:
         """Why the process ended while it held an image; a new one takes its place."""
         process = self.process
+        assert process is not None  # the process that held the image
         if process.poll() is None:
             process.kill()
         code = process.wait()

@@ -51,6 +51,17 @@ class XLMRobertaTokenizer:
 
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "right"  # where padding goes; a call's padding_side= overrides it, as in transformers
+    # Each of SPECIAL_TOKENS and its id, set in __init__.
+    bos_token: str
+    pad_token: str
+    eos_token: str
+    unk_token: str
+    mask_token: str
+    bos_token_id: int
+    pad_token_id: int
+    eos_token_id: int
+    unk_token_id: int
+    mask_token_id: int
 
     def __init__(
         self, vocab: list[tuple[str, float]], charsmap: bytes | None = None, model_max_length: int = DEFAULT_MAX_LENGTH
@@ -129,15 +140,21 @@ class XLMRobertaTokenizer:
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> list[str]:
         tokens = self._tokenizer.encode(_check_text(text, 0), add_special_tokens=False).tokens
-        return [self.bos_token, *tokens, self.eos_token] if add_special_tokens else tokens  # type: ignore[attr-defined]
+        return [self.bos_token, *tokens, self.eos_token] if add_special_tokens else tokens
 
     def convert_tokens_to_ids(self, tokens: str | Sequence[str]) -> int | list[int]:
         if isinstance(tokens, str):
-            found = self._tokenizer.token_to_id(tokens)
-            return self.unk_token_id if found is None else found  # type: ignore[attr-defined]
-        return [self.convert_tokens_to_ids(t) for t in tokens]  # type: ignore[misc]
+            return self._token_id(tokens)
+        return [self._token_id(t) for t in tokens]
 
-    def convert_ids_to_tokens(self, ids: int | Sequence[int], skip_special_tokens: bool = False) -> str | list[str]:
+    def _token_id(self, token: str) -> int:
+        found = self._tokenizer.token_to_id(token)
+        return self.unk_token_id if found is None else found
+
+    def convert_ids_to_tokens(
+        self, ids: int | Sequence[int], skip_special_tokens: bool = False
+    ) -> str | None | list[str | None]:
+        """The token of each id; None for an id outside the vocabulary."""
         if isinstance(ids, int):
             return self._tokenizer.id_to_token(ids)
         skip = set(self.all_special_ids) if skip_special_tokens else set()
@@ -220,7 +237,7 @@ class XLMRobertaTokenizer:
         side = padding_side or self.padding_side
         if side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {side!r}")
-        pad = (self.pad_token_id, (0, 0), 1)  # type: ignore[attr-defined]
+        pad = (self.pad_token_id, (0, 0), 1)
         columns: dict[str, list] = {
             "input_ids": [],
             "attention_mask": [],
@@ -332,7 +349,7 @@ class XLMRobertaTokenizer:
         b = None if b is None else [(i, o, 0) for i, o in b]
         if not add_special_tokens:
             return a + (b or [])
-        bos, eos = (self.bos_token_id, (0, 0), 1), (self.eos_token_id, (0, 0), 1)  # type: ignore[attr-defined]
+        bos, eos = (self.bos_token_id, (0, 0), 1), (self.eos_token_id, (0, 0), 1)
         return [bos, *a, eos] if b is None else [bos, *a, eos, eos, *b, eos]
 
     # -----------------------------------------------------------------------------------------------------------
@@ -463,6 +480,7 @@ def _protobuf_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     while i < len(buf):
         key, i = _varint(buf, i)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, i = _varint(buf, i)
         elif wire == 1:

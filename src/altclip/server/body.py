@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 from starlette.routing import Match
+from starlette.types import Scope
 
 from altclip.server.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from altclip.server.schemas import UPLOAD_ENCODING
@@ -26,7 +27,7 @@ from altclip.utils import jsonsafe
 JSON, MULTIPART = "application/json", "multipart/form-data"
 
 
-def content_type(scope: dict) -> str:
+def content_type(scope: Scope) -> str:
     return dict(scope["headers"]).get(b"content-type", b"").decode("latin-1").lower()
 
 
@@ -70,7 +71,7 @@ class JSONRoute(APIRoute):
 
         return handler
 
-    def scope_for(self, scope: dict) -> dict:
+    def scope_for(self, scope: Scope) -> Scope:
         ctype = content_type(scope)
         if not ctype.startswith(JSON):
             raise UnsupportedMediaType(f"Send {self.accepted}, not {ctype or 'no content type'}")
@@ -84,13 +85,13 @@ class JSONOrUploadRoute(JSONRoute):
 
 
 class AnyJSONRoute(JSONRoute):
-    def scope_for(self, scope: dict) -> dict:
+    def scope_for(self, scope: Scope) -> Scope:
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
         return {**scope, "headers": [*headers, (b"content-type", JSON.encode())]}
 
 
 class UploadRoute(APIRoute):
-    def matches(self, scope: dict) -> tuple[Match, dict]:
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] == "http" and not content_type(scope).startswith(MULTIPART):
             return Match.NONE, {}
         return super().matches(scope)

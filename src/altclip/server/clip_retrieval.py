@@ -21,6 +21,7 @@ needs ``--cors-origin``.
 """
 
 import re
+from enum import Enum
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
@@ -66,9 +67,9 @@ def knn_request(f: Fields) -> type[BaseModel]:
                            for name in ("text", "image", "embedding_input")]}  # fmt: skip
 
     class KnnRequest(BaseModel, json_schema_extra=one_query):
-        text: Annotated[f.text | None, BeforeValidator(_blank_is_none),
+        text: Annotated[f.text | None, BeforeValidator(_blank_is_none),  # type: ignore[name-defined]  # made at run time
                         Field(description="Text to search for, in any language")] = None  # fmt: skip
-        image: Annotated[f.base64_image | None, Field(description="Or an image to search with")] = None
+        image: Annotated[f.base64_image | None, Field(description="Or an image to search with")] = None  # type: ignore[name-defined]  # made at run time
         image_url: Annotated[
             None, WithJsonSchema({"type": "null", "description": "Not supported: the server never fetches URLs"})
         ] = None
@@ -137,9 +138,9 @@ class MetadataResult(BaseModel):
 
 
 def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
-    knn = knn_request(fields)
+    knn: Any = knn_request(fields)  # the deployment's model, made at run time
     unauthorized = [401] if auth else []
-    tags = ["clip-retrieval"]
+    tags: list[str | Enum] = ["clip-retrieval"]
 
     async def indices_list(service: ServiceDep) -> list[str]:
         return [] if service.index is None else [index_name(service)]
@@ -175,6 +176,7 @@ def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
 
 def index_name(service: Service) -> str:
     """The index's name in clip-retrieval's API: its folder's."""
+    assert service.settings.index is not None  # asked only of a server with an index
     return FilePath(service.settings.index).name or "index"
 
 

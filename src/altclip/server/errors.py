@@ -7,7 +7,7 @@ OpenAI's error object beside ``detail`` (``openai_error``), from their handlers 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -103,11 +103,11 @@ OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
 OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 504: "timeout_error"}
 
 
-def error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
-def openai_error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def openai_error(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """An error as OpenAI's API gives it (``{"error": {"message", "type", ...}}``), with ``detail`` as ours."""
     kind = OPENAI_TYPES.get(status, "invalid_request_error")
     return JSONResponse(
@@ -135,8 +135,9 @@ def install(app: FastAPI, message: Callable[[Sequence[dict]], str]) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return shaped(422, message(exc.errors()), None, request.scope["path"])
 
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(HTTPException, _routing_error)
+    # Starlette calls each handler with exceptions of its class only; its stub types handlers as taking any.
+    app.add_exception_handler(RequestValidationError, invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _routing_error)  # type: ignore[arg-type]
 
 
 def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
@@ -147,7 +148,7 @@ def describe(exc: Exception) -> tuple[int, str, dict[str, str] | None] | None:
     return None
 
 
-def shaped(status: int, detail: str, headers: dict[str, str] | None, path: str) -> JSONResponse:
+def shaped(status: int, detail: str, headers: Mapping[str, str] | None, path: str) -> JSONResponse:
     """An error answer in the shape of the route at ``path``: OpenAI's on its routes, where a request that cannot be
     used is a 400 as OpenAI answers it (the SDK's ``BadRequestError``); ``{"detail"}`` with our status elsewhere."""
     if path.startswith(OPENAI_PATHS):
@@ -157,7 +158,9 @@ def shaped(status: int, detail: str, headers: dict[str, str] | None, path: str) 
 
 def response(exc: Exception, path: str = "") -> JSONResponse:
     """The response the table gives ``exc`` (one of its exceptions) on the route at ``path``."""
-    return shaped(*describe(exc), path)
+    described = describe(exc)
+    assert described is not None, f"{type(exc).__name__} is not in the table"
+    return shaped(*described, path)
 
 
 async def _respond(request: Request, exc: Exception) -> JSONResponse:

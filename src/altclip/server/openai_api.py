@@ -22,7 +22,7 @@ Errors keep the service's ``{"detail": ...}`` and add OpenAI's ``{"error": {"mes
 
 import base64
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Path
@@ -54,12 +54,13 @@ def _item_kind(value: Any) -> str:
 def embeddings_request(f: Fields) -> Any:
     """The body of ``POST /v1/embeddings`` for one deployment: texts (bare strings, unless ``modality`` is
     ``image``, as infinity-emb reads them) and typed items, each checked against the deployment's limits."""
-    Image = Annotated[
-        f.base64_image, AfterValidator(_not_fetched)
-    ]  # (capitalised: EmbeddingsImageItem annotates "image")
+    # The deployment's field types, made at run time from its settings (so Any to a static type checker).
+    # (capitalised: EmbeddingsImageItem annotates "image")
+    Text: Any = f.text
+    Image: Any = Annotated[f.base64_image, AfterValidator(_not_fetched)]
 
     class EmbeddingsTextItem(BaseModel, extra="forbid"):
-        text: f.text
+        text: Text
 
     class EmbeddingsImageItem(BaseModel, extra="forbid"):
         image: Image
@@ -83,10 +84,17 @@ def embeddings_request(f: Fields) -> Any:
             Discriminator(_item_kind),
         ]  # fmt: skip
         one_or_list = Discriminator(lambda value: "a list" if isinstance(value, list) else "a string")
-        listed = Annotated[f.items(item), BeforeValidator(not_token_ids), Tag("a list")]
+        listed: Any = Annotated[f.items(item), BeforeValidator(not_token_ids), Tag("a list")]
         return Annotated[Annotated[string, Tag("a string")] | listed, one_or_list, Field(description=description)]
 
+    TextInputs: Any = inputs(f.text, "What to embed: texts, or typed items of texts and images")
+    ImageInputs: Any = inputs(Image, "What to embed: images (base64 or data: URIs), or typed items of texts and images")
+
     class EmbeddingsRequest(BaseModel):
+        if TYPE_CHECKING:  # fields of each subclass
+            input: str | list[Any]
+            modality: Literal["text", "image"]
+
         model: Annotated[NAME, Field(description="Any name: this server embeds with the one it serves")]
         encoding_format: Literal["float", "base64"] = "float"
         dimensions: Annotated[
@@ -115,11 +123,11 @@ def embeddings_request(f: Fields) -> Any:
             return out
 
     class TextEmbeddingsRequest(EmbeddingsRequest):
-        input: inputs(f.text, "What to embed: texts, or typed items of texts and images")
+        input: TextInputs
         modality: Annotated[Literal["text"], Field(description="What the strings of input are: texts")] = "text"
 
     class ImageEmbeddingsRequest(EmbeddingsRequest):
-        input: inputs(Image, "What to embed: images (base64 or data: URIs), or typed items of texts and images")
+        input: ImageInputs
         modality: Annotated[Literal["image"], Field(description="What the strings of input are: images")]
 
     def modality(value: Any) -> str:
@@ -169,7 +177,7 @@ class ModelList(BaseModel):
 
 
 def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
-    request = embeddings_request(fields)
+    request: Any = embeddings_request(fields)  # the deployment's body type, made at run time
     unauthorized = [401] if auth else []
 
     async def embeddings(service: ServiceDep, payload: request) -> EmbeddingsResponse:

@@ -6,7 +6,7 @@ runs, all behind the bearer token when the server has one (the page learns that 
 path (``body.post``)."""
 
 from pathlib import Path as FilePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Path
 from fastapi.responses import Response
@@ -35,37 +35,37 @@ class JPEGResponse(Response):
 
 def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
     api = requests(fields)
-    common = {"dependencies": auth, "responses": documented(*BODY_ERRORS, *([401] if auth else []))}
+    common: dict[str, Any] = {"dependencies": auth, "responses": documented(*BODY_ERRORS, *([401] if auth else []))}
 
-    async def embed_text(service: ServiceDep, payload: api.texts) -> EmbeddingsResponse:
+    async def embed_text(service: ServiceDep, payload: api.texts) -> EmbeddingsResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         vectors = (await service.embed(payload.texts)).texts
         return EmbeddingsResponse(model=service.model_name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
-    async def embed_image(service: ServiceDep, payload: api.images) -> EmbeddingsResponse:
+    async def embed_image(service: ServiceDep, payload: api.images) -> EmbeddingsResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         vectors = (await service.embed(images=payload.image_bytes())).images
         return EmbeddingsResponse(model=service.model_name, dim=service.embedder.dim, embeddings=vectors.tolist())
 
-    async def embed_image_upload(service: ServiceDep, form: Annotated[api.images_form, File()]) -> EmbeddingsResponse:
+    async def embed_image_upload(service: ServiceDep, form: Annotated[api.images_form, File()]) -> EmbeddingsResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         return await embed_image(service, form)
 
-    async def classify(service: ServiceDep, payload: api.classify) -> ClassifyResponse:
+    async def classify(service: ServiceDep, payload: api.classify) -> ClassifyResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         ranked = await service.classify(payload.image_bytes(), payload.labels, payload.prompts())
         return ClassifyResponse(labels=ranked)
 
-    async def classify_upload(service: ServiceDep, form: Annotated[api.classify_form, File()]) -> ClassifyResponse:
+    async def classify_upload(service: ServiceDep, form: Annotated[api.classify_form, File()]) -> ClassifyResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         return await classify(service, form)
 
-    async def similarity(service: ServiceDep, payload: api.similarity) -> SimilarityResponse:
+    async def similarity(service: ServiceDep, payload: api.similarity) -> SimilarityResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         scores = await service.similarity(payload.texts, payload.image_bytes())
         return SimilarityResponse(**{key: value.tolist() for key, value in scores.items()})
 
-    async def search(service: ServiceDep, payload: api.search) -> SearchResponse:
+    async def search(service: ServiceDep, payload: api.search) -> SearchResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         hits = await service.search(payload.query, payload.image_bytes(), payload.top_k)
         results = [{"id": h.id, "score": h.score, "name": FilePath(h.path).name, "duplicates": len(h.duplicates)}
                    for h in hits]  # fmt: skip
         return SearchResponse(results=results)
 
-    async def search_upload(service: ServiceDep, form: Annotated[api.search_form, File()]) -> SearchResponse:
+    async def search_upload(service: ServiceDep, form: Annotated[api.search_form, File()]) -> SearchResponse:  # type: ignore[name-defined]  # the deployment's model, made at run time
         return await search(service, form)
 
     async def thumbnail(service: ServiceDep, file_id: Annotated[int, Path(ge=0, le=2**63 - 1)]) -> JPEGResponse:

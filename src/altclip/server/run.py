@@ -98,7 +98,9 @@ class HeaderDeadline:
     def protocol(self, base: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
         deadline = self
 
-        class Protocol(base):  # type: ignore[misc, valid-type]
+        class Protocol(base):  # type: ignore[misc, valid-type]  # the base is uvicorn's protocol, chosen at run time
+            _deadline_timer: asyncio.TimerHandle | None
+
             def connection_made(self, transport) -> None:
                 super().connection_made(transport)
                 self._deadline_transport, self._deadline_timer, self._requests = transport, None, 0
@@ -109,7 +111,7 @@ class HeaderDeadline:
 
             def connection_lost(self, exc: Exception | None) -> None:
                 self._deadline_disarm()
-                if deadline.connections.get(self._peer) is self:
+                if self._peer is not None and deadline.connections.get(self._peer) is self:
                     del deadline.connections[self._peer]
                 super().connection_lost(exc)
 

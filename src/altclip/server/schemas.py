@@ -12,7 +12,7 @@ import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -47,6 +47,7 @@ IMAGE_BASE64 = {
 }
 IMAGE_FILE = {"type": "string", "format": "binary", "description": "An image file (JPEG, PNG, WebP, ...)"}
 TEMPLATE_MODES = zeroshot.TEMPLATE_MODES
+TemplateMode: Any = Literal[TEMPLATE_MODES]  # one of the names, as a type (made from the tuple at run time)
 TEMPLATES_HELP = (
     "templates must be 'auto', 'none', a language code ({}), a non-empty list of templates with '{{}}', or null"
 ).format(", ".join(TEMPLATE_MODES[2:]))
@@ -260,13 +261,19 @@ TopK = Annotated[int, Field(ge=1, le=1000, description="How many results")]
 
 
 def requests(f: Fields) -> Requests:
+    # The deployment's field types, made at run time from its settings (so Any to a static type checker).
     # (capitalised: a class body cannot read a name of the function that it also annotates)
-    Texts = f.texts("texts", "Texts in any language")
-    Labels = f.items(f.text, "Candidate labels, in any language")  # their characters counted with the prompts'
-    Images = f.items(f.base64_image)
+    Text: Any = f.text
+    FormText: Any = f.form_text
+    Base64Image: Any = f.base64_image
+    ImageFile: Any = f.image_file
+    Texts: Any = f.texts("texts", "Texts in any language")
+    Labels: Any = f.items(f.text, "Candidate labels, in any language")  # their characters counted with the prompts'
+    Images: Any = f.items(f.base64_image)
+    ImageFiles: Any = f.items(f.image_file)
     name_or_list = Discriminator(lambda value: "a list" if isinstance(value, list) else "a name")
-    Templates = Annotated[
-        Annotated[Annotated[Literal[TEMPLATE_MODES], Tag("a name")]  # type: ignore[valid-type]
+    Templates: Any = Annotated[
+        Annotated[Annotated[TemplateMode, Tag("a name")]
                   | Annotated[f.items(f.template), Tag("a list")], name_or_list] | None,
         Field(description="'auto' (each label in the template set of its language), 'none' (the label alone), a "
               "language code (that template set), a list of templates with '{}' for the label, or null "
@@ -283,12 +290,16 @@ def requests(f: Fields) -> Requests:
             return [decode_base64(text, i) for i, text in enumerate(self.images)]
 
     class ImagesForm(BaseModel):
-        images: f.items(f.image_file)
+        images: ImageFiles
 
         def image_bytes(self) -> list[bytes]:
             return self.images
 
     class Classification(BaseModel):
+        if TYPE_CHECKING:  # fields of each subclass
+            labels: list[str]
+            templates: zeroshot.Templates
+
         @model_validator(mode="after")
         def _prompts(self):
             f.prompts(self.labels, self.templates)
@@ -298,7 +309,7 @@ def requests(f: Fields) -> Requests:
             return zeroshot.label_prompts(self.labels, self.templates)
 
     class ClassifyRequest(Classification):
-        image: f.base64_image
+        image: Base64Image
         labels: Labels
         templates: Templates = "auto"
 
@@ -306,7 +317,7 @@ def requests(f: Fields) -> Requests:
             return decode_base64(self.image, 0)
 
     class ClassifyForm(Classification):
-        image: f.image_file
+        image: ImageFile
         labels: Annotated[
             Labels,
             BeforeValidator(label_list),
@@ -316,7 +327,7 @@ def requests(f: Fields) -> Requests:
                             "length limit of texts)"}),
         ]  # fmt: skip
         templates: Annotated[
-            Literal[TEMPLATE_MODES],  # type: ignore[valid-type]
+            TemplateMode,
             BeforeValidator(part_text),
             Field(description="'auto', 'none' or a language code"),
         ] = "auto"
@@ -339,18 +350,18 @@ def requests(f: Fields) -> Requests:
             return self
 
     class SearchRequest(QueryOrImage):
-        query: Annotated[f.text, Field(description="Text to search for", json_schema_extra=_optional)] = None
-        image: Annotated[f.base64_image, Field(description="Or an image to search with",
-                                               json_schema_extra=_optional)] = None  # fmt: skip
+        query: Annotated[Text, Field(description="Text to search for", json_schema_extra=_optional)] = None
+        image: Annotated[Base64Image, Field(description="Or an image to search with",
+                                            json_schema_extra=_optional)] = None  # fmt: skip
         top_k: TopK = 10
 
         def image_bytes(self) -> bytes | None:
             return None if self.image is None else decode_base64(self.image, 0)
 
     class SearchForm(QueryOrImage):
-        query: Annotated[f.form_text, Field(description="Text to search for", json_schema_extra=_optional)] = None
-        image: Annotated[f.image_file, Field(description="Or an image to search with",
-                                             json_schema_extra=_optional)] = None  # fmt: skip
+        query: Annotated[FormText, Field(description="Text to search for", json_schema_extra=_optional)] = None
+        image: Annotated[ImageFile, Field(description="Or an image to search with",
+                                          json_schema_extra=_optional)] = None  # fmt: skip
         top_k: TopK = 10
 
         def image_bytes(self) -> bytes | None:

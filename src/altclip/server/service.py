@@ -178,8 +178,10 @@ class Service:
 
     async def query_vector(self, query: str | None, image: bytes | None) -> np.ndarray:
         """The embedding of a search: of its text, else of its image."""
-        embedded = await self.embed([query]) if query is not None else await self.embed(images=[image])
-        return embedded.texts[0] if query is not None else embedded.images[0]
+        if query is not None:
+            return (await self.embed([query])).texts[0]
+        assert image is not None  # a search has a query or an image (its request model checks that)
+        return (await self.embed(images=[image])).images[0]
 
     async def search(self, query: str | None, image: bytes | None, top_k: int) -> list:
         if self.index is None:

@@ -130,7 +130,7 @@ class ServerSettings(BaseSettings):
         if path is not None and not path.is_file():
             raise FileNotFoundError(f"{path}: no such settings file")
 
-        class Loaded(cls):  # type: ignore[valid-type, misc]
+        class Loaded(cls):  # type: ignore[valid-type, misc]  # a subclass of the class called on, made per call
             @classmethod
             def settings_customise_sources(cls, settings_cls, init_settings, *_, **__):
                 sources = [init_settings, Environment(settings_cls, environ)]

@@ -162,6 +162,7 @@ def contrastive(
 
     def to_device(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not train_vision:
+            assert images is not None  # the cache of a dataset with images (Trainer refuses an empty one)
             b = {**b, "images": images[b["images"]]}
         return {k: v.to(device, non_blocking=True) for k, v in b.items()}
 
@@ -177,7 +178,7 @@ def contrastive(
         value = infonce(text.float(), image.float(), logit_scale.float(), d)
         return value, {"logit_scale": logit_scale.exp().item()}
 
-    def save(module: nn.Module, directory: Path) -> None:
+    def save(module: ContrastiveModel, directory: Path) -> None:
         module.model.save_pretrained(directory)
         processor.save_pretrained(directory)
         (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

@@ -22,6 +22,7 @@ from altclip.data.readers import read_parallel
 from altclip.loading.hub import resolve_file
 from altclip.modeling.clip_text import CLIPTextTower, CLIPTokenizer, assemble_altclip
 from altclip.modeling.config import read_config_file
+from altclip.modeling.model import AltCLIPModel
 from altclip.modeling.text import AltCLIPTextModel
 from altclip.processing.image_processing import CLIPImageProcessor
 from altclip.processing.tokenizer import XLMRobertaTokenizer
@@ -52,7 +53,7 @@ def load_student(student: str, project_dim: int) -> AltCLIPTextModel:
 
         config = dataclasses.replace(known_model(student).config().text_config, project_dim=project_dim)
         return AltCLIPTextModel(config)
-    model_type = read_config_file(resolve_file(student, "config.json")).get("model_type")  # type: ignore[arg-type]
+    model_type = read_config_file(resolve_file(student, "config.json")).get("model_type")
     if model_type in ("xlm-roberta", "roberta"):
         return AltCLIPTextModel.from_xlm_roberta(student, project_dim)
     model = AltCLIPTextModel.from_pretrained(student)
@@ -141,13 +142,13 @@ def distill(
             metrics["cosine"] = cos.item()
         return total, metrics
 
-    def save(model: nn.Module, directory: Path) -> None:
+    def save(model: Student, directory: Path) -> None:
         trained = model.text
-        full = read_config_file(resolve_file(teacher, "config.json")).get("model_type") == "clip"  # type: ignore[arg-type]
+        full = read_config_file(resolve_file(teacher, "config.json")).get("model_type") == "clip"
         result = assemble_altclip(trained, teacher) if full else trained
         result.save_pretrained(directory)
         student_tokenizer.save_pretrained(directory)
-        if full:
+        if isinstance(result, AltCLIPModel):  # full: the teacher's image side beside the student
             preprocessor = resolve_file(teacher, "preprocessor_config.json", required=False)
             if preprocessor is not None:
                 shutil.copy(preprocessor, directory / "preprocessor_config.json")
@@ -158,7 +159,7 @@ def distill(
                 ).save_pretrained(directory)
         (directory / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
 
-    train_data = TrainData(dataset=pairs, collate=collate, to_device=to_device)  # type: ignore[arg-type]
+    train_data = TrainData(dataset=pairs, collate=collate, to_device=to_device)
     trainer = Trainer(config, Student(text), train_data, loss, save, dist_info, log=log)
     result = trainer.run()
     result["data"] = report.to_dict()

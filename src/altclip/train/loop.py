@@ -18,22 +18,26 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from altclip.loading.pretrained import PreTrainedModel
 from altclip.train.config import TrainConfig
 from altclip.utils.devices import resolve_device
 from altclip.utils.progress import Progress
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import FSDPModule
+    from torch.nn.parallel import DistributedDataParallel
 
 
 class TrainingError(RuntimeError):
@@ -109,6 +113,13 @@ class StepBatches(Sampler[list[int]]):
         return max(0, self.config.steps - self.start) * self.config.grad_accum
 
 
+class Samples(Protocol):
+    """What a stage's samples are: a list, or a Dataset that knows its length."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Any: ...
+
+
 @dataclass
 class TrainData:
     """What a stage trains on. ``dataset[i]`` is sample ``i`` (read and decoded: the work DataLoader workers do in
@@ -116,7 +127,7 @@ class TrainData:
     batch to the training device (and may run frozen models on it) in the training process. ``decodes``: whether
     reading a sample is real work (decoding images), so that workers pay off by default."""
 
-    dataset: Dataset
+    dataset: Samples
     collate: Callable[[list], Any]
     to_device: Callable[[Any], Any]
     decodes: bool = False
@@ -127,7 +138,7 @@ class TrainData:
         if workers is None:
             workers = min(4, max(1, (os.cpu_count() or 1) - 1)) if self.decodes else 0
         return DataLoader(
-            self.dataset,
+            self.dataset,  # type: ignore[arg-type]  # DataLoader indexes any sequence; its stub asks for a Dataset
             batch_sampler=sampler,
             collate_fn=self.collate,
             num_workers=workers,
@@ -148,7 +159,14 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-class Trainer:
+class _Layered(Protocol):
+    def encoder_layers(self) -> Iterable[nn.Module]: ...
+
+
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+class Trainer(Generic[ModelT]):
     """Runs ``loss_fn(model, batch) -> (loss, metrics)`` over the batches of ``data`` for ``config.steps``.
 
     ``model`` is the module whose trainable parameters are optimized; ``save_fn(model, directory)`` writes the
@@ -158,17 +176,17 @@ class Trainer:
     def __init__(
         self,
         config: TrainConfig,
-        model: nn.Module,
+        model: ModelT,
         data: TrainData,
         loss_fn: Callable[[nn.Module, Any, Distributed], tuple[torch.Tensor, dict[str, float]]],
-        save_fn: Callable[[nn.Module, Path], None],
+        save_fn: Callable[[ModelT, Path], None],
         dist_info: Distributed | None = None,
         log: Callable[[str], None] = print,
     ):
         self.config = config
         self.dist = dist_info or Distributed()
         self.output = Path(config.output)
-        self.data, self.dataset_size = data, len(data.dataset)  # type: ignore[arg-type]
+        self.data, self.dataset_size = data, len(data.dataset)
         self.loss_fn, self.save_fn, self.log = loss_fn, save_fn, log
         if self.dataset_size < 1:
             raise TrainingError("The training data is empty (after skipping unusable samples)")
@@ -178,8 +196,9 @@ class Trainer:
                     module.set_dropout(config.dropout)
         if config.gradient_checkpointing:
             for module in model.modules():
-                if hasattr(module, "gradient_checkpointing_enable"):
-                    module.gradient_checkpointing_enable()
+                enable = getattr(module, "gradient_checkpointing_enable", None)
+                if enable is not None:
+                    enable()
                     break
         self.model = model
         self.wrapped = self._wrap(model)
@@ -200,7 +219,7 @@ class Trainer:
     def sharded(self) -> bool:
         return self.config.fsdp and self.dist.world > 1
 
-    def _wrap(self, model: nn.Module) -> nn.Module:
+    def _wrap(self, model: ModelT) -> nn.Module:
         if self.dist.world == 1:
             return model
         if self.config.fsdp:
@@ -213,7 +232,7 @@ class Trainer:
             self._template = copy.deepcopy(model).to("meta")
             # FSDP2 cannot shard 0-d parameters (logit_scale): they stay replicated, their gradients averaged here.
             self._replicated = {p for p in model.parameters() if p.dim() == 0}
-            for layer in model.encoder_layers():
+            for layer in cast(_Layered, model).encoder_layers():  # what the class docstring asks of the model
                 fully_shard(layer)
             fully_shard(model, ignored_params=self._replicated)
             return model
@@ -247,7 +266,7 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def _model_state(self) -> dict[str, torch.Tensor]:
+    def _model_state(self) -> dict[str, Any]:
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -317,8 +336,10 @@ class Trainer:
                 batch = self.data.to_device(next(batches))
                 sync = micro == config.grad_accum - 1 or self.dist.world == 1
                 if self.sharded:
-                    self.model.set_requires_gradient_sync(sync)
-                with nullcontext() if sync or self.sharded else self.wrapped.no_sync(), autocast:
+                    cast("FSDPModule", self.model).set_requires_gradient_sync(sync)  # fully_shard made it one
+                # Neither in sync nor sharded: several processes, so _wrap made wrapped a DistributedDataParallel.
+                ddp = cast("DistributedDataParallel", self.wrapped)
+                with nullcontext() if sync or self.sharded else ddp.no_sync(), autocast:
                     loss, metrics = self.loss_fn(self.wrapped, batch, self.dist)
                     (loss / config.grad_accum).backward()
                 for k, v in {"loss": loss.detach().float().item(), **metrics}.items():
@@ -396,7 +417,9 @@ class Trainer:
 
 def _random_states() -> dict[str, torch.Tensor]:
     """torch's, numpy's and Python's generator states as tensors (loadable with weights_only=True)."""
-    _, keys, position, has_gauss, gauss = np.random.get_state()
+    # The legacy global generator is MT19937, whose state is this tuple.
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    _, keys, position, has_gauss, gauss = state
     version, python, python_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -9,6 +9,7 @@ an error of that input, like any other malformed JSON.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def read_json(path: str | Path, *, max_depth: int = MAX_DEPTH) -> Any:
+def read_json(path: str | os.PathLike, *, max_depth: int = MAX_DEPTH) -> Any:
     """A UTF-8 JSON file, as ``loads`` reads it; errors name the file."""
     try:
         return loads(Path(path).read_text(encoding="utf-8"), max_depth=max_depth)
