@@ -104,6 +104,24 @@ def test_approximate_equals_exact_at_full_nprobe_and_extends(tmp_path):
         assert index.search(more[7], 1)[0].id == 1207 and index.display_name(1207) == "/photos/2/7.jpg"
 
 
+@pytest.mark.parametrize("exact_below", [0, 10_000])
+def test_an_empty_shard_does_not_shift_the_names_of_the_next(tmp_path, exact_below):
+    """A shard of no vectors (what `altclip embed --shard i/n` writes for a slice with no inputs, or whose files all
+    failed) is part of the index without shifting the metadata: every row is named by its own shard's file, found
+    exactly or approximately."""
+    source = tmp_path / "emb"
+    sizes = [30, 0, 20, 25] if exact_below else [300, 0, 200, 250]
+    vectors = write_shards(source, sizes)
+    names = [f"/photos/{i}/{r}.jpg" for i, n in enumerate(sizes) for r in range(n)]
+    build(source, tmp_path / "index", exact_below=exact_below)
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        index.params = index.params and approximate.SearchParams(nprobe=4096, rerank=1000)
+        assert [index.name(r) for r in range(len(names))] == names
+        for row in (0, sizes[0] - 1, sizes[0], len(names) - 1):
+            hit = index.search(vectors[row], 1)[0]
+            assert (hit.id, hit.path) == (row, names[row])
+
+
 def test_crash_during_a_build_leaves_the_old_index(tmp_path, monkeypatch):
     source = tmp_path / "emb"
     vectors = write_shards(source, [400], dim=16)

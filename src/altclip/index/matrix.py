@@ -52,7 +52,9 @@ class Matrix:
     ``r - offset`` of the part that holds it."""
 
     def __init__(self, parts: Sequence[np.ndarray], dim: int):
-        self.parts = [p for p in parts if len(p)]
+        # Empty parts are kept, so that part ``p`` is the ``p``-th array given (an embeddings index looks up a
+        # row's metadata by it); ``searchsorted(..., side="right")`` never maps a row to an empty part.
+        self.parts = list(parts)
         self.dim = dim
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # (parts + 1,)
 
