@@ -225,6 +225,29 @@ def test_foreign_faiss_files_are_refused(tmp_path):
         build(source, tmp_path / "index", faiss_index=tmp_path / "zip.index")
 
 
+def test_a_faiss_file_whose_ids_are_not_rows_is_refused_and_never_crashes_a_search(tmp_path):
+    """A faiss file of the right dimension and count whose ids are not the shards' rows (an ID map of its own ids,
+    or a file replaced after the build) is an error naming it when adopted, and a search through one drops the ids
+    that are no row instead of failing."""
+    import faiss
+
+    source = tmp_path / "emb"
+    vectors = write_shards(source, [50, 30])
+    mapped = faiss.IndexIDMap(faiss.IndexFlatIP(16))
+    mapped.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64) + 10**9)
+    faiss.write_index(mapped, str(tmp_path / "ids.index"))
+    with pytest.raises(IndexFileError, match="answers with id 1,000,000,") as raised:
+        build(source, tmp_path / "index", faiss_index=tmp_path / "ids.index")
+    assert str(tmp_path / "ids.index") in str(raised.value) and not (tmp_path / "index" / "manifest.json").exists()
+    flat = faiss.IndexFlatIP(16)
+    flat.add(vectors)
+    faiss.write_index(flat, str(tmp_path / "flat.index"))
+    build(source, tmp_path / "index", faiss_index=tmp_path / "flat.index")
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        index.ann = mapped  # what a file replaced after the build answers
+        assert index.search(vectors[3], 5) == []
+
+
 def test_model_and_dimension_are_checked(tmp_path, embedder):
     source = tmp_path / "emb"
     write_shards(source, [25])

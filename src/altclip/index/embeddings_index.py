@@ -214,6 +214,7 @@ def build(
     approx, action = None, "none"
     if faiss_index is not None:
         index = approximate.read(Path(faiss_index), dim=dim, rows=rows, inverted_file=False)
+        approximate.check_ids(index, matrix, Path(faiss_index))
         tuned = approximate.tune(index, matrix)
         approx = {"file": str(Path(faiss_index).resolve()), "trained": rows, **asdict(tuned["params"])}
         action = "adopted"
