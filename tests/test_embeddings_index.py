@@ -122,6 +122,38 @@ def test_an_empty_shard_does_not_shift_the_names_of_the_next(tmp_path, exact_bel
             assert (hit.id, hit.path) == (row, names[row])
 
 
+def test_a_build_holds_the_index_lock_and_repairs_lost_files(tmp_path, monkeypatch):
+    """Builds of one index take turns (another build's cleanup deletes the files this one's manifest is about to
+    name): the manifest is written under the index's lock. Files of the index that were lost (a faiss file, a
+    metadata copy) are made again by the next build, which does not stop at them."""
+    from filelock import FileLock, Timeout
+
+    from altclip.index import embeddings_index
+
+    source = tmp_path / "emb"
+    vectors = write_shards(source, [300, 200])
+    held = []
+    write_manifest = embeddings_index._write_manifest
+
+    def checking(folder, manifest):
+        with pytest.raises(Timeout):
+            FileLock(folder / "index.lock").acquire(timeout=0)
+        held.append(True)
+        write_manifest(folder, manifest)
+
+    monkeypatch.setattr(embeddings_index, "_write_manifest", checking)
+    build(source, tmp_path / "index", exact_below=0)
+    assert held == [True]
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    (tmp_path / "index" / manifest["approximate"]["file"]).unlink()
+    (tmp_path / "index" / manifest["parts"][1]["arrow"]).unlink()
+    report = build(source, tmp_path / "index", exact_below=0)
+    assert (report["approximate"], report["rows"]) == ("built", 500)
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        hit = index.search(vectors[420], 1)[0]
+        assert (hit.id, hit.path) == (420, "/photos/1/120.jpg")
+
+
 def test_crash_during_a_build_leaves_the_old_index(tmp_path, monkeypatch):
     source = tmp_path / "emb"
     vectors = write_shards(source, [400], dim=16)
