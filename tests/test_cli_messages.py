@@ -125,6 +125,23 @@ def test_ctrl_c_during_index_says_what_was_kept(checkpoint, tmp_path, monkeypatc
     assert again.exit_code == 0 and '"embedded": 4' in again.stdout
 
 
+def test_ctrl_c_in_any_command_says_so(checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C in a command without a message of its own (here `altclip embed`) exits 130 with a message, as the
+    README's exit-code table says every non-zero exit does (Typer alone exits 130 without a word)."""
+    from altclip.inference import Embedder
+
+    make_images(tmp_path / "photos", 3)
+
+    def interrupted(self, arrays):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Embedder, "embed_prepared", interrupted)
+    args = ["embed", str(tmp_path / "photos"), "--output", str(tmp_path / "emb")]
+    result = CliRunner().invoke(build(), args, env={"ALTCLIP_MODEL": str(checkpoint)})
+    assert result.exit_code == 130
+    assert result.stderr.strip().endswith("Interrupted")
+
+
 def test_training_without_matplotlib_says_it_skipped_the_plot(tmp_path, monkeypatch):
     import altclip
 
