@@ -120,6 +120,16 @@ def test_a_model_that_is_not_a_pipeline(checkpoint, tmp_path):
     assert code == 3 and "Traceback" not in stderr
 
 
+def test_a_damaged_text_encoder_config_is_named(pipeline_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "damaged"
+    shutil.copytree(pipeline_dir, other)
+    (other / "text_encoder" / "config.json").write_text('{"vocab_size": -5}')
+    code, _, stderr = run("generate", "a cat", "--model", other, "-o", tmp_path / "out")
+    assert code == 3 and f"{other}/text_encoder/config.json: vocab_size must be a positive integer" in stderr
+
+
 def test_another_text_encoder_is_refused(pipeline_dir, tmp_path):
     import shutil
 
