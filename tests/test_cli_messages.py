@@ -3,6 +3,7 @@ wrong and what to do, with the command as it can be typed here."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -123,6 +124,36 @@ def test_ctrl_c_during_index_says_what_was_kept(checkpoint, tmp_path, monkeypatc
     monkeypatch.setattr(Embedder, "embed_prepared", original)
     again = CliRunner().invoke(build(), [*args, "--json"], env=env)
     assert again.exit_code == 0 and '"embedded": 4' in again.stdout
+
+
+def test_ctrl_c_in_any_command_says_so(checkpoint, tmp_path, monkeypatch):
+    """Ctrl-C in a command without a message of its own (here `altclip embed`) exits 130 with a message, as the
+    README's exit-code table says every non-zero exit does (Typer alone exits 130 without a word)."""
+    from altclip.inference import Embedder
+
+    make_images(tmp_path / "photos", 3)
+
+    def interrupted(self, arrays):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Embedder, "embed_prepared", interrupted)
+    args = ["embed", str(tmp_path / "photos"), "--output", str(tmp_path / "emb")]
+    result = CliRunner().invoke(build(), args, env={"ALTCLIP_MODEL": str(checkpoint)})
+    assert result.exit_code == 130
+    assert result.stderr.strip().endswith("Interrupted")
+
+
+def test_an_evaluation_of_a_folder_whose_name_is_not_utf8_is_written(checkpoint, tmp_path):
+    """A dataset named by bytes that are not UTF-8 (a folder's name, or --name) once ended an evaluation with
+    'Unexpected UnicodeEncodeError' (exit 1) after its work was done, leaving an empty result file; its name is now
+    written with U+FFFD for those bytes, and the file appears whole (no temporary file left beside it)."""
+    classes = ROOT / "examples" / "data" / "classes"
+    out = tmp_path / "out"
+    args = ["eval", "zeroshot", str(classes), "--name", "caf\udce9", "-o", str(out), "--json"]
+    result = CliRunner().invoke(build(), args, env={"ALTCLIP_MODEL": str(checkpoint)})
+    assert result.exit_code == 0, result.output
+    (written,) = out.iterdir()
+    assert json.loads(written.read_text(encoding="utf-8"))["dataset"] == "caf\ufffd"
 
 
 def test_training_without_matplotlib_says_it_skipped_the_plot(tmp_path, monkeypatch):

@@ -104,6 +104,56 @@ def test_approximate_equals_exact_at_full_nprobe_and_extends(tmp_path):
         assert index.search(more[7], 1)[0].id == 1207 and index.display_name(1207) == "/photos/2/7.jpg"
 
 
+@pytest.mark.parametrize("exact_below", [0, 10_000])
+def test_an_empty_shard_does_not_shift_the_names_of_the_next(tmp_path, exact_below):
+    """A shard of no vectors (what `altclip embed --shard i/n` writes for a slice with no inputs, or whose files all
+    failed) is part of the index without shifting the metadata: every row is named by its own shard's file, found
+    exactly or approximately."""
+    source = tmp_path / "emb"
+    sizes = [30, 0, 20, 25] if exact_below else [300, 0, 200, 250]
+    vectors = write_shards(source, sizes)
+    names = [f"/photos/{i}/{r}.jpg" for i, n in enumerate(sizes) for r in range(n)]
+    build(source, tmp_path / "index", exact_below=exact_below)
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        index.params = index.params and approximate.SearchParams(nprobe=4096, rerank=1000)
+        assert [index.name(r) for r in range(len(names))] == names
+        for row in (0, sizes[0] - 1, sizes[0], len(names) - 1):
+            hit = index.search(vectors[row], 1)[0]
+            assert (hit.id, hit.path) == (row, names[row])
+
+
+def test_a_build_holds_the_index_lock_and_repairs_lost_files(tmp_path, monkeypatch):
+    """Builds of one index take turns (another build's cleanup deletes the files this one's manifest is about to
+    name): the manifest is written under the index's lock. Files of the index that were lost (a faiss file, a
+    metadata copy) are made again by the next build, which does not stop at them."""
+    from filelock import FileLock, Timeout
+
+    from altclip.index import embeddings_index
+
+    source = tmp_path / "emb"
+    vectors = write_shards(source, [300, 200])
+    held = []
+    write_manifest = embeddings_index._write_manifest
+
+    def checking(folder, manifest):
+        with pytest.raises(Timeout):
+            FileLock(folder / "index.lock").acquire(timeout=0)
+        held.append(True)
+        write_manifest(folder, manifest)
+
+    monkeypatch.setattr(embeddings_index, "_write_manifest", checking)
+    build(source, tmp_path / "index", exact_below=0)
+    assert held == [True]
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    (tmp_path / "index" / manifest["approximate"]["file"]).unlink()
+    (tmp_path / "index" / manifest["parts"][1]["arrow"]).unlink()
+    report = build(source, tmp_path / "index", exact_below=0)
+    assert (report["approximate"], report["rows"]) == ("built", 500)
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        hit = index.search(vectors[420], 1)[0]
+        assert (hit.id, hit.path) == (420, "/photos/1/120.jpg")
+
+
 def test_crash_during_a_build_leaves_the_old_index(tmp_path, monkeypatch):
     source = tmp_path / "emb"
     vectors = write_shards(source, [400], dim=16)
@@ -205,6 +255,29 @@ def test_foreign_faiss_files_are_refused(tmp_path):
     (tmp_path / "zip.index").write_bytes(b"PK\x03\x04" + bytes(100))
     with pytest.raises(IndexFileError, match="is not a faiss index"):
         build(source, tmp_path / "index", faiss_index=tmp_path / "zip.index")
+
+
+def test_a_faiss_file_whose_ids_are_not_rows_is_refused_and_never_crashes_a_search(tmp_path):
+    """A faiss file of the right dimension and count whose ids are not the shards' rows (an ID map of its own ids,
+    or a file replaced after the build) is an error naming it when adopted, and a search through one drops the ids
+    that are no row instead of failing."""
+    import faiss
+
+    source = tmp_path / "emb"
+    vectors = write_shards(source, [50, 30])
+    mapped = faiss.IndexIDMap(faiss.IndexFlatIP(16))
+    mapped.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64) + 10**9)
+    faiss.write_index(mapped, str(tmp_path / "ids.index"))
+    with pytest.raises(IndexFileError, match="answers with id 1,000,000,") as raised:
+        build(source, tmp_path / "index", faiss_index=tmp_path / "ids.index")
+    assert str(tmp_path / "ids.index") in str(raised.value) and not (tmp_path / "index" / "manifest.json").exists()
+    flat = faiss.IndexFlatIP(16)
+    flat.add(vectors)
+    faiss.write_index(flat, str(tmp_path / "flat.index"))
+    build(source, tmp_path / "index", faiss_index=tmp_path / "flat.index")
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        index.ann = mapped  # what a file replaced after the build answers
+        assert index.search(vectors[3], 5) == []
 
 
 def test_model_and_dimension_are_checked(tmp_path, embedder):

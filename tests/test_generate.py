@@ -120,6 +120,16 @@ def test_a_model_that_is_not_a_pipeline(checkpoint, tmp_path):
     assert code == 3 and "Traceback" not in stderr
 
 
+def test_a_damaged_text_encoder_config_is_named(pipeline_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "damaged"
+    shutil.copytree(pipeline_dir, other)
+    (other / "text_encoder" / "config.json").write_text('{"vocab_size": -5}')
+    code, _, stderr = run("generate", "a cat", "--model", other, "-o", tmp_path / "out")
+    assert code == 3 and f"{other}/text_encoder/config.json: vocab_size must be a positive integer" in stderr
+
+
 def test_another_text_encoder_is_refused(pipeline_dir, tmp_path):
     import shutil
 
@@ -148,3 +158,49 @@ def test_without_diffusers(tmp_path, args):
                             timeout=120)  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "pip install 'altclip[diffusion]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_runs_into_one_folder_never_overwrite_and_an_interruption_keeps_what_was_made(pipeline_dir, tmp_path,
+                                                                                     monkeypatch):  # fmt: skip
+    """Each image is written as soon as its batch is done, under a number no other file holds: another run that
+    writes the next number meanwhile keeps its image (the names were once picked for all images at the end, then
+    written over whatever took them), and Ctrl-C after the first batch keeps the first image (exit 130, saying so)."""
+    import altclip.diffusion.pipeline as diffusion
+
+    out = tmp_path / "out"
+    out.mkdir()
+    original = diffusion.png_metadata
+    calls = []
+
+    def another_run_writes(settings, software):  # called as each image is about to be written
+        calls.append(settings.seed)
+        if len(calls) == 2:
+            (out / "00001.png").write_bytes(b"the other run's image")
+        return original(settings, software)
+
+    monkeypatch.setattr(diffusion, "png_metadata", another_run_writes)
+    code, stdout, stderr = run("generate", "a cat", "--model", pipeline_dir, "-o", out, "--steps", 1, "-n", 3,
+                               "--seed", 0, "--json")  # fmt: skip
+    assert code == 0, stderr
+    assert [Path(r["file"]).name for r in json.loads(stdout)] == ["00000.png", "00002.png", "00003.png"]
+    assert (out / "00001.png").read_bytes() == b"the other run's image"
+    assert sorted(p.name for p in out.iterdir()) == ["00000.png", "00001.png", "00002.png", "00003.png"]
+
+    monkeypatch.setattr(diffusion, "png_metadata", original)
+    real_generate = diffusion.generate
+
+    def interrupted_in_the_second_batch(*args, on_step, **kwargs):
+        def step(done):
+            if done == 2:  # one step per image, one image per batch: the second batch's first step
+                raise KeyboardInterrupt
+            on_step(done)
+
+        return real_generate(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(diffusion, "generate", interrupted_in_the_second_batch)
+    code, _, stderr = run("generate", "a dog", "--model", pipeline_dir, "-o", tmp_path / "two", "--steps", 1,
+                          "-n", 2, "--seed", 0)  # fmt: skip
+    assert code == 130 and "Interrupted (1 images written before" in stderr
+    with Image.open(tmp_path / "two" / "00000.png") as image:
+        assert image.text["prompt"] == "a dog"
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["00000.png"]

@@ -130,6 +130,11 @@ class TranslatedErrors(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, TyperException):
             raise
+        except KeyboardInterrupt:  # Typer would exit 130 without a word (a command that says more handles it itself)
+            if os.environ.get("ALTCLIP_DEBUG"):
+                raise
+            err.print("Interrupted", highlight=False)
+            raise typer.Exit(130) from None
         except Exception as e:
             if os.environ.get("ALTCLIP_DEBUG"):
                 raise

@@ -122,30 +122,64 @@ def generate(
 
         seed = secrets.randbelow(2**31)
     total = len(prompts) * images_per_prompt * steps
+    software = f"altclip {__version__} (diffusers {diffusers.__version__})"
+    written = []
+
+    def write(made) -> None:  # each image as soon as its batch is done: an interruption keeps what was made
+        path = _write_png(output, made.image, diffusion.png_metadata(made.settings, software))
+        written.append({"file": str(path), "flagged": made.flagged, **vars(made.settings)})
+        if made.flagged:
+            warn(f"{path}: the safety checker flagged this image and blacked it out")
+
     try:
         with Progress("Generating", total=total) as progress:
-            images = diffusion.generate(
+            diffusion.generate(
                 pipe, prompts, negative_prompt=negative_prompt, seed=seed, steps=steps, guidance_scale=guidance,
                 width=width, height=height, images_per_prompt=images_per_prompt, batch_size=batch_size, model=model,
-                on_step=lambda done: progress(done, total),
+                on_step=lambda done: progress(done, total), on_image=write,
             )  # fmt: skip
     except diffusion.PromptError as e:
         fail(str(e), EXIT_INPUT)
     except NonFiniteError as e:
-        fail(str(e), EXIT_MODEL)
+        fail(_kept(str(e), written), EXIT_MODEL)
     except ValueError as e:
         fail(str(e), EXIT_USAGE)
-    software = f"altclip {__version__} (diffusers {diffusers.__version__})"
-    first = 1 + max((int(m.group(1)) for p in output.iterdir() if (m := _NUMBERED.match(p.name))), default=-1)
-    written = []
-    for offset, made in enumerate(images):
-        path = output / f"{first + offset:05d}.png"
-        made.image.save(path, pnginfo=diffusion.png_metadata(made.settings, software))
-        written.append({"file": str(path), "flagged": made.flagged, **vars(made.settings)})
-        if made.flagged:
-            warn(f"{path}: the safety checker flagged this image and blacked it out")
+    except KeyboardInterrupt:
+        err.print(_kept("Interrupted", written), highlight=False)
+        raise typer.Exit(130) from None
     if as_json:
         emit_json(written)
         return
     for row in written:
         out.print(f"{row['file']}  seed {row['seed']}  {row['prompt']}", highlight=False, soft_wrap=True)
+
+
+def _kept(message: str, written: list[dict]) -> str:
+    if not written:
+        return message
+    return f"{message} ({len(written)} images written before: {written[0]['file']} to {written[-1]['file']})"
+
+
+def _write_png(folder: Path, image, pnginfo) -> Path:
+    """``image`` as the next free ``NNNNN.png`` of ``folder`` (after the highest number there), written whole under a
+    temporary name and then linked to a name no other file holds: two runs writing to one folder at once never
+    overwrite each other's images, and a killed run leaves no half-written PNG under a number."""
+    tmp = folder / f".altclip-{os.getpid()}.png.tmp"
+    image.save(tmp, format="PNG", pnginfo=pnginfo)
+    try:
+        number = 1 + max((int(m.group(1)) for p in folder.iterdir() if (m := _NUMBERED.match(p.name))), default=-1)
+        while True:
+            path = folder / f"{number:05d}.png"
+            try:
+                try:
+                    os.link(tmp, path)  # fails, rather than replaces, where another run took the name
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links: the name claimed by exclusive creation
+                    with open(path, "xb") as f:
+                        f.write(tmp.read_bytes())
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -248,11 +248,13 @@ def generate(
     batch_size: int = 1,
     model: str = "",
     on_step: Callable[[int], None] | None = None,
+    on_image: Callable[[GeneratedImage], None] | None = None,
 ) -> list[GeneratedImage]:
     """Images for ``prompts``, ``images_per_prompt`` each, ``batch_size`` per call of the pipeline. Image ``k`` (in
     the order prompt by prompt) starts from the noise of seed ``seed + k``, drawn on the CPU: it does not depend on
     the batch size or the device. ``on_step(n)`` is called after each denoising step with the steps done so far
-    over all batches. Raises PromptError for a prompt over the token limit, ValueError for a size or count that
+    over all batches, ``on_image(image)`` for each image as soon as its batch is done (so that a caller can keep
+    what was made before an interruption or a failure). Raises PromptError for a prompt over the token limit, ValueError for a size or count that
     cannot be, NonFiniteError when the model makes NaN."""
     default_width, default_height = default_size(pipe)
     width, height = width or default_width, height or default_height
@@ -299,7 +301,11 @@ def generate(
                 "try --dtype float32"
             )
         flagged = out.nsfw_content_detected or [False] * len(batch)
-        results += map(GeneratedImage, pipe.numpy_to_pil(images), batch, map(bool, flagged))
+        made = list(map(GeneratedImage, pipe.numpy_to_pil(images), batch, map(bool, flagged)))
+        for image in made:
+            if on_image is not None:
+                on_image(image)
+        results += made
     return results
 
 

@@ -17,6 +17,7 @@ without captions as misses). ``task`` is ``zeroshot_classification`` (``acc1``, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -179,7 +180,9 @@ def write_result(output: str | Path, model: str, dataset: str, language: str, re
     def slug(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", text.strip("/")).strip("_") or "unnamed"
 
-    pretrained = pretrained_name(model)
+    # Names from the file system or the command line may hold bytes that are not UTF-8 (surrogate escapes): the
+    # file holds U+FFFD for them, as the JSON it is must be UTF-8.
+    dataset, pretrained, language = (_utf8(text) for text in (dataset, pretrained_name(model), language))
     name = "_".join(slug(part) for part in (dataset, pretrained, ARCHITECTURE, language)) + f"_{result['task']}"
     path = Path(output) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,5 +197,14 @@ def write_result(output: str | Path, model: str, dataset: str, language: str, re
         "date": time.strftime("%Y-%m-%d"),
         "altclip": __version__,
     }
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # whole or not at all: a killed run, or two at once
+    try:
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

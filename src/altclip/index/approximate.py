@@ -139,6 +139,21 @@ def candidates(index, query: np.ndarray, params: SearchParams) -> np.ndarray:
     return rows[0]
 
 
+def check_ids(index, matrix: Matrix, path: Path, queries: int = 50) -> None:
+    """IndexFileError naming ``path`` when the index answers with ids that are not rows of ``matrix`` (a faiss file
+    of the same size and dimension built over other vectors, or with ids of its own), probed with queries shaped
+    like the collection."""
+    params = SearchParams(nprobe=64, rerank=100)
+    for query in tuning_queries(matrix, min(queries, len(matrix))):
+        found = candidates(index, query, params)
+        bad = found[(found < -1) | (found >= len(matrix))]
+        if len(bad):
+            raise IndexFileError(
+                f"{path} answers with id {int(bad[0]):,}, but the shards hold rows 0 to {len(matrix) - 1:,}: it was "
+                "not built over these embedding files (in their order)"
+            )
+
+
 def _search_parameters(index, params: SearchParams):
     faiss = faiss_module()
     try:

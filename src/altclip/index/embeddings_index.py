@@ -21,10 +21,12 @@ not unit-norm, each an ``IndexFileError`` naming the file. Opening checks that n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from altclip.index.matrix import Matrix, open_npy
 from altclip.index.store import IndexFileError, IndexMismatchError
 
 MANIFEST = "manifest.json"
+LOCK_NAME = "index.lock"  # held by the one build that writes the index
 FORMAT = "altclip-embeddings-index"
 PATH_COLUMNS = ("image_path", "url", "caption")  # what a result shows, the first one its metadata has
 NORM_TOLERANCE = 1e-2
@@ -182,16 +185,33 @@ def build(
         raise IndexMismatchError(f"The embeddings in {source} were made with {found_model}, not {model}")
     model = found_model or model
     dim = dim or 0
-    old = _read_manifest(folder) if (folder / MANIFEST).exists() else None
     folder.mkdir(parents=True, exist_ok=True)
+    with _writing(folder):
+        return _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below, faiss_index, progress,
+                      start)  # fmt: skip
 
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """Held while the index in ``folder`` is written: one build at a time (another's cleanup would delete the files
+    this one's manifest is about to name). The operating system's lock (``flock``), released when a build is killed."""
+    from filelock import FileLock
+
+    lock = FileLock(folder / LOCK_NAME, mode=0o600)
+    with lock:
+        yield
+
+
+def _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below, faiss_index, progress, start):
+    old = _read_manifest(folder) if (folder / MANIFEST).exists() else None
     stats = [(p[0].stat(), len(a)) for p, a in zip(pairs, arrays)]
     relative = [(str(v.relative_to(source)), str(m.relative_to(source))) for v, m in pairs]
     kept: list[Part] = []
     if old and Path(old["source"]) == source and not faiss_index and not old.get("adopted"):
         current = {(r[0], s.st_size, s.st_mtime_ns, n) for r, (s, n) in zip(relative, stats)}
         old_parts = [Part(**p) for p in old["parts"]]
-        if all((p.vectors, p.size, p.mtime_ns, p.rows) in current for p in old_parts) and old["dim"] == dim:
+        arrows = all((folder / p.arrow).is_file() for p in old_parts)  # else one was lost: copy them again
+        if all((p.vectors, p.size, p.mtime_ns, p.rows) in current for p in old_parts) and old["dim"] == dim and arrows:
             kept = old_parts
     kept_names = {p.vectors for p in kept}
     order = [i for i in range(len(pairs)) if relative[i][0] in kept_names]
@@ -214,6 +234,7 @@ def build(
     approx, action = None, "none"
     if faiss_index is not None:
         index = approximate.read(Path(faiss_index), dim=dim, rows=rows, inverted_file=False)
+        approximate.check_ids(index, matrix, Path(faiss_index))
         tuned = approximate.tune(index, matrix)
         approx = {"file": str(Path(faiss_index).resolve()), "trained": rows, **asdict(tuned["params"])}
         action = "adopted"
@@ -221,7 +242,12 @@ def build(
         index, trained = None, rows
         old_approx = (old or {}).get("approximate")
         if kept and old and old_approx and len(kept) == len(old["parts"]) and rows <= approximate_growth(old_approx):
-            index = approximate.read(folder / old_approx["file"], dim=dim, rows=sum(p.rows for p in kept), mmap=False)
+            try:
+                index = approximate.read(folder / old_approx["file"], dim=dim, rows=sum(p.rows for p in kept),
+                                         mmap=False)  # fmt: skip
+            except IndexFileError:  # lost or damaged: this run builds it anew
+                index = None
+        if index is not None:
             if added:
                 approximate.extend(index, matrix, index.ntotal, progress)
                 action = "extended"

@@ -52,7 +52,9 @@ class Matrix:
     ``r - offset`` of the part that holds it."""
 
     def __init__(self, parts: Sequence[np.ndarray], dim: int):
-        self.parts = [p for p in parts if len(p)]
+        # Empty parts are kept, so that part ``p`` is the ``p``-th array given (an embeddings index looks up a
+        # row's metadata by it); ``searchsorted(..., side="right")`` never maps a row to an empty part.
+        self.parts = list(parts)
         self.dim = dim
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # (parts + 1,)
 
@@ -98,8 +100,9 @@ class Matrix:
         return scores[alive], rows[alive]
 
     def rerank(self, query: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best of ``candidates`` (rows; -1 for none) by their exact inner product with ``query``."""
-        rows = np.unique(candidates[candidates >= 0])
+        """The ``k`` best of ``candidates`` (rows; -1 for none) by their exact inner product with ``query``. A
+        candidate outside the matrix (a faiss file that does not belong to it) is no row, and is left out."""
+        rows = np.unique(candidates[(candidates >= 0) & (candidates < len(self))])
         if not len(rows):
             return np.empty(0, np.float32), np.empty(0, np.int64)
         scores = self.take(rows) @ query

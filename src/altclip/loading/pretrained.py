@@ -195,7 +195,8 @@ class PreTrainedModel(TransformersModelMixin):
         else:
             raw = read_config_file(resolve_file(name, CONFIG_NAME, **hub))
             if config is None:
-                config = cls.config_class.from_hf_dict(raw, source=f"{name}/{CONFIG_NAME}")
+                where = f"{name}/{subfolder}" if subfolder else str(name)
+                config = cls.config_class.from_hf_dict(raw, source=f"{where}/{CONFIG_NAME}")
             else:
                 config = copy.deepcopy(config)
             known = {k: config_overrides.pop(k) for k in list(config_overrides) if hasattr(config, k)}

@@ -126,9 +126,13 @@ class Unreadable:
 
 def readable(source: Any) -> Any:
     """``source`` as what a decoding process can take: an object with ``read()`` (a tar member) is read here, in
-    the calling thread, into bytes (or an ``Unreadable``); paths, URLs and bytes are returned as they are."""
+    the calling thread, into bytes (or an ``Unreadable``); paths, URLs and bytes are returned as they are. One that
+    says its ``size`` is over ``MAX_FILE_BYTES`` is refused unread, as a file over it is."""
     if not hasattr(source, "read"):
         return source
+    size = getattr(source, "size", None)
+    if isinstance(size, int) and size > MAX_FILE_BYTES:
+        return Unreadable(f"{size:,} bytes, over the limit of {MAX_FILE_BYTES:,} for an image file")
     try:
         return source.read()
     except Exception as e:  # whatever reading one input raises (OSError, tarfile's errors, ...) is that input's
