@@ -222,7 +222,7 @@ def test_opening_checks_the_files_it_was_built_from(run, tmp_path):
     with pytest.raises(IndexFileError, match="is not a faiss index"):
         EmbeddingsIndex(tmp_path / "index")
     faiss_file.write_bytes(saved[: len(saved) // 2])
-    with pytest.raises(IndexFileError, match=f"{faiss_file} is not a readable faiss index"):
+    with pytest.raises(IndexFileError, match=f"{faiss_file} is damaged or was replaced since it was written"):
         EmbeddingsIndex(tmp_path / "index")
     faiss_file.write_bytes(saved)
     EmbeddingsIndex(tmp_path / "index").close()
@@ -278,6 +278,46 @@ def test_a_faiss_file_whose_ids_are_not_rows_is_refused_and_never_crashes_a_sear
     with EmbeddingsIndex(tmp_path / "index") as index:
         index.ann = mapped  # what a file replaced after the build answers
         assert index.search(vectors[3], 5) == []
+
+
+def test_a_faiss_file_that_declares_more_than_it_holds_costs_a_bounded_child_not_the_process(tmp_path):
+    """faiss allocates what a file declares before it reads it: a flat index whose vector count says 2**28 (1 GB)
+    in a file of 700 bytes. A file with no checksum (another tool's) is read first in a child process bounded to its
+    size and 512 MiB more, so it is refused there; read in this process it would allocate the gigabyte (and then fail
+    on a read error)."""
+    import struct
+
+    import faiss
+
+    source = tmp_path / "emb"
+    vectors = write_shards(source, [50, 30])
+    flat = faiss.IndexFlatIP(16)
+    flat.add(vectors)
+    faiss.write_index(flat, str(tmp_path / "flat.index"))
+    data = bytearray((tmp_path / "flat.index").read_bytes())
+    field = data.find(struct.pack("<Q", 80 * 16))  # the length of the vectors' array: 80 x 16 floats
+    assert field > 0
+    data[field : field + 8] = struct.pack("<Q", 2**28)
+    (tmp_path / "lying.index").write_bytes(data)
+    with pytest.raises(IndexFileError, match="declares more data than it holds") as raised:
+        build(source, tmp_path / "index", faiss_index=tmp_path / "lying.index")
+    assert str(tmp_path / "lying.index") in str(raised.value)
+
+
+def test_the_index_own_faiss_file_is_checked_before_faiss_reads_it(tmp_path):
+    """A search file altclip wrote carries its CRC-32 in the manifest: a damaged or replaced file is refused before
+    faiss parses it (a flipped byte of a list's length made faiss allocate 15 GB)."""
+    source = tmp_path / "emb"
+    write_shards(source, [3000, 3000])
+    build(source, tmp_path / "index", exact_below=1000)
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    ann = tmp_path / "index" / manifest["approximate"]["file"]
+    data = bytearray(ann.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    ann.write_bytes(data)
+    with pytest.raises(IndexFileError, match="damaged or was replaced since it was written") as raised:
+        EmbeddingsIndex(tmp_path / "index")
+    assert str(ann) in str(raised.value)
 
 
 def test_model_and_dimension_are_checked(tmp_path, embedder):

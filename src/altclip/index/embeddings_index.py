@@ -236,7 +236,8 @@ def _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below
         index = approximate.read(Path(faiss_index), dim=dim, rows=rows, inverted_file=False)
         approximate.check_ids(index, matrix, Path(faiss_index))
         tuned = approximate.tune(index, matrix)
-        approx = {"file": str(Path(faiss_index).resolve()), "trained": rows, **asdict(tuned["params"])}
+        approx = {"file": str(Path(faiss_index).resolve()), "trained": rows, **asdict(tuned["params"]),
+                  "checksum": approximate.checksum(Path(faiss_index))}  # fmt: skip
         action = "adopted"
     elif (plan := approximate.plan(rows, dim, memory_budget, exact_below)) is not None:
         index, trained = None, rows
@@ -244,7 +245,7 @@ def _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below
         if kept and old and old_approx and len(kept) == len(old["parts"]) and rows <= approximate_growth(old_approx):
             try:
                 index = approximate.read(folder / old_approx["file"], dim=dim, rows=sum(p.rows for p in kept),
-                                         mmap=False)  # fmt: skip
+                                         mmap=False, expected=old_approx.get("checksum"))  # fmt: skip
             except IndexFileError:  # lost or damaged: this run builds it anew
                 index = None
         if index is not None:
@@ -259,8 +260,13 @@ def _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below
             approx = old_approx
         else:
             tuned = approximate.tune(index, matrix)
-            approximate.write(index, folder / f"vectors-{gen}.faiss")
-            approx = {"file": f"vectors-{gen}.faiss", "trained": trained, **asdict(tuned["params"])}
+            written = approximate.write(index, folder / f"vectors-{gen}.faiss")
+            approx = {
+                "file": f"vectors-{gen}.faiss",
+                "trained": trained,
+                **asdict(tuned["params"]),
+                "checksum": written,
+            }
     manifest = {
         "format": FORMAT,
         "version": 1,
@@ -372,7 +378,8 @@ class EmbeddingsIndex:
         if approx:
             file = Path(approx["file"])
             self.ann = approximate.read(file if file.is_absolute() else self.path / file, dim=self.dim,
-                                        rows=len(self.matrix), inverted_file=not manifest["adopted"])  # fmt: skip
+                                        rows=len(self.matrix), inverted_file=not manifest["adopted"],
+                                        expected=approx.get("checksum"))  # fmt: skip
             self.params = approximate.SearchParams(int(approx["nprobe"]), int(approx["rerank"]))
         self.column = next((c for c in PATH_COLUMNS if all(c in t.column_names for t in self.metadata)), None)
 

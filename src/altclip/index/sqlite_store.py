@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS vector_state (key TEXT PRIMARY KEY, value INTEGER NOT
 """
 # vector_state keys: version (changes with the vectors), and the search files: gen (their name), rows (in the
 # matrix), synced (the version they reflect), max_id (the last table id they hold), ann_gen and ann_rows (the
-# approximate index's name and the rows it holds, 0 for none), trained (the rows it was trained on), nprobe, rerank.
+# approximate index's name and the rows it holds, 0 for none), ann_crc (its file's CRC-32, checked before faiss reads
+# it), trained (the rows it was trained on), nprobe, rerank.
 
 
 class SQLiteVectors:
@@ -207,7 +208,8 @@ class SQLiteVectors:
         dead = np.load(dead_file) if dead_file.exists() else np.empty(0, np.int64)
         ann = None
         if state.get("ann_rows"):
-            ann = approximate.read(self.file(state["ann_gen"], "faiss"), dim=self.dim, rows=state["ann_rows"])
+            ann = approximate.read(self.file(state["ann_gen"], "faiss"), dim=self.dim, rows=state["ann_rows"],
+                                   expected=state.get("ann_crc"))  # fmt: skip
         self._open = {"key": key, "matrix": Matrix([vectors], self.dim), "keys": keys, "dead": dead, "ann": ann}
         return self._open
 
@@ -337,7 +339,8 @@ class SQLiteVectors:
         old_rows, trained = state.get("ann_rows", 0), state.get("trained", 0)
         if state.get("gen") == gen and 0 < old_rows <= rows and rows <= RETRAIN_GROWTH * trained:
             try:
-                index = approximate.read(self.file(state["ann_gen"], "faiss"), dim=self.dim, rows=old_rows, mmap=False)
+                index = approximate.read(self.file(state["ann_gen"], "faiss"), dim=self.dim, rows=old_rows, mmap=False,
+                                         expected=state.get("ann_crc"))  # fmt: skip
             except IndexFileError:
                 index = None
         if index is None:
@@ -348,9 +351,10 @@ class SQLiteVectors:
             approximate.extend(index, matrix, old_rows)
         tuned = approximate.tune(index, matrix)["params"]
         ann_gen = state.get("ann_gen", 0) + 1
-        approximate.write(index, self.file(ann_gen, "faiss"))
+        written = approximate.write(index, self.file(ann_gen, "faiss"))
         return {
             "ann_gen": ann_gen,
+            "ann_crc": written,
             "ann_rows": rows,
             "trained": trained,
             "nprobe": tuned.nprobe,
