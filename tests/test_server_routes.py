@@ -213,3 +213,31 @@ def test_requests_are_admitted_by_their_tokens(embedder):
         assert usage["error"]["type"] == "rate_limit_error"  # the OpenAI route, turned away the same way
         held.cancel()
         until(lambda: app.app.state.service.budget.used == 0, "the held request's tokens released")
+
+
+def test_similarity_is_bounded_in_pairs_before_any_work(embedder, monkeypatch):
+    """texts x images is bounded, not only each side: a similarity answer holds three numbers per pair (2,048 texts
+    and 2,048 one-pixel images made a 218 MB answer). A request over it is a 422 before an image is decoded."""
+    import base64
+
+    from altclip.server import decoding
+
+    decoded = []
+    original = decoding.Decoder.prepare
+
+    async def counting(self, images, *args, **kwargs):
+        decoded.append(len(images))
+        return await original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(decoding.Decoder, "prepare", counting)
+    image = base64.b64encode(CAT).decode()
+    with in_process(ServerSettings(max_pairs=6), embedder) as app:
+        over = app.post("/v1/similarity", json={"texts": ["a", "b", "c", "d"], "images": [image, image]})
+        assert (
+            over.status_code == 422
+            and "4 texts and 2 images make 8 pairs, over the limit of 6" in over.json()["detail"]
+        )
+        assert decoded == []
+        within = app.post("/v1/similarity", json={"texts": ["a", "b", "c"], "images": [image, image]})
+        assert within.status_code == 200 and len(within.json()["cosine"]) == 2 and decoded == [2]
+        assert app.get("/v1/info").json()["limits"]["max_pairs"] == 6

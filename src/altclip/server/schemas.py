@@ -232,6 +232,14 @@ class Fields:
         if chars > most:
             raise refuse(f"The prompts have {chars:,} characters in all (limit {most:,} per request)", "limit")
 
+    def check_pairs(self, texts: int, images: int) -> None:
+        """A similarity request answers three numbers per (image, text) pair: their count is bounded, not only the
+        texts and images (2,048 of each made a 218 MB answer)."""
+        pairs, most = texts * images, self.settings.max_pairs
+        if pairs > most:
+            raise refuse(f"{texts:,} texts and {images:,} images make {pairs:,} pairs, over the limit of {most:,} per "
+                         "request: send fewer of either", "limit")  # fmt: skip
+
 
 # --- the /v1 API's requests ----------------------------------------------------------------------------------------
 
@@ -338,6 +346,11 @@ def requests(f: Fields) -> Requests:
     class SimilarityRequest(BaseModel):
         texts: Texts
         images: Images
+
+        @model_validator(mode="after")
+        def _pairs(self):
+            f.check_pairs(len(self.texts), len(self.images))
+            return self
 
         def image_bytes(self) -> list[bytes]:
             return [decode_base64(text, i) for i, text in enumerate(self.images)]
@@ -486,6 +499,7 @@ class Limits(BaseModel):
     max_request_chars: int
     max_request_tokens: int
     max_prompts: int
+    max_pairs: int
     max_pixels: int
     max_request_pixels: int
     max_queue: int

@@ -61,6 +61,8 @@ class ServerSettings(BaseSettings):
     max_request_tokens: int = Field(300_000, ge=1, description="Tokens the model reads for one request: texts' "
                                     "tokens, images' patches plus one")  # fmt: skip
     max_prompts: int = Field(2048, ge=1, description="Labels x templates per classification")
+    max_pairs: int = Field(65_536, ge=1, description="Texts x images per similarity request (the answer holds three "
+                           "numbers for each pair)")  # fmt: skip
     max_pixels: int = Field(40_000_000, ge=1, description="Pixels per image, checked before decoding")
     max_request_pixels: int = Field(100_000_000, ge=1, description="Pixels to decode per request (after reduced "
                                     "decoding), checked before any is decoded")  # fmt: skip
