@@ -443,3 +443,24 @@ def test_serve_refuses_a_damaged_embeddings_index(tmp_path, checkpoint, run):
     (source / "img_emb" / "img_emb_0.npy").unlink()
     result = run("serve", "--index", tmp_path / "index", "--port", "0")
     assert result.exit_code == 5 and "img_emb_0.npy is missing" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("rows", [30, 6000], ids=["exact", "approximate"])
+def test_a_shard_cut_short_under_a_running_server_is_a_503_not_a_crash(tmp_path, embedder, rows):
+    """A shard truncated in place while the service has it mapped: reading its pages would kill the process
+    (SIGBUS). The search that would read them is a 503 naming the file, and the server goes on answering."""
+    import os
+
+    from altclip.server import ServerSettings
+    from serving import in_process
+
+    source = tmp_path / "emb"
+    write_shards(source, [rows], dim=embedder.dim)
+    build(source, tmp_path / "index", exact_below=1000)
+    with in_process(ServerSettings(index=str(tmp_path / "index")), embedder) as app:
+        assert app.post("/v1/search", json={"query": "a cat", "top_k": 3}).status_code == 200
+        os.truncate(source / "img_emb" / "img_emb_0.npy", 128)
+        answer = app.post("/v1/search", json={"query": "a cat", "top_k": 3})
+        assert answer.status_code == 503, answer.text
+        assert "img_emb_0.npy was cut short while the index was open" in answer.json()["detail"]
+        assert app.get("/healthz").status_code == 200

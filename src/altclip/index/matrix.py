@@ -57,6 +57,7 @@ class Matrix:
         self.parts = list(parts)
         self.dim = dim
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])  # (parts + 1,)
+        self.files = [MappedFile.of(part) for part in self.parts]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -68,6 +69,7 @@ class Matrix:
         for p in np.unique(part_of):
             where = np.flatnonzero(part_of == p)
             local = rows[where] - self.offsets[p]
+            self._check(p)
             order = np.argsort(local)  # in file order: sequential reads where rows are near
             out[where[order]] = self.parts[p][local[order]]
         return out
@@ -76,7 +78,12 @@ class Matrix:
         """(first row, (n, dim) float32 array) over the whole matrix, ``rows`` at a time."""
         for p, part in enumerate(self.parts):
             for start in range(0, len(part), rows):
+                self._check(p)
                 yield int(self.offsets[p]) + start, np.asarray(part[start : start + rows], dtype=np.float32)
+
+    def _check(self, p: int) -> None:
+        if (file := self.files[p]) is not None:
+            file.check()
 
     def search(self, query: np.ndarray, k: int, dead: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact search: the ``k`` rows of highest inner product with ``query``, best first, as (scores, rows);
@@ -108,6 +115,34 @@ class Matrix:
         scores = self.take(rows) @ query
         order = np.argsort(-scores, kind="stable")[:k]
         return scores[order], rows[order]
+
+
+class MappedFile:
+    """The file behind a memory-mapped part, held open from when it was mapped. Reading a page of a mapping past its
+    file's end (a shard cut short in place, by ``truncate`` or a copy over it, while a server holds it) kills the
+    process with SIGBUS; reads check the file's size first (``fstat``, a microsecond), and one cut short is an
+    IndexFileError naming it. A file deleted or replaced by a rename keeps its old data mapped, and stays readable."""
+
+    def __init__(self, path: str, required: int):
+        self.path, self.required = path, required
+        self.file = open(path, "rb", buffering=0)  # noqa: SIM115 (held for fstat as long as the mapping lives)
+
+    @classmethod
+    def of(cls, part: np.ndarray) -> MappedFile | None:
+        mapped, path = getattr(part, "_mmap", None), getattr(part, "filename", None)
+        if not isinstance(part, np.memmap) or mapped is None or path is None:
+            return None  # in memory: nothing can cut it short
+        start = part.offset - part.offset % mmap.ALLOCATIONGRANULARITY  # where the mapping begins in the file
+        try:
+            return cls(path, start + len(mapped))
+        except OSError:  # deleted since it was mapped: what is mapped stays readable
+            return None
+
+    def check(self) -> None:
+        size = os.fstat(self.file.fileno()).st_size
+        if size < self.required:
+            raise IndexFileError(f"{self.path} was cut short while the index was open ({size:,} bytes, {self.required:,} "
+                                 "mapped): open the index again, or build it again if the file changed")  # fmt: skip
 
 
 def fsync(path: os.PathLike) -> None:

@@ -168,7 +168,7 @@ def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
     body.post(router, "/knn-service", knn_service, any_content_type=True,
               summary="Nearest images to a text, an image or an embedding (clip-retrieval)",
               response_model=list[KnnResult], response_model_exclude_none=True, tags=tags, dependencies=auth,
-              responses=documented(400, 404, 413, 422, 429, 504, *unauthorized))  # fmt: skip
+              responses=documented(400, 404, 413, 422, 429, 503, 504, *unauthorized))  # fmt: skip
     body.post(router, "/metadata", metadata, any_content_type=True,
               summary="The metadata of images by id (clip-retrieval)", response_model=list[MetadataResult], tags=tags,
               dependencies=auth, responses=documented(400, 404, 413, 422, 429, 504, *unauthorized))  # fmt: skip

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from altclip.index.store import IndexFileError
 from altclip.processing.image_processing import ImageError
 
 
@@ -67,6 +68,9 @@ STATUS: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
     ImageError: (422, "{}", None),  # undecodable images, images over the pixel or aspect-ratio limits
     QueueFull: (429, "The server is busy: {}; retry later", {"Retry-After": "1"}),
     InternalError: (500, "Internal error: {}", None),
+    # A search file that changed under the running server (a shard cut short, a file damaged): the index must be
+    # opened again (or built again); the server keeps answering everything else.
+    IndexFileError: (503, "The index cannot be searched: {}", None),
     Timeout: (504, "{}", None),
 }
 
@@ -78,7 +82,7 @@ DESCRIPTIONS = {
     415: "Unsupported content type",
     422: "The request's values cannot be used",
     429: "The server is busy (it serves at most max_queue requests at once); retry later",
-    503: "Not ready",
+    503: "Not ready, or the index cannot be searched",
     504: "The request took too long",
 }
 

@@ -91,7 +91,7 @@ def add_routes(router: APIRouter, fields: Fields, auth: list) -> None:
               summary="Zero-shot classification of one image against labels", **common)  # fmt: skip
     body.post(router, "/v1/similarity", similarity, summary="Image-text similarity matrix",
               response_model=SimilarityResponse, **common)  # fmt: skip
-    search_errors = {**common, "responses": {**common["responses"], **documented(404)}}
+    search_errors = {**common, "responses": {**common["responses"], **documented(404, 503)}}
     body.post(router, "/v1/search", search, upload=search_upload, summary="Search the index by text or by image",
               response_model=SearchResponse, **search_errors)  # fmt: skip
     router.add_api_route(
