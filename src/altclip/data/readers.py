@@ -22,6 +22,7 @@ import io
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,22 +244,29 @@ def _table(path: Path, report: DataReport) -> list[tuple[str, dict]]:
     return rows
 
 
-def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
-    """The (image, caption) pairs of a WebDataset shard: each sample's image, with each line of its ``.txt`` as a
-    caption (CLIP_benchmark's retrieval shards hold several captions of an image that way)."""
+def _samples_with_images(shard: Path, report: DataReport) -> Iterator[tuple[str, TarMember, dict[str, TarMember]]]:
+    """(where, image, all its files) of each sample of a WebDataset shard that has an image, in key order; an
+    unreadable shard and a sample without an image are counted in ``report`` and skipped."""
     try:
-        samples = tar_samples(path)
+        samples = tar_samples(shard)
     except (tarfile.TarError, OSError) as e:
         report.read += 1
-        report.skip("unreadable shard", f"{path.name} ({e})")
+        report.skip("unreadable shard", f"{shard.name} ({e})")
         return
     for key, files in sorted(samples.items()):
         report.read += 1
-        where = f"{path.name}:{key}"
+        where = f"{shard.name}:{key}"
         image = sample_image(files)
         if image is None:
             report.skip("missing image", where)
             continue
+        yield where, image, files
+
+
+def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
+    """The (image, caption) pairs of a WebDataset shard: each sample's image, with each line of its ``.txt`` as a
+    caption (CLIP_benchmark's retrieval shards hold several captions of an image that way)."""
+    for where, image, files in _samples_with_images(path, report):
         try:
             text = files["txt"].read().decode("utf-8") if "txt" in files else ""
         except UnicodeDecodeError:
@@ -334,19 +342,7 @@ def read_labeled_images(shards: list[Path], classes: int) -> tuple[list[tuple[Ta
     a sample without an image, or whose label is not an index below ``classes``, is counted and skipped."""
     report, items = DataReport(), []
     for shard in shards:
-        try:
-            samples = tar_samples(shard)
-        except (tarfile.TarError, OSError) as e:
-            report.read += 1
-            report.skip("unreadable shard", f"{shard.name} ({e})")
-            continue
-        for key, files in sorted(samples.items()):
-            report.read += 1
-            where = f"{shard.name}:{key}"
-            image = sample_image(files)
-            if image is None:
-                report.skip("missing image", where)
-                continue
+        for where, image, files in _samples_with_images(shard, report):
             try:
                 label = int(files["cls"].read().decode("ascii").strip()) if "cls" in files else None
             except (OSError, ValueError):  # unreadable, not a number
