@@ -104,6 +104,18 @@ def test_approximate_equals_exact_at_full_nprobe_and_extends(tmp_path):
         assert index.search(more[7], 1)[0].id == 1207 and index.display_name(1207) == "/photos/2/7.jpg"
 
 
+def test_embedding_files_with_no_vectors_at_all_are_refused_as_empty(run, tmp_path):
+    """Every shard empty (an `altclip embed` whose files all failed): no index of 0 dimensions whose searches would
+    blame the model, but an error saying the files hold no vectors (exit 5)."""
+    source = tmp_path / "emb"
+    write_shards(source, [0, 0])
+    with pytest.raises(IndexFileError, match="hold no vectors"):
+        build(source, tmp_path / "index")
+    result = run("index", "--from-embeddings", source)
+    assert result.exit_code == 5 and "hold no vectors" in " ".join(result.output.split())
+    assert not (source / "index" / "manifest.json").exists()
+
+
 @pytest.mark.parametrize("exact_below", [0, 10_000])
 def test_an_empty_shard_does_not_shift_the_names_of_the_next(tmp_path, exact_below):
     """A shard of no vectors (what `altclip embed --shard i/n` writes for a slice with no inputs, or whose files all
@@ -464,3 +476,17 @@ def test_a_shard_cut_short_under_a_running_server_is_a_503_not_a_crash(tmp_path,
         assert answer.status_code == 503, answer.text
         assert "img_emb_0.npy was cut short while the index was open" in answer.json()["detail"]
         assert app.get("/healthz").status_code == 200
+
+
+def test_names_from_metadata_are_bounded(tmp_path):
+    """Metadata comes from files: a result's name is cut to MAX_NAME characters, saying how long it was."""
+    from altclip.index.embeddings_index import MAX_NAME
+
+    source = tmp_path / "emb"
+    write_shards(source, [3])
+    long = "/photos/" + "x" * 1_000_000 + ".jpg"
+    pq.write_table(pa.table({"image_path": [long, "/photos/b.jpg", None]}), source / "metadata" / "metadata_0.parquet")
+    build(source, tmp_path / "index")
+    with EmbeddingsIndex(tmp_path / "index") as index:
+        assert index.name(0) == long[:MAX_NAME] + f"... ({len(long):,} characters)"
+        assert (index.name(1), index.name(2)) == ("/photos/b.jpg", "#2")

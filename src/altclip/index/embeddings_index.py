@@ -184,7 +184,8 @@ def build(
     if model and found_model and not same_model(model, found_model):
         raise IndexMismatchError(f"The embeddings in {source} were made with {found_model}, not {model}")
     model = found_model or model
-    dim = dim or 0
+    if dim is None:  # every shard is empty: there is nothing to search, and no dimension to check queries against
+        raise IndexFileError(f"The embedding files in {source} hold no vectors ({len(pairs)} shards, all empty)")
     folder.mkdir(parents=True, exist_ok=True)
     with _writing(folder):
         return _build(source, folder, pairs, arrays, dim, model, memory_budget, exact_below, faiss_index, progress,
@@ -333,6 +334,9 @@ def _remove_stale(folder: Path, manifest: dict) -> None:
 # -- searching -------------------------------------------------------------------------------------------------------
 
 
+MAX_NAME = 4096  # characters of a result's name (a path is at most 4,096 bytes on Linux)
+
+
 class EmbeddingsIndex:
     """An index built by ``build``, opened for search: the shards' vectors and metadata memory-mapped, the
     approximate index memory-mapped. Searches read only what they need."""
@@ -424,12 +428,16 @@ class EmbeddingsIndex:
         return part, row - int(self.matrix.offsets[part])
 
     def name(self, row: int) -> str:
-        """What a result shows: its image path (or url, or caption), else its row."""
+        """What a result shows: its image path (or url, or caption), else its row; at most ``MAX_NAME`` characters
+        (metadata comes from files: a 5 MB path cost a table 13 s a row to draw, and an answer 5 MB a result)."""
         where = self._row(row)
         if where is None or self.column is None:
             return f"#{row}"
         value = self.metadata[where[0]].column(self.column)[where[1]].as_py()
-        return str(value) if value is not None else f"#{row}"
+        if value is None:
+            return f"#{row}"
+        text = str(value)
+        return text if len(text) <= MAX_NAME else f"{text[:MAX_NAME]}... ({len(text):,} characters)"
 
     def display_name(self, row: int) -> str | None:
         return None if self._row(row) is None else self.name(row)
