@@ -125,3 +125,22 @@ def test_a_deeply_nested_json_line_is_a_counted_skip(tmp_path):
     corpus.write_text(DEEP + "\n" + json.dumps({"en": "a cat", "translation": "一只猫"}) + "\n", encoding="utf-8")
     parallel, report = read_parallel([str(corpus)])
     assert parallel == [("a cat", "一只猫")] and report.skipped == {"JSON nested more than 64 levels deep": 1}
+
+
+def test_text_members_are_bounded_before_they_are_read(tmp_path):
+    """A sample's .txt is read whole: one over MAX_TEXT_MEMBER is skipped from its header, unread; a .cls longer
+    than any class index is no label."""
+    from altclip.data.readers import MAX_TEXT_MEMBER, read_labeled_images
+
+    tar = write_tar(
+        tmp_path / "big.tar",
+        {"a.jpg": b"image a", "a.txt": b"x" * (MAX_TEXT_MEMBER + 1), "b.jpg": b"image b", "b.txt": b"a dog"},
+    )
+    pairs, report = read_pairs([str(tar)])
+    assert [(m.name, caption) for m, caption in pairs] == [("b.jpg", "a dog")]
+    assert report.skipped == {f"captions over {MAX_TEXT_MEMBER:,} bytes": 1}
+    labelled = write_tar(
+        tmp_path / "cls.tar", {"a.jpg": b"a", "a.cls": b"0" * 100 + b"1", "b.jpg": b"b", "b.cls": b"1"}
+    )
+    items, report = read_labeled_images([labelled], classes=2)
+    assert [(m.name, label) for m, label in items] == [("b.jpg", 1)] and sum(report.skipped.values()) == 1

@@ -134,6 +134,9 @@ def _add_pair(pairs: list, report: DataReport, en, xx, where: str) -> None:
         pairs.append((en.strip(), None if xx is None else xx.strip()))
 
 
+MAX_TEXT_MEMBER = 1 << 20  # bytes of a sample's captions (.txt): read whole, so bounded before they are read
+
+
 @dataclass(frozen=True)
 class TarMember:
     """A file inside an uncompressed tar (a WebDataset shard), where the tar's header put it. Each ``read`` opens
@@ -267,6 +270,9 @@ def _read_tar(path: Path, pairs: list, report: DataReport) -> None:
     """The (image, caption) pairs of a WebDataset shard: each sample's image, with each line of its ``.txt`` as a
     caption (CLIP_benchmark's retrieval shards hold several captions of an image that way)."""
     for where, image, files in _samples_with_images(path, report):
+        if "txt" in files and files["txt"].size > MAX_TEXT_MEMBER:
+            report.skip(f"captions over {MAX_TEXT_MEMBER:,} bytes", where)
+            continue
         try:
             text = files["txt"].read().decode("utf-8") if "txt" in files else ""
         except UnicodeDecodeError:
@@ -344,7 +350,8 @@ def read_labeled_images(shards: list[Path], classes: int) -> tuple[list[tuple[Ta
     for shard in shards:
         for where, image, files in _samples_with_images(shard, report):
             try:
-                label = int(files["cls"].read().decode("ascii").strip()) if "cls" in files else None
+                small = "cls" in files and files["cls"].size <= 64  # a class index: a few digits
+                label = int(files["cls"].read().decode("ascii").strip()) if small else None
             except (OSError, ValueError):  # unreadable, not a number
                 label = None
             if label is None or not 0 <= label < classes:
