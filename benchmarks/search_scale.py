@@ -341,6 +341,83 @@ def phase_http(args) -> dict:
             "v1_embed_text_alone": percentiles(embed)}  # fmt: skip
 
 
+MILVUS_INDEXES = {  # index type -> (build parameters, search parameters to try)
+    "IVF_SQ8": ({"nlist": 1024}, [{"nprobe": n} for n in (8, 16, 32, 64)]),
+    "IVF_PQ": ({"nlist": 1024, "m": 48, "nbits": 8}, [{"nprobe": n} for n in (16, 64)]),
+}
+
+
+def phase_milvus(args) -> dict:
+    """The same vectors in a real Milvus server (the `milvus` package's standalone server, here on the same two
+    cores), searched through the image index's Milvus store (`--store milvus://HOST:PORT?index=...`): insert time,
+    each index type's build time, then latency and recall@10 of ``MilvusVectors.search`` per search setting. The
+    store keys vectors by content hash; here the image name is the key, so results compare with the truth directly."""
+    from milvus import MilvusServer
+
+    from altclip.index.embeddings_index import find_shards
+    from altclip.index.milvus import MilvusVectors
+
+    server = MilvusServer()
+    server.set_base_dir(str(args.data / "milvus-server"))
+    server.start()
+    result: dict = {"server": "milvus (PyPI) standalone " + server.get_milvus_executable_path().rsplit("/", 1)[-1]}
+    try:
+        base = f"milvus://127.0.0.1:{server.listen_port}?collection=bench"
+        first, build = next(iter(MILVUS_INDEXES.items()))
+        store = MilvusVectors(base + _milvus_query(first, build[0]))
+        client = store.client
+        if client.has_collection("bench"):
+            client.drop_collection("bench")
+        store.bind(DIM)
+        start = time.perf_counter()
+        for vectors, _ in find_shards(args.data):
+            number = int(vectors.stem.rsplit("_", 1)[1])
+            part = np.load(vectors, mmap_mode="r")
+            for lo in range(0, len(part), 5_000):
+                chunk = np.ascontiguousarray(part[lo : lo + 5_000])
+                rows = [{"hash": image_name(number, lo + i), "vector": v} for i, v in enumerate(chunk)]
+                client.insert("bench", rows)
+        client.flush("bench")
+        result["insert_s"] = round(time.perf_counter() - start, 1)
+        queries = synthetic(args.queries, QUERY_SEED)
+        truth = np.load(args.data / args.truth)
+        for kind, (build_params, searches) in MILVUS_INDEXES.items():
+            start = time.perf_counter()
+            if kind != first:
+                client.release_collection("bench")
+                client.drop_index("bench", "vector")
+                params = client.prepare_index_params()
+                params.add_index(field_name="vector", index_type=kind, metric_type="IP", params=build_params)
+                client.create_index("bench", params)
+            while (info := client.describe_index("bench", "vector"))["indexed_rows"] < info["total_rows"]:
+                time.sleep(1)
+            client.release_collection("bench")
+            client.load_collection("bench")  # the sealed segments with their index, nothing searched brute force
+            row: dict = {"index": kind, "build": build_params, "build_and_load_s": round(time.perf_counter() - start, 1)}
+            row["searches"] = []
+            for search in searches:
+                searcher = MilvusVectors(base + _milvus_query(kind, build_params, search))
+                searcher.search(queries[0], 10)
+                seconds, found = [], []
+                for q in queries:
+                    t = time.perf_counter()
+                    hits = searcher.search(q, 10)
+                    seconds.append(time.perf_counter() - t)
+                    found.append(np.array([h for h, _ in hits]))
+                searcher.close()
+                row["searches"].append({**search, **percentiles(seconds), "recall_at_10": round(_recall(found, truth), 4)})
+                print(kind, row["searches"][-1], file=sys.stderr, flush=True)
+            result.setdefault("indexes", []).append(row)
+        store.close()
+    finally:
+        server.stop()
+    return result
+
+
+def _milvus_query(kind: str, build: dict, search: dict | None = None) -> str:
+    return "&" + "&".join(f"{k}={v}" for k, v in {"index": kind, **build, **(search or {})}.items())
+
+
 def _sqlite_rows(index, shard: Path) -> int:
     """Puts a shard's vectors into an image index as the files it names, as `altclip index` would (one transaction
     per 10,000: vectors, then the file rows that refer to them); how many."""
@@ -423,7 +500,8 @@ def phase_sqlite_add(args) -> dict:
 
 
 PHASES = {"sqlite-build": phase_sqlite_build, "sqlite-query": phase_sqlite_query, "sqlite-add": phase_sqlite_add,"truth": phase_truth, "build": phase_build, "query": phase_query, "add": phase_add,
-          "crossover": phase_crossover, "candidate": phase_candidates, "http": phase_http}  # fmt: skip
+          "crossover": phase_crossover, "candidate": phase_candidates, "http": phase_http,
+          "milvus": phase_milvus}  # fmt: skip
 
 
 def run_phase(name: str, args, **extra) -> dict:
@@ -452,6 +530,8 @@ def main() -> None:
     parser.add_argument("--candidates", action="store_true", help="also measure HNSW, IVF-PQ 8-bit and usearch")
     parser.add_argument("--crossover", action="store_true", help="also measure exact vs approximate by size")
     parser.add_argument("--http", action="store_true", help="also measure through `altclip serve`")
+    parser.add_argument("--milvus", action="store_true", help="also measure a local Milvus server (`milvus` package)")
+    parser.add_argument("--milvus-only", action="store_true", help="only that (and the exact truth)")
     parser.add_argument("--sqlite", action="store_true", help="also measure the image index's own store (SQLite)")
     parser.add_argument("--sqlite-only", action="store_true", help="only that (e.g. on another checkout's code)")
     parser.add_argument("--sqlite-queries", type=int, default=50)
@@ -477,7 +557,8 @@ def main() -> None:
     sqlite = {"sqlite-queries": args.sqlite_queries, "threshold": args.threshold}
     after = {"truth": "truth_added.npy"}
     # --sqlite-only may measure another checkout's code (PYTHONPATH): the truth files of an earlier run serve
-    known = args.sqlite_only and (args.data / "truth.npy").exists() and (args.data / after["truth"]).exists()
+    needed = ["truth.npy", after["truth"]] if args.sqlite_only else ["truth.npy"] if args.milvus_only else []
+    known = bool(needed) and all((args.data / name).exists() for name in needed)
     if not known:
         result["truth"] = run_phase("truth", args, **{"exact-queries": args.exact_queries})
     if args.sqlite or args.sqlite_only:
@@ -487,7 +568,7 @@ def main() -> None:
             run_phase("truth", args, **after)
         result["sqlite"]["sqlite-query-after-add"] = run_phase("sqlite-query", args, **sqlite, **after)
     _remove_added(args)
-    if not args.sqlite_only:
+    if not (args.sqlite_only or args.milvus_only):
         result["build"] = run_phase("build", args)
         result["query"] = run_phase("query", args)
         result["add_10000"] = run_phase("add", args)
@@ -496,6 +577,8 @@ def main() -> None:
         if args.http:
             result["http"] = run_phase("http", args)
     _remove_added(args)
+    if args.milvus or args.milvus_only:
+        result["milvus"] = run_phase("milvus", args)
     if args.crossover:
         result["crossover"] = run_phase("crossover", args)
     if args.candidates:

@@ -380,6 +380,13 @@ def test_milvus_server_store(tmp_path, embedder, milvus_server, index):
     try:
         (info,) = [i for i in described.client.list_indexes(described.collection)]
         assert described.client.describe_index(described.collection, info)["index_type"] == index.split("&")[0][6:]
+        # a search does not ask for a strong read (on a server it waits for the next time tick: 200 ms a query)
+        levels = []
+        search = described.client.search
+        described.client.search = lambda *a, **k: levels.append(k.get("consistency_level")) or search(*a, **k)
+        fields = described.client.describe_collection(described.collection)["fields"]
+        dim = next(int(f["params"]["dim"]) for f in fields if f["name"] == "vector")
+        assert described.search(np.ones(dim, np.float32), 1) and levels == ["Session"]
     finally:
         described.close()
 

@@ -21,9 +21,12 @@ import numpy as np
 
 from altclip.index.store import IndexMismatchError
 
-# Every read sees every write before it: a server's default ("Bounded") may not, so the indexer's own check of what
-# it stored would miss what it just wrote (Milvus Lite is always strong).
+# The indexer's own reads see every write before it: a server's default ("Bounded") may not, so its check of what
+# it stored would miss what it just wrote (Milvus Lite is always strong). Searches are "Session": they see this
+# client's own writes, and do not wait for the server's next time tick as a strong read does (200 ms on a Milvus
+# 2.3 server, every query); another process's writes show within about a second.
 CONSISTENCY = "Strong"
+SEARCH_CONSISTENCY = "Session"
 BUILD_KEYS = {"nlist": int, "m": int, "nbits": int, "M": int, "efConstruction": int}
 SEARCH_KEYS = {"nprobe": int, "ef": int, "search_list": int}
 
@@ -177,6 +180,6 @@ class MilvusVectors:
             limit=k,
             output_fields=["hash"],
             search_params={"metric_type": "IP", "params": self.search_params},
-            consistency_level=CONSISTENCY,
+            consistency_level=SEARCH_CONSISTENCY,
         )
         return [(hit["entity"]["hash"], float(hit["distance"])) for hit in result[0]]
