@@ -5,6 +5,7 @@
                                                      # (--candidates needs `pip install usearch`)
     python benchmarks/search_scale.py --rows 1000000 --http --sqlite                  # the targets at 1M
     python benchmarks/search_scale.py --rows 10000000 --budget 4294967296 --data /big/disk/search10m   # 10M
+    python benchmarks/search_scale.py --rows 1000000 --milvus-only     # a local Milvus server (`pip install milvus`)
 
 The vectors are synthetic, shaped like image embeddings: points of 4,096 Gaussian clusters (spread 0.7 around
 centres drawn from N(0, 1)) in a 48-dimensional latent space, projected to 768 dimensions by a fixed random matrix,
@@ -341,10 +342,13 @@ def phase_http(args) -> dict:
             "v1_embed_text_alone": percentiles(embed)}  # fmt: skip
 
 
-MILVUS_INDEXES = {  # index type -> (build parameters, search parameters to try)
-    "IVF_SQ8": ({"nlist": 1024}, [{"nprobe": n} for n in (8, 16, 32, 64)]),
-    "IVF_PQ": ({"nlist": 1024, "m": 48, "nbits": 8}, [{"nprobe": n} for n in (16, 64)]),
-}
+def milvus_indexes(rows: int) -> dict:
+    """Index type -> (build parameters, search parameters to try); about 4 sqrt(n) lists, as Milvus advises."""
+    nlist = 1 << round(np.log2(4 * np.sqrt(rows)))
+    return {
+        "IVF_SQ8": ({"nlist": nlist}, [{"nprobe": n} for n in (16, 32, 64, 128)]),
+        "IVF_PQ": ({"nlist": nlist, "m": 48, "nbits": 8}, [{"nprobe": n} for n in (32, 128)]),
+    }
 
 
 def phase_milvus(args) -> dict:
@@ -363,7 +367,8 @@ def phase_milvus(args) -> dict:
     result: dict = {"server": "milvus (PyPI) standalone " + server.get_milvus_executable_path().rsplit("/", 1)[-1]}
     try:
         base = f"milvus://127.0.0.1:{server.listen_port}?collection=bench"
-        first, build = next(iter(MILVUS_INDEXES.items()))
+        indexes = milvus_indexes(args.rows)
+        first, build = next(iter(indexes.items()))
         store = MilvusVectors(base + _milvus_query(first, build[0]))
         client = store.client
         if client.has_collection("bench"):
@@ -381,7 +386,7 @@ def phase_milvus(args) -> dict:
         result["insert_s"] = round(time.perf_counter() - start, 1)
         queries = synthetic(args.queries, QUERY_SEED)
         truth = np.load(args.data / args.truth)
-        for kind, (build_params, searches) in MILVUS_INDEXES.items():
+        for kind, (build_params, searches) in indexes.items():
             start = time.perf_counter()
             if kind != first:
                 client.release_collection("bench")
@@ -393,8 +398,8 @@ def phase_milvus(args) -> dict:
                 time.sleep(1)
             client.release_collection("bench")
             client.load_collection("bench")  # the sealed segments with their index, nothing searched brute force
-            row: dict = {"index": kind, "build": build_params, "build_and_load_s": round(time.perf_counter() - start, 1)}
-            row["searches"] = []
+            seconds_built = round(time.perf_counter() - start, 1)
+            row: dict = {"index": kind, "build": build_params, "build_and_load_s": seconds_built, "searches": []}
             for search in searches:
                 searcher = MilvusVectors(base + _milvus_query(kind, build_params, search))
                 searcher.search(queries[0], 10)
@@ -405,7 +410,8 @@ def phase_milvus(args) -> dict:
                     seconds.append(time.perf_counter() - t)
                     found.append(np.array([h for h, _ in hits]))
                 searcher.close()
-                row["searches"].append({**search, **percentiles(seconds), "recall_at_10": round(_recall(found, truth), 4)})
+                recall = round(_recall(found, truth), 4)
+                row["searches"].append({**search, **percentiles(seconds), "recall_at_10": recall})
                 print(kind, row["searches"][-1], file=sys.stderr, flush=True)
             result.setdefault("indexes", []).append(row)
         store.close()
