@@ -130,7 +130,7 @@ class MilvusVectors:
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray) -> None:
         self._ensure()
-        rows = [{"hash": h, "vector": v.astype(np.float32).tolist()} for h, v in zip(hashes, vectors)]
+        rows = [{"hash": h, "vector": v} for h, v in zip(hashes, np.asarray(vectors, dtype=np.float32))]
         self.client.upsert(self.collection, rows)
 
     def remove(self, hashes: Sequence[str]) -> None:
@@ -176,7 +176,7 @@ class MilvusVectors:
             return []
         result = self.client.search(
             self.collection,
-            [query.astype(np.float32).tolist()],
+            [np.asarray(query, dtype=np.float32)],
             limit=k,
             output_fields=["hash"],
             search_params={"metric_type": "IP", "params": self.search_params},
