@@ -21,9 +21,8 @@ CHUNK_ROWS = 65_536  # rows multiplied at once by exact search: 192 MB of float3
 
 def open_npy(path: Path, dim: int | None = None, random_access: bool = False) -> np.ndarray:
     """A 2-D float32 or float16 ``.npy`` file, memory-mapped; IndexFileError naming it when it is missing, is not an
-    npy file, has another shape or type, or is shorter than its header says. ``random_access``: the kernel reads no
-    more than the pages asked for (re-ranking reads scattered rows; read-ahead would pull in megabytes around
-    each, and fill the page cache with rows no query wants)."""
+    npy file, has another shape or type, or is shorter than its header says. ``random_access``: see
+    ``advise_random``."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -36,10 +35,18 @@ def open_npy(path: Path, dim: int | None = None, random_access: bool = False) ->
                              "float32 or float16 vectors")  # fmt: skip
     if dim is not None and array.shape[0] and array.shape[1] != dim:
         raise IndexFileError(f"{path} holds {array.shape[1]}-dimensional vectors, the index {dim}-dimensional ones")
-    mapped = getattr(array, "_mmap", None)
-    if random_access and mapped is not None and hasattr(mmap, "MADV_RANDOM"):
-        mapped.madvise(mmap.MADV_RANDOM)
+    if random_access:
+        advise_random(array)
     return array
+
+
+def advise_random(array: np.ndarray) -> None:
+    """Tells the kernel that a memory-mapped ``array`` is read at random, so that it reads no more than the pages
+    asked for: re-ranking reads scattered rows, and read-ahead would pull in 128 KB around each 3 KB row (and fill
+    the page cache with rows no query wants). Nothing for an array in memory."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mmap, "MADV_RANDOM"):
+        mapped.madvise(mmap.MADV_RANDOM)
 
 
 def _short(error: Exception) -> str:
@@ -61,6 +68,11 @@ class Matrix:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    def random_access(self) -> None:
+        """From here on rows are read at random (re-ranking), not in order (training, filling): ``advise_random``."""
+        for part in self.parts:
+            advise_random(part)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The (len(rows), dim) float32 vectors of ``rows`` (each in range)."""
