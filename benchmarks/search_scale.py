@@ -384,6 +384,7 @@ def phase_milvus(args) -> dict:
                 client.insert("bench", rows)
         client.flush("bench")
         result["insert_s"] = round(time.perf_counter() - start, 1)
+        print("inserted", result["insert_s"], file=sys.stderr, flush=True)
         queries = synthetic(args.queries, QUERY_SEED)
         truth = np.load(args.data / args.truth)
         for kind, (build_params, searches) in indexes.items():
@@ -400,6 +401,7 @@ def phase_milvus(args) -> dict:
             client.load_collection("bench")  # the sealed segments with their index, nothing searched brute force
             seconds_built = round(time.perf_counter() - start, 1)
             row: dict = {"index": kind, "build": build_params, "build_and_load_s": seconds_built, "searches": []}
+            print(kind, build_params, "built and loaded", seconds_built, file=sys.stderr, flush=True)
             for search in searches:
                 searcher = MilvusVectors(base + _milvus_query(kind, build_params, search))
                 searcher.search(queries[0], 10)
