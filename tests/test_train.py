@@ -334,5 +334,10 @@ def test_batches_come_in_training_order_whatever_the_number_of_workers():
         expected = [global_indices(s, m, config, 1, 0, 10) for s in range(start, 5) for m in range(2)]
         for workers in (0, 2, None):
             sampler = StepBatches(config, Distributed(), 10, start=start)
-            got = [batch.tolist() for batch in data.loader(sampler, workers, pin_memory=False)]
+            got = [batch.tolist() for batch in data.loader(sampler, workers, "cpu")]
             assert got == expected, (start, workers)
+    # by default, workers decode only beside a step on an accelerator: on the CPU the step uses every core
+    sampler = StepBatches(config, Distributed(), 10, start=0)
+    assert data.loader(sampler, None, "cpu").num_workers == 0
+    assert data.loader(sampler, None, "cuda").num_workers >= 1
+    assert TrainData(list(range(10)), torch.tensor, lambda b: b).loader(sampler, None, "cuda").num_workers == 0

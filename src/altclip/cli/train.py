@@ -53,7 +53,9 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "workers": Annotated[
         int | None,
         typer.Option(
-            min=0, help="Processes preparing batches ahead of each step [default: as many as the stage's data needs]"
+            min=0,
+            help="Processes decoding batches ahead of each step [default: on a GPU, one per CPU but one, at most 4; "
+            "on the CPU none]",
         ),
     ],
     "device": DeviceOpt,

@@ -28,4 +28,4 @@ class TrainConfig:
     dropout: float | None = None  # override every dropout probability (0 makes runs bit-reproducible)
     progress: bool = True
     device: str | None = None
-    workers: int | None = None  # processes preparing batches ahead of the step; None: as the stage's data needs
+    workers: int | None = None  # processes preparing batches ahead of the step; None: as the data and device need
